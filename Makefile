@@ -1,0 +1,58 @@
+# Human-in-the-loop trainer. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+RUNS   ?= checkpoints
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup browser train serve demo test test-fast bench bench-quick clean
+
+## help: list the targets
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+## setup: create .venv and install the project, its dependencies and the test browser
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip -q
+	$(PY) -m pip install -e '.[test]'
+	@$(MAKE) --no-print-directory browser
+
+## browser: install Debian's chromium for the end-to-end test (needs root or sudo; skipped if present)
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null && echo "chromium installed"; \
+	else echo "install chromium (the e2e test drives /usr/bin/chromium)"; fi
+
+## train: a human-in-the-loop run answered in the dashboard (run `make serve` beside it); ARGS=... adds flags
+train:
+	$(PY) -m trainer --dataset decoy-digits --annotator human --title demo-human --runs-dir $(RUNS) $(ARGS)
+
+## serve: the dashboard on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share on the network)
+serve:
+	$(VENV)/bin/hitl-serve --host $(HOST) --port $(PORT) --runs-dir $(RUNS)
+
+## demo: a full run on bundled data with the simulated annotator, compared with a plain run
+demo:
+	$(PY) -m trainer.demo --runs-dir $(RUNS) $(ARGS)
+
+## test: the whole test suite, the browser test included
+test:
+	$(PY) -m pytest -q
+
+## bench: learning outcome, cost and latency benchmarks (about 20 min on 2 cores)
+bench:
+	$(PY) -m bench $(ARGS)
+
+## bench-quick: a smaller benchmark (about 3 min)
+bench-quick:
+	$(PY) -m bench --quick $(ARGS)
+
+## clean: remove generated data, runs and caches (keeps .venv)
+clean:
+	rm -rf checkpoints/*/ datasets/*/ .pytest_cache test-artifacts

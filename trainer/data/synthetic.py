@@ -1,0 +1,188 @@
+"""Generated data sets with a known confounder, so feedback can be simulated and its effect measured.
+
+Both sets put a coloured corner patch on every image. In train and validation its colour encodes the
+label (a shortcut the model happily takes); in ``test`` the colour is random (decorrelated), and in
+``test_consistent`` the same test images carry the label's colour. The ground-truth mask of every
+image is the patch: exactly what a person would mark as "must not rely on".
+
+Generated once per setting under ``datasets/<name>/`` and cached; deterministic by seed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .base import DataError, DataRequest, DataSplits, TensorSplit
+from .splits import stratified_fraction
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
+CACHE_VERSION = 1
+
+# Ten well-separated colours (RGB in [0, 1]) for the patch.
+PALETTE = torch.tensor([
+    [0.90, 0.10, 0.10], [0.10, 0.70, 0.10], [0.15, 0.30, 0.95], [0.95, 0.85, 0.10], [0.85, 0.15, 0.85],
+    [0.10, 0.85, 0.85], [1.00, 0.55, 0.00], [0.55, 0.25, 0.05], [1.00, 1.00, 1.00], [0.00, 0.00, 0.00],
+])
+
+
+def _corner_patch(n: int, size: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Bool masks (n×size×size) of a patch×patch square in a random corner, 1 px from the edge."""
+    corner = torch.randint(0, 4, (n,), generator=g)
+    ys = torch.where(corner // 2 == 0, 1, size - 1 - patch)
+    xs = torch.where(corner % 2 == 0, 1, size - 1 - patch)
+    r = torch.arange(size)
+    rows = (r[None, :] >= ys[:, None]) & (r[None, :] < (ys + patch)[:, None])
+    cols = (r[None, :] >= xs[:, None]) & (r[None, :] < (xs + patch)[:, None])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def _paint(images: torch.Tensor, masks: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """Images (float n×3×H×W) with the masked pixels set to each image's colour."""
+    m = masks[:, None].float()
+    return images * (1 - m) + colours[:, :, None, None] * m
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _cached(name: str, key: str, make) -> dict:
+    path = DATA_ROOT / name / f"{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged cache is regenerated, never trusted
+            path.unlink(missing_ok=True)
+    data = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{torch.randint(0, 1 << 30, ()).item()}.tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return data
+
+
+def _splits_from(data: dict, request: DataRequest, class_names: list[str], description: str) -> DataSplits:
+    def split(prefix: str, name: str, images_key: str = "images") -> TensorSplit:
+        return TensorSplit(name, data[f"{prefix}_{images_key}"], data[f"{prefix}_labels"], data[f"{prefix}_masks"])
+
+    train, val = split("train", "train"), split("val", "val")
+    train = train.subset(stratified_fraction(train.labels, request.train_fraction, request.seed, "train"))
+    val = val.subset(stratified_fraction(val.labels, request.val_fraction, request.seed + 1, "validation"))
+    test = split("test", "test")
+    consistent = split("test", "test_consistent", "images_consistent")
+    return DataSplits(train=train, val=val, test=test, test_consistent=consistent,
+                      class_names=class_names, in_chans=3, image_size=data["image_size"],
+                      description=description)
+
+
+# --------------------------------------------------------------------------- decoy digits
+
+def make_decoy_digits(image_size: int, seed: int, noise: float = 0.3, contrast: float = 0.5) -> dict:
+    """scikit-learn's 1,797 bundled 8×8 digits, upscaled, half contrast, Gaussian noise, with a
+    label-coloured corner patch (random colour in test). 1,000 train / 297 val / 500 test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    n = len(y)
+    inner = round(image_size * 0.75)
+    glyph = F.interpolate(x, size=(inner, inner), mode="bilinear", align_corners=False)
+    canvas = torch.zeros(n, 1, image_size, image_size)
+    off = (image_size - inner) // 2
+    canvas[:, :, off:off + inner, off:off + inner] = glyph
+    base = 0.5 - contrast / 2 + contrast * canvas.expand(n, 3, image_size, image_size)
+    base = base + noise * torch.randn(base.shape, generator=g)
+    patch = max(2, round(6 * image_size / 32))
+    masks = _corner_patch(n, image_size, patch, g)
+
+    order = torch.randperm(n, generator=g)
+    parts = {"train": order[:1000], "val": order[1000:1297], "test": order[1297:]}
+    data: dict = {"image_size": image_size, "version": CACHE_VERSION}
+    for part, idx in parts.items():
+        labels = y[idx]
+        colour = PALETTE[torch.randint(0, 10, (len(idx),), generator=g)] if part == "test" else PALETTE[labels]
+        data[f"{part}_images"] = _to_uint8(_paint(base[idx], masks[idx], colour))
+        data[f"{part}_labels"] = labels
+        data[f"{part}_masks"] = masks[idx]
+        if part == "test":
+            data["test_images_consistent"] = _to_uint8(_paint(base[idx], masks[idx], PALETTE[labels]))
+    return data
+
+
+def build_decoy_digits(request: DataRequest) -> DataSplits:
+    size = request.image_size or 32
+    if not 16 <= size <= 224:
+        raise DataError(f"decoy-digits: --image-size must be between 16 and 224, got {size}")
+    data = _cached("decoy-digits", f"s{size}_seed{request.seed}_v{CACHE_VERSION}",
+                   lambda: make_decoy_digits(size, request.seed))
+    return _splits_from(data, request, [str(i) for i in range(10)],
+                        "scikit-learn digits with a label-coloured corner patch (decoy)")
+
+
+# --------------------------------------------------------------------------- synthetic lesions
+
+def make_lesions(image_size: int, seed: int, n: int = 1600) -> dict:
+    """Skin-coloured images with one brown lesion each. Class ``irregular`` has a wavy, notched
+    border (the real feature); class ``regular`` a smooth elliptical one. A coloured calibration
+    patch in a corner, like those in dermoscopy sets, encodes the class in train and validation."""
+    g = torch.Generator().manual_seed(seed)
+    s = image_size
+    labels = torch.arange(n) % 2
+    labels = labels[torch.randperm(n, generator=g)]
+
+    def u(lo, hi, shape=(n,)):
+        return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+    coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    yy, xx = coords[None, :, None], coords[None, None, :]
+    cy, cx = u(0.38, 0.62)[:, None, None], u(0.38, 0.62)[:, None, None]
+    radius = u(0.17, 0.26)[:, None, None]
+    aspect = u(0.8, 1.25)[:, None, None]
+    dy, dx = (yy - cy) * aspect, (xx - cx) / aspect
+    dist = torch.sqrt(dy ** 2 + dx ** 2)
+    theta = torch.atan2(dy, dx)
+    freq = torch.randint(5, 9, (n,), generator=g)[:, None, None].float()
+    phase = u(0, 2 * math.pi)[:, None, None]
+    amplitude = torch.where(labels == 1, u(0.22, 0.32), u(0.0, 0.04))[:, None, None]
+    border = radius * (1 + amplitude * torch.sin(freq * theta + phase))
+    lesion = torch.sigmoid((border - dist) * s / 1.5)  # soft edge, about 1.5 px
+
+    skin = torch.stack([u(0.80, 0.95), u(0.60, 0.75), u(0.50, 0.65)], 1)[:, :, None, None]
+    brown = torch.stack([u(0.35, 0.50), u(0.20, 0.30), u(0.10, 0.20)], 1)[:, :, None, None]
+    img = skin * (1 - lesion[:, None]) + brown * lesion[:, None]
+    img = img + 0.06 * torch.randn(img.shape, generator=g)
+    patch = max(3, round(s / 7))
+    masks = _corner_patch(n, s, patch, g)
+
+    n_train, n_val = int(n * 0.625), int(n * 0.125)
+    parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, n)}
+    patch_colour = PALETTE[[2, 6]]  # blue sticker for regular, orange for irregular
+    data: dict = {"image_size": s, "version": CACHE_VERSION}
+    for part, sl in parts.items():
+        y = labels[sl]
+        colour = patch_colour[torch.randint(0, 2, (len(y),), generator=g)] if part == "test" else patch_colour[y]
+        data[f"{part}_images"] = _to_uint8(_paint(img[sl], masks[sl], colour))
+        data[f"{part}_labels"] = y
+        data[f"{part}_masks"] = masks[sl]
+        if part == "test":
+            data["test_images_consistent"] = _to_uint8(_paint(img[sl], masks[sl], patch_colour[y]))
+    return data
+
+
+def build_lesions(request: DataRequest) -> DataSplits:
+    size = request.image_size or 64
+    if not 64 <= size <= 224:
+        raise DataError(f"synthetic-lesions: --image-size must be between 64 and 224, got {size}")
+    n = int(request.options.get("n_images", 1600))
+    data = _cached("synthetic-lesions", f"s{size}_n{n}_seed{request.seed}_v{CACHE_VERSION}",
+                   lambda: make_lesions(size, request.seed, n))
+    return _splits_from(data, request, ["regular", "irregular"],
+                        "synthetic skin lesions; border shape is the class, a corner sticker the confounder")
+
+
+SYNTHETIC_BUILDERS = {"decoy-digits": build_decoy_digits, "synthetic-lesions": build_lesions}

@@ -1,0 +1,498 @@
+"""The run-directory protocol shared by the trainer, the dashboard and the simulated annotator.
+
+Torch-free on purpose: the dashboard imports only this module, so a trainer on another machine
+that shares the folder is enough. One writer per file: the trainer writes everything except
+``feedback/``, which only an annotator (the dashboard or the oracle) writes. Every file is written to
+a temporary file in the same folder and renamed into place, so a reader never sees half a file.
+
+Layout of ``<runs_dir>/<run>/`` (see docs/run-directory.md):
+
+    config.json                 resolved training config                       (trainer)
+    status.json                 state, epoch, pid, heartbeat, last error        (trainer)
+    metrics.csv                 one row per finished epoch                      (trainer)
+    confusion.json              confusion matrix of the latest validation       (trainer)
+    tracking.csv                wrong-reason share of each annotated image      (trainer)
+    tracking/epoch_NNN/<index>.npy  saliency of annotated images after epoch    (trainer)
+    last.pt, best.pt            checkpoints (best by validation loss)           (trainer)
+    queue/epoch_NNN/            query images + saliency; manifest.json last     (trainer)
+    feedback/epoch_NNN.json     the mask file answering that queue              (annotator)
+    feedback/rejected/          mask files the trainer refused, kept verbatim   (trainer)
+    plots/                      the original tool's two PNG plots               (trainer)
+    trainer.log                 stdout/stderr of a trainer started by the dashboard
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FORMAT = 1
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.csv"
+CONFUSION_FILE = "confusion.json"
+TRACKING_FILE = "tracking.csv"
+TRACKING_DIR = "tracking"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+QUEUE_DIR = "queue"
+FEEDBACK_DIR = "feedback"
+REJECTED_DIR = "rejected"
+PLOTS_DIR = "plots"
+MANIFEST_FILE = "manifest.json"
+LOG_FILE = "trainer.log"
+EVALUATION_FILE = "evaluation.json"
+
+# Trainer states. "stale" is never written: readers derive it from an old heartbeat.
+TRAINING = "training"
+WAITING = "waiting_for_feedback"
+FINISHED = "finished"
+FAILED = "failed"
+STOPPED = "stopped"
+STALE = "stale"
+STATES = (TRAINING, WAITING, FINISHED, FAILED, STOPPED)
+
+HEARTBEAT_SECONDS = 2.0
+STALE_AFTER_SECONDS = 30.0
+
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_precision", "val_recall",
+    "val_f1", "penalty", "wrong_reason", "n_feedback", "lr", "seconds",
+)
+
+# What an annotator may say about one query.
+ACTION_MASK = "mask"          # apply the forbidden (and optional relevant) mask
+ACTION_SKIP = "skip"          # no feedback for this image
+ACTION_WRONG_LABEL = "wrong_label"  # the label looks wrong: the trainer excludes the image
+ACTIONS = (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL)
+
+
+class ProtocolError(ValueError):
+    """A run-directory file that does not follow the protocol; the message names the problem."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace`` (same filesystem, so atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def exclusive_write_json(path: Path | str, obj: Any) -> bool:
+    """Create ``path`` atomically unless it already exists; returns False if it did.
+
+    A hard link of a complete temp file either creates the name or fails, so two tabs that submit
+    the same epoch cannot overwrite each other.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(obj, indent=1, default=_json_default) + "\n").encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        _unlink_quietly(tmp)
+
+
+def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path | str) -> Any:
+    """Read a JSON file; a missing file raises FileNotFoundError, a broken one ProtocolError."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"{path.name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+# --------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run; creating this object touches nothing on disk."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / CONFIG_FILE)
+    status = property(lambda self: self.path / STATUS_FILE)
+    metrics = property(lambda self: self.path / METRICS_FILE)
+    confusion = property(lambda self: self.path / CONFUSION_FILE)
+    tracking = property(lambda self: self.path / TRACKING_FILE)
+    last_checkpoint = property(lambda self: self.path / LAST_CHECKPOINT)
+    best_checkpoint = property(lambda self: self.path / BEST_CHECKPOINT)
+    queue_root = property(lambda self: self.path / QUEUE_DIR)
+    feedback_root = property(lambda self: self.path / FEEDBACK_DIR)
+    rejected_root = property(lambda self: self.path / FEEDBACK_DIR / REJECTED_DIR)
+    plots = property(lambda self: self.path / PLOTS_DIR)
+    log = property(lambda self: self.path / LOG_FILE)
+    evaluation = property(lambda self: self.path / EVALUATION_FILE)
+
+    def queue_dir(self, epoch: int) -> Path:
+        return self.queue_root / f"epoch_{epoch:03d}"
+
+    def feedback_file(self, epoch: int) -> Path:
+        return self.feedback_root / f"epoch_{epoch:03d}.json"
+
+    def tracking_dir(self, epoch: int) -> Path:
+        return self.path / TRACKING_DIR / f"epoch_{epoch:03d}"
+
+    def exists(self) -> bool:
+        return self.config.exists()
+
+
+def list_runs(runs_dir: Path | str) -> list[RunDir]:
+    """Runs under ``runs_dir``, newest first; folders without a config are not runs."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).exists()]
+    return sorted(runs, key=lambda r: r.config.stat().st_mtime, reverse=True)
+
+
+# --------------------------------------------------------------------------- config and status
+
+def write_config(run: RunDir, config: dict) -> None:
+    atomic_write_json(run.config, {"format": FORMAT, **config})
+
+
+def read_config(run: RunDir) -> dict:
+    return upgrade(read_json(run.config), "config")
+
+
+def write_status(run: RunDir, state: str, **fields: Any) -> dict:
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    status = {"format": FORMAT, "state": state, "pid": os.getpid(), "heartbeat": time.time(), **fields}
+    atomic_write_json(run.status, status)
+    return status
+
+
+def read_status(run: RunDir, now: float | None = None) -> dict:
+    """The status with ``state`` replaced by ``stale`` when a live state has an old heartbeat
+    or its process is gone (same machine only)."""
+    try:
+        status = upgrade(read_json(run.status), "status")
+    except FileNotFoundError:
+        return {"format": FORMAT, "state": "unknown", "epoch": 0}
+    except ProtocolError as e:
+        return {"format": FORMAT, "state": "unknown", "epoch": 0, "error": str(e)}
+    if status.get("state") in (TRAINING, WAITING):
+        now = time.time() if now is None else now
+        age = now - float(status.get("heartbeat", 0))
+        if age > STALE_AFTER_SECONDS or not pid_alive(status.get("pid"), status.get("host")):
+            status["reported_state"] = status["state"]
+            status["state"] = STALE
+            status["heartbeat_age"] = age
+    return status
+
+
+def pid_alive(pid: Any, host: str | None = None) -> bool:
+    """True unless ``pid`` certainly is not a live process on this machine."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    if host and host != os.uname().nodename:
+        return True  # another machine: only the heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------- metrics
+
+def write_metrics(run: RunDir, rows: list[dict]) -> None:
+    """Rewrite the whole CSV (a few hundred bytes per epoch) so readers never see a partial row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+    atomic_write_text(run.metrics, buf.getvalue())
+
+
+def read_metrics(run: RunDir) -> list[dict]:
+    """Rows as dicts of floats (epoch as int); missing columns of older runs come back as NaN."""
+    try:
+        text = run.metrics.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for raw in csv.DictReader(io.StringIO(text)):
+        row: dict[str, Any] = {}
+        for k in METRIC_COLUMNS:
+            v = raw.get(k)
+            try:
+                row[k] = float(v) if v not in (None, "") else math.nan
+            except ValueError:
+                row[k] = math.nan
+        if math.isnan(row["epoch"]):
+            continue
+        row["epoch"] = int(row["epoch"])
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- masks
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Run-length encode a boolean H×W mask (row-major runs, starting with a run of False)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    flat = mask.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "rle": runs}
+
+
+def decode_mask(obj: Any, height: int, width: int, what: str = "mask") -> np.ndarray:
+    """Decode and validate a mask object: ``{"height","width","rle"}`` or ``{"height","width","boxes"}``
+    (boxes as ``[x0, y0, x1, y1]`` in pixels, end exclusive). Raises ProtocolError naming the problem."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what}: expected an object with height, width and rle or boxes")
+    h, w = obj.get("height"), obj.get("width")
+    if (h, w) != (height, width):
+        raise ProtocolError(f"{what}: size {h}x{w} does not match the image size {height}x{width}")
+    if "rle" in obj:
+        runs = obj["rle"]
+        if not isinstance(runs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+            raise ProtocolError(f"{what}: rle must be a list of non-negative integers")
+        if sum(runs) != height * width:
+            raise ProtocolError(f"{what}: rle covers {sum(runs)} pixels, the image has {height * width}")
+        values = np.zeros(len(runs), dtype=bool)
+        values[1::2] = True
+        return np.repeat(values, runs).reshape(height, width)
+    if "boxes" in obj:
+        mask = np.zeros((height, width), dtype=bool)
+        boxes = obj["boxes"]
+        if not isinstance(boxes, list):
+            raise ProtocolError(f"{what}: boxes must be a list of [x0, y0, x1, y1]")
+        for b in boxes:
+            if (not isinstance(b, list) or len(b) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+                raise ProtocolError(f"{what}: box {b!r} is not [x0, y0, x1, y1]")
+            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise ProtocolError(f"{what}: box {b!r} lies outside the {width}x{height} image")
+            mask[y0:y1, x0:x1] = True
+        return mask
+    raise ProtocolError(f"{what}: needs rle or boxes")
+
+
+# --------------------------------------------------------------------------- query queue
+
+def write_query_image(run: RunDir, epoch: int, query_id: str, image_png: bytes, saliency: np.ndarray) -> None:
+    qdir = run.queue_dir(epoch)
+    atomic_write_bytes(qdir / f"{query_id}.png", image_png)
+    atomic_save_npy(qdir / f"{query_id}_saliency.npy", saliency.astype(np.float32))
+
+
+def write_manifest(run: RunDir, epoch: int, manifest: dict) -> None:
+    """Written last: a queue folder without a manifest is not a queue yet."""
+    atomic_write_json(run.queue_dir(epoch) / MANIFEST_FILE, {"format": FORMAT, "epoch": epoch, **manifest})
+
+
+def read_manifest(run: RunDir, epoch: int) -> dict | None:
+    try:
+        return upgrade(read_json(run.queue_dir(epoch) / MANIFEST_FILE), "manifest")
+    except FileNotFoundError:
+        return None
+
+
+def query_image_path(run: RunDir, epoch: int, query_id: str) -> Path:
+    return run.queue_dir(epoch) / f"{query_id}.png"
+
+
+def query_saliency_path(run: RunDir, epoch: int, query_id: str) -> Path:
+    return run.queue_dir(epoch) / f"{query_id}_saliency.npy"
+
+
+def queue_epochs(run: RunDir) -> list[int]:
+    """Epochs that have a complete queue (a manifest), ascending."""
+    if not run.queue_root.is_dir():
+        return []
+    epochs = []
+    for d in run.queue_root.iterdir():
+        if d.name.startswith("epoch_") and (d / MANIFEST_FILE).exists():
+            try:
+                epochs.append(int(d.name[6:]))
+            except ValueError:
+                continue
+    return sorted(epochs)
+
+
+def pending_epoch(run: RunDir) -> int | None:
+    """The newest queued epoch that has no feedback file yet."""
+    for epoch in reversed(queue_epochs(run)):
+        return None if run.feedback_file(epoch).exists() else epoch
+    return None
+
+
+# --------------------------------------------------------------------------- feedback (mask file)
+
+@dataclass
+class QueryFeedback:
+    query_id: str
+    index: int
+    action: str
+    forbidden: np.ndarray | None = None   # bool H×W: the model must not rely on these pixels
+    relevant: np.ndarray | None = None    # bool H×W: the model should rely on these pixels
+
+
+def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> dict:
+    queries = []
+    for a in answers:
+        q: dict[str, Any] = {"query_id": a.query_id, "index": int(a.index), "action": a.action}
+        if a.forbidden is not None:
+            q["forbidden"] = encode_mask(a.forbidden)
+        if a.relevant is not None:
+            q["relevant"] = encode_mask(a.relevant)
+        queries.append(q)
+    return {"format": FORMAT, "epoch": epoch, "annotator": annotator, "submitted_at": time.time(),
+            "queries": queries}
+
+
+def submit_feedback(run: RunDir, epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> bool:
+    """Write the mask file for ``epoch``; returns False if one was already submitted."""
+    return exclusive_write_json(run.feedback_file(epoch), feedback_document(epoch, annotator, answers))
+
+
+def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
+    """Validate a mask file against the queue it answers. Raises ProtocolError with the reason."""
+    if not isinstance(doc, dict):
+        raise ProtocolError("the mask file must hold a JSON object")
+    doc = upgrade(doc, "feedback")
+    if doc.get("epoch") != manifest.get("epoch"):
+        raise ProtocolError(f"epoch {doc.get('epoch')!r} does not match the queue's epoch {manifest.get('epoch')}")
+    queries = doc.get("queries")
+    if not isinstance(queries, list):
+        raise ProtocolError("'queries' must be a list")
+    known = {q["query_id"]: q for q in manifest["queries"]}
+    seen: set[str] = set()
+    answers = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, dict):
+            raise ProtocolError(f"query #{i} is not an object")
+        qid = q.get("query_id")
+        if qid not in known:
+            raise ProtocolError(f"query #{i}: unknown query_id {qid!r}")
+        if qid in seen:
+            raise ProtocolError(f"query {qid}: answered twice")
+        seen.add(qid)
+        ref = known[qid]
+        if q.get("index") != ref["index"]:
+            raise ProtocolError(f"query {qid}: index {q.get('index')!r} does not match the queue ({ref['index']})")
+        action = q.get("action", ACTION_MASK)
+        if action not in ACTIONS:
+            raise ProtocolError(f"query {qid}: unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
+        h, w = ref["height"], ref["width"]
+        forbidden = decode_mask(q["forbidden"], h, w, f"query {qid} forbidden") if q.get("forbidden") is not None else None
+        relevant = decode_mask(q["relevant"], h, w, f"query {qid} relevant") if q.get("relevant") is not None else None
+        answers.append(QueryFeedback(qid, ref["index"], action, forbidden, relevant))
+    return answers
+
+
+# --------------------------------------------------------------------------- format upgrades
+
+# Ordered upgrades: _UPGRADES[kind][n] turns a format-n document into format n+1.
+_UPGRADES: dict[str, dict[int, Any]] = {"config": {}, "status": {}, "manifest": {}, "feedback": {}}
+
+
+def upgrade(doc: dict, kind: str) -> dict:
+    """Bring an older document up to FORMAT; a document from a newer version is refused."""
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{kind}: expected a JSON object")
+    version = doc.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT:
+        raise ProtocolError(f"{kind}: format {version!r} is newer than this version understands ({FORMAT})")
+    while version < FORMAT:
+        doc = _UPGRADES[kind][version](doc)
+        version += 1
+        doc["format"] = version
+    return doc
