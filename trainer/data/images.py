@@ -1,0 +1,257 @@
+"""Image files on disk: decoding to RGB, cheap integrity checks, a resize cache and a file-backed split.
+
+Large source images (fundus photographs, dermoscopy) are decoded and resized once and kept as small
+PNGs, so that DataLoader workers later decode a few hundred kilobytes per image instead of megabytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import DataError, Split
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+CACHE_VERSION = 1  # part of every cache key: bump when the resize changes
+CACHE_ABOVE = 2  # sources larger than CACHE_ABOVE × the target size are resized once and cached
+FALLBACK_CACHE_ROOT = Path(__file__).resolve().parents[2] / "datasets" / ".cache"
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow opens some 16-bit files as "I"
+PNG_END = b"IEND\xaeB`\x82"
+JPEG_END = b"\xff\xd9"
+
+
+def describe(names: Sequence[object], limit: int = 5) -> str:
+    """``a, b, c, d, e and 7 more``: the first offenders of a problem, short enough for one line."""
+    shown = ", ".join(str(n) for n in list(names)[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: grey is replicated, alpha dropped, 16-bit scaled (not clipped)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(img, dtype=np.float32) / 257.0
+        img = Image.fromarray(wide.clip(0, 255).round().astype(np.uint8), "L")
+    elif img.mode == "P":  # via RGBA, so a transparency entry in the palette is understood
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(path: Path, size: int | None = None) -> Image.Image:
+    """Decode ``path`` as RGB, resized to ``size``×``size`` when given (the whole picture is kept:
+    no crop, so masks drawn on the full image stay aligned). JPEGs are decoded at a reduced scale
+    when that still leaves at least twice the target size, which is much faster for large files."""
+    with Image.open(path) as img:
+        if size is not None and img.format == "JPEG":
+            img.draft("RGB", (2 * size, 2 * size))
+        img = to_rgb(img)
+        img.load()
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return img
+
+
+def image_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 C×H×W in [0, 1]."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+
+
+def load_mask(path: Path, size: int) -> torch.Tensor:
+    """A relevance mask file as a bool ``size``×``size`` tensor: nonzero pixels (any colour channel;
+    alpha ignored) are the ones the model must not rely on. A target pixel is marked when at least
+    half of the source area it covers is marked."""
+    with Image.open(path) as img:
+        if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+            marked = np.asarray(img.convert("RGB")).any(axis=-1)
+        elif img.mode in ("LA", "PA"):
+            marked = np.asarray(img.convert("L")) != 0
+        else:
+            marked = np.asarray(img) != 0
+    area = Image.fromarray(marked.astype(np.uint8) * 255, "L").resize((size, size), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(area) >= 128)
+
+
+def _ends_cleanly(path: Path, fmt: str | None) -> bool:
+    """Whether a PNG or JPEG file ends with its end marker: a truncated file does not. Reads only the
+    last bytes; other formats, and files with data after the marker, answer False (decode them)."""
+    end = {"PNG": PNG_END, "JPEG": JPEG_END}.get(fmt or "")
+    if end is None:
+        return False
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 32))
+        return end in f.read()
+
+
+@dataclass
+class _Checked:
+    """What preparing one source image found: where to read it from, its size, or what is wrong."""
+
+    read_from: Path | None = None
+    size: tuple[int, int] | None = None
+    problem: str | None = None
+
+
+class ImageStore:
+    """Checks source images once per build and keeps resized copies of large ones.
+
+    The cache lives in ``<root>/.hitl-cache/<size>/`` beside the data; where that folder cannot be
+    written (a read-only data set) it lives under ``datasets/.cache/`` in this repository. Cache files
+    are named by the source's relative path, byte size and modification time, so an edited source is
+    decoded again; they are written to a temporary name and renamed, so a crash never leaves half a file.
+    """
+
+    def __init__(self, root: Path, size: int):
+        self.root = root.resolve()
+        self.size = size
+        tag = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        self.cache_dirs = [self.root / ".hitl-cache" / str(size),
+                           FALLBACK_CACHE_ROOT / f"{self.root.name}-{tag}" / str(size)]
+        self._writable: Path | None = None
+
+    def display_name(self, path: Path) -> str:
+        """The path relative to the data folder where it is inside it (shorter error messages)."""
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def _cache_name(self, path: Path) -> str:
+        st = path.stat()
+        key = f"{self.display_name(path)}|{st.st_size}|{st.st_mtime_ns}|{self.size}|v{CACHE_VERSION}"
+        return f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.png"
+
+    def _cached(self, name: str) -> Path | None:
+        return next((d / name for d in self.cache_dirs if (d / name).is_file()), None)
+
+    def _writable_dir(self) -> Path:
+        if self._writable is None:
+            for d in self.cache_dirs:
+                try:
+                    d.mkdir(parents=True, exist_ok=True)
+                    probe = d / f".probe-{uuid.uuid4().hex}"
+                    probe.touch()
+                    probe.unlink()
+                    self._writable = d
+                    break
+                except OSError:
+                    continue
+            else:
+                raise DataError(f"cannot write an image cache in {self.cache_dirs[0]} or {self.cache_dirs[1]}")
+        return self._writable
+
+    def _write_cache(self, img: Image.Image, name: str) -> Path:
+        target = self._writable_dir() / name
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            img.save(tmp, format="PNG", compress_level=1)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise DataError(f"cannot write the image cache {target}: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+    def _check(self, path: Path) -> _Checked:
+        """Open the header (size, format); resize and cache a large image (a full decode); for a small
+        one check the end marker and fully decode only when it is missing."""
+        try:
+            with Image.open(path) as img:
+                size, fmt = img.size, img.format
+            large = max(size) > CACHE_ABOVE * self.size
+            if large:
+                name = self._cache_name(path)
+                cached = self._cached(name)
+                if cached is not None:
+                    return _Checked(cached, size)
+                resized = load_rgb(path, self.size)
+            elif not _ends_cleanly(path, fmt):
+                load_rgb(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+            return _Checked(problem=f"{self.display_name(path)} ({reason})")
+        return _Checked(self._write_cache(resized, name) if large else path, size)
+
+    def prepare(self, what: str, paths: Sequence[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
+        """For each source: the file to read it from (a cached copy or itself) and its original size.
+
+        Raises DataError naming the unreadable or truncated files; checks run in threads (PIL releases
+        the GIL while decoding)."""
+        workers = min(16, os.cpu_count() or 1)
+        if len(paths) > 50:
+            log.info("%s: checking %d images (resizing large ones to %d px once)", what, len(paths), self.size)
+        with ThreadPoolExecutor(workers) as pool:
+            checked = list(pool.map(self._check, paths))
+        bad = [c.problem for c in checked if c.problem]
+        if bad:
+            raise DataError(f"{what}: {len(bad)} unreadable or truncated image(s): {describe(bad)}")
+        return [c.read_from for c in checked], [c.size for c in checked]
+
+    def check_masks(self, what: str, masks: Sequence[Path | None], image_sizes: Sequence[tuple[int, int]]) -> None:
+        """Every mask must open and have its image's size, or it would mark the wrong pixels."""
+        bad = []
+        for mask, image_size in zip(masks, image_sizes):
+            if mask is None:
+                continue
+            try:
+                with Image.open(mask) as img:
+                    mask_size = img.size
+            except (OSError, ValueError, SyntaxError) as e:
+                bad.append(f"{self.display_name(mask)} ({str(e)[:60]})")
+                continue
+            if mask_size != image_size:
+                bad.append(f"{self.display_name(mask)} ({mask_size[0]}×{mask_size[1]}, "
+                           f"image {image_size[0]}×{image_size[1]})")
+        if bad:
+            raise DataError(f"{what}: {len(bad)} mask(s) unreadable or not the size of their image: {describe(bad)}")
+
+
+class FileSplit(Split):
+    """A split read from files: ``split[i]`` decodes one image (in the DataLoader worker that asks
+    for it) at ``image_size``×``image_size``. ``sources`` are the original files (for messages and
+    display); ``files`` what is actually read (the cached copy of a large source)."""
+
+    in_memory = False
+
+    def __init__(self, name: str, files: Sequence[Path], labels: torch.Tensor, image_size: int,
+                 sources: Sequence[Path], masks: Sequence[Path | None] | None = None):
+        self.name = name
+        self.files = list(files)
+        self.sources = list(sources)
+        self.labels = torch.as_tensor(labels).long()
+        self.image_size = image_size
+        self.masks = None if masks is None else list(masks)
+
+    def __getitem__(self, i):
+        i = int(i)
+        try:
+            img = load_rgb(self.files[i], self.image_size)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read image {self.sources[i]}: {str(e)[:80]}") from e
+        return image_tensor(img), int(self.labels[i]), i
+
+    def gt_mask(self, i: int) -> torch.Tensor | None:
+        """The marked pixels of image ``i`` (bool, image size); all False for an image listed without a
+        mask file (nothing to avoid), None when the data set has no masks at all."""
+        if self.masks is None:
+            return None
+        mask = self.masks[int(i)]
+        if mask is None:
+            return torch.zeros(self.image_size, self.image_size, dtype=torch.bool)
+        try:
+            return load_mask(mask, self.image_size)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"cannot read mask {mask}: {str(e)[:80]}") from e
+
+    @property
+    def has_gt_masks(self) -> bool:
+        return self.masks is not None
