@@ -22,7 +22,7 @@ class SmallCNN(nn.Module):
         w = width
         blocks, c = [], in_chans
         for i, out in enumerate((w, 2 * w, 4 * w, 4 * w)):
-            blocks += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            blocks += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
             if i < 3:
                 blocks.append(nn.MaxPool2d(2))
             c = out

@@ -1,19 +1,21 @@
 """Feedback penalties: how a person's mask reaches the weights.
 
-All penalties look at the model as it predicts (eval mode: batch-norm with running statistics, no
-dropout), the same model the explanations shown to the person come from, and only at the annotated
-images of a batch. Each returns one value per annotated image, in [0, 1] before weighting:
+All penalties run on the annotated images of a batch only, in the same mode as the cross-entropy
+(train mode) but without updating batch-norm running statistics. (Penalising the eval-mode model
+instead lets training satisfy the penalty by breaking the eval-mode network, whose statistics differ
+from the batch statistics the cross-entropy sees: validation accuracy collapsed to chance.) Each returns one value per annotated image, in [0, 1] before weighting:
 
 ``rrr``      Right for the Right Reasons: the share of the input-gradient energy of the summed
-             log-probabilities that falls inside the mask, Σ W·g² / Σ g², with the denominator held
-             constant. Normalising by the image's own gradient energy makes the default λ work across
-             models and image sizes (raw input gradients differ by orders of magnitude between them).
+             log-probabilities that falls inside the mask, A/D = Σ W·g² / Σ g². A share, unlike the raw
+             Σ W·g², cannot be lowered by making the model insensitive to its whole input, and it does
+             not depend on the scale of input gradients, which differs by orders of magnitude between
+             models and image sizes: the default λ works across them.
              Two implementations with the same gradient:
              ``exact`` double backpropagation (create_graph=True), the reference;
-             ``fd``    finite differences (Finlay & Oberman 2019): ∇θ Σ W g² = 2 ∇θ (g·v) with
-                       v = W⊙g held fixed, and g·v is a directional derivative, (s(x+hu) − s(x−hu))·‖v‖/2h.
-                       No second-order autograd, so depthwise convolutions and batch-norm keep their fast
-                       first-order kernels.
+             ``fd``    finite differences (Finlay & Oberman 2019): ∇θ(A/D) = (2/D) ∇θ(g·v) with
+                       v = (W − A/D)⊙g held fixed, and g·v is a directional derivative,
+                       (s(x+hu) − s(x−hu))·‖v‖/2h. No second-order autograd, so depthwise convolutions
+                       and batch-norm keep their fast first-order kernels.
 ``gradcam``  the normalised GradCAM map of the true class inside the mask (mean over masked pixels);
              double backpropagation only through the head, so cheap.
 
@@ -47,6 +49,19 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+@contextmanager
+def frozen_norm_stats(model: nn.Module):
+    """Batch-norm layers normalise with the batch's statistics but leave their running ones alone."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+
+
 def summed_log_prob(logits: torch.Tensor) -> torch.Tensor:
     """Per-image Σ_k log p_k, the score whose input gradient RRR penalises."""
     return F.log_softmax(logits.float(), dim=1).sum(dim=1)
@@ -61,27 +76,27 @@ def input_gradient(model: nn.Module, x: torch.Tensor, create_graph: bool = False
 
 
 def rrr_exact(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model):
-        g2 = input_gradient(model, x, create_graph=True).pow(2).sum(1)
-        return (mask * g2).flatten(1).sum(1) / (g2.detach().flatten(1).sum(1) + EPS)
+    with frozen_norm_stats(model):
+        g2 = input_gradient(model, x, create_graph=True).pow(2).sum(1).flatten(1)
+        return (mask.flatten(1) * g2).sum(1) / (g2.sum(1) + EPS)
 
 
 def rrr_fd(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor,
            step: float = FD_STEP) -> torch.Tensor:
-    with eval_mode(model):
+    with frozen_norm_stats(model):
         g = input_gradient(model, x)
         energy = g.pow(2).sum(1).flatten(1).sum(1) + EPS
-        v = mask[:, None] * g  # W² ⊙ g with binary W
-        value = (v * g).flatten(1).sum(1) / energy
+        share = (mask[:, None] * g.pow(2)).flatten(1).sum(1) / energy
+        # ∇θ (A/D) = (2/D) ∇θ (g·v) with v = (W − A/D) ⊙ g held fixed: one directional derivative.
+        v = (mask[:, None] - share.view(-1, 1, 1, 1)) * g
         norm = v.flatten(1).norm(dim=1).clamp_min(EPS)
         u = v / norm.view(-1, 1, 1, 1)
-        h = step
-        s = summed_log_prob(model(torch.cat([x + h * u, x - h * u])))
+        s = summed_log_prob(model(torch.cat([x + step * u, x - step * u])))
         s_plus, s_minus = s.chunk(2)
-        directional = (s_plus - s_minus) * norm / (2 * h)  # ≈ g·v, differentiable in θ
+        directional = (s_plus - s_minus) * norm / (2 * step)  # ≈ g·v, differentiable in θ
         surrogate = 2 * directional / energy
-        # The value is the exact penalty; the gradient is the finite-difference one.
-        return value + surrogate - surrogate.detach()
+        # The value is the exact share; the gradient is the finite-difference one.
+        return share + surrogate - surrogate.detach()
 
 
 def gradcam_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -99,7 +114,7 @@ def gradcam_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_
 
 
 def gradcam_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model):
+    with frozen_norm_stats(model):
         cam = gradcam_map(model, x, y, create_graph=True)
         return (mask * cam).flatten(1).sum(1) / (mask.flatten(1).sum(1) + EPS)
 

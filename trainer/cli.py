@@ -1,0 +1,189 @@
+"""``hitl-train`` / ``python -m trainer``: long options, plus the original tool's short flags as aliases
+so its documented command still works."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import protocol
+from .config import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+class CLIError(Exception):
+    pass
+
+
+def parse_bool(text: str) -> bool:
+    """A real boolean: ``-ov False`` is false (the original parsed any non-empty string as True)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+        return v
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise CLIError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .explain import EXPLAINERS
+    from .penalty import PENALTIES, PENALTY_IMPLS
+    from .sampling import SAMPLERS
+
+    d = DEFAULTS
+    p = _Parser(prog="hitl-train", argument_default=argparse.SUPPRESS,
+                description="Train an image classifier with human feedback on its saliency maps.")
+    data = p.add_argument_group("data")
+    data.add_argument("-ds", "--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
+    data.add_argument("-dr", "--data-dir", help="folder of a data set on disk (not needed for generated sets)")
+    data.add_argument("-tf", "--train-fraction", type=_fraction, help="stratified share of the training images (default 1)")
+    data.add_argument("-vf", "--val-fraction", type=_fraction, help="stratified share of the validation images (default 1)")
+    data.add_argument("--image-size", type=_positive(int), help="side in pixels (default: the data set's)")
+    data.add_argument("--task", dest="task", help="isic2017 only: melanoma (binary) or 3-class")
+    data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers for data sets on disk (default 0)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("-md", "--runs-dir", help=f"where runs live (default {d.runs_dir}/)")
+    run.add_argument("-td", "--title", help="run name: the folder under --runs-dir (default: dataset and time)")
+    run.add_argument("--resume", action="store_true", help="continue the run --title from its last checkpoint")
+    run.add_argument("-E", "--epochs", type=_positive(int), help=f"default {d.epochs}")
+    run.add_argument("--seed", type=int, help=f"default {d.seed}")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", help=f"any timm architecture (default {d.model}, a small CNN)")
+    model.add_argument("--pretrained", type=parse_bool, nargs="?", const=True,
+                       help="ImageNet weights from the local cache or the hub (fails clearly offline)")
+    model.add_argument("--batch-size", type=_positive(int), help=f"default {d.batch_size}")
+    model.add_argument("--lr", type=_positive(float), help=f"default {d.lr}")
+
+    fb = p.add_argument_group("feedback")
+    fb.add_argument("--annotator", choices=["human", "oracle", "none"],
+                    help="who answers queries: the dashboard, the simulated annotator, or nobody (plain training)")
+    fb.add_argument("-sp", "--sampling", choices=sorted(SAMPLERS), help=f"default {d.sampling}")
+    fb.add_argument("-et", "--entropy-threshold", type=_non_negative(float),
+                    help="in nats (natural log); the maximum is ln(classes). default 0")
+    fb.add_argument("-qu", "--queries-per-epoch", type=_non_negative(int), help=f"default {d.queries_per_epoch}")
+    fb.add_argument("-se", "--query-start-epoch", type=_positive(int), help="first epoch that asks (default 1)")
+    fb.add_argument("-ov", "--oversample", type=parse_bool, nargs="?", const=True,
+                    help="add annotated images to every batch (1/8 of the batch size)")
+    fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
+                    help=f"penalty weight λ (default {d.penalty_weight})")
+    fb.add_argument("--penalty", choices=sorted(PENALTIES), help=f"default {d.penalty}")
+    fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
+                    help="fd: finite differences, fast (default); exact: double backpropagation")
+    fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
+    fb.add_argument("--feedback-timeout", type=_non_negative(float),
+                    help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
+                         "on without feedback for that epoch, and a later answer is applied at the next epoch end")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
+    """The resolved config and whether to resume. On --resume the run's saved config is the base and
+    only the flags given again override it."""
+    given = vars(build_parser().parse_args(argv))
+    resume = given.pop("resume", False)
+    task = given.pop("task", None)
+    runs_dir = given.get("runs_dir", DEFAULTS.runs_dir)
+    if resume:
+        if "title" not in given:
+            raise CLIError("--resume needs the run's --title (-td)")
+        run = protocol.RunDir(Path(runs_dir) / given["title"])
+        if not run.exists():
+            raise CLIError(f"--resume: no run at {run.path}")
+        try:
+            base = TrainConfig.from_dict(protocol.read_config(run)).to_dict()
+        except protocol.ProtocolError as e:
+            raise CLIError(f"--resume: {e}") from None
+    else:
+        base = DEFAULTS.to_dict()
+    cfg = TrainConfig.from_dict({**base, **given})
+    if task is not None:
+        cfg.dataset_options = {**cfg.dataset_options, "task": task}
+    if not cfg.title:
+        cfg.title = f"{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in cfg.title or cfg.title in (".", ".."):
+        raise CLIError(f"--title {cfg.title!r} must be a plain folder name")
+    if not resume and protocol.RunDir(Path(cfg.runs_dir) / cfg.title).exists():
+        raise CLIError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
+    return cfg, resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .model import ModelError
+    from .train import Stopped, install_stop_handlers, run_training
+
+    try:
+        cfg, resume = parse_args(argv)
+    except CLIError as e:
+        print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
+    install_stop_handlers()
+    try:
+        result = run_training(cfg, resume=resume)
+    except (DataError, ModelError, FileNotFoundError, ValueError) as e:
+        print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
+    except Stopped as e:
+        print(f"hitl-train: stopped ({e}); resume with: hitl-train --resume -md {cfg.runs_dir} -td {cfg.title}",
+              file=sys.stderr)
+        return 130
+    print_summary(result)
+    return 0
+
+
+def print_summary(result: dict) -> None:
+    lines = [f"best epoch {result['best_epoch']}: val loss {result['best_val_loss']:.4f}, "
+             f"val acc {result['best_val_acc']:.3f}"]
+    if "test_acc" in result:
+        lines.append(f"test acc {result['test_acc']:.3f}, wrong-reason share {result.get('test_wrong_reason', float('nan')):.3f}")
+    lines.append(f"feedback set: {result['n_feedback']} images; run directory: {result['run_dir']}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

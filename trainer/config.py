@@ -1,0 +1,46 @@
+"""The resolved training configuration, saved as ``config.json`` in the run directory."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "decoy-digits"
+    data_dir: str | None = None
+    runs_dir: str = "checkpoints"
+    title: str | None = None
+    epochs: int = 8
+    train_fraction: float = 1.0
+    val_fraction: float = 1.0
+    model: str = "hitl_cnn"
+    pretrained: bool = False
+    image_size: int | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    penalty_weight: float = 10.0            # --lambda
+    penalty: str = "rrr"
+    penalty_impl: str = "fd"
+    saliency: str = "deeplift"
+    sampling: str = "high_entropy"
+    entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
+    queries_per_epoch: int = 10
+    query_start_epoch: int = 1
+    oversample: bool = False
+    annotator: str = "human"                # human | oracle | none
+    feedback_timeout: float = 0.0           # seconds; 0 waits for ever
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    track_images: int = 32                  # annotated images whose saliency is saved every epoch
+    dataset_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
