@@ -1,0 +1,315 @@
+"""Plain-Python readers of the run directory for the pages (no Streamlit here, so they are tested
+without a server). Every reader tolerates missing and broken files: one bad run or query must never
+take the whole page down, it gets a message instead."""
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from trainer import protocol
+
+from . import launcher
+
+STARTING = "starting"
+
+STATE_LABELS = {
+    STARTING: "starting",
+    protocol.TRAINING: "training",
+    protocol.WAITING: "waiting for feedback",
+    protocol.FINISHED: "finished",
+    protocol.FAILED: "failed",
+    protocol.STOPPED: "stopped",
+    protocol.STALE: "stale (trainer not responding)",
+    "unknown": "unknown",
+}
+
+
+@dataclass
+class RunSummary:
+    """One line of the runs table, plus what the detail panel needs."""
+
+    run: protocol.RunDir
+    state: str
+    epoch: int = 0
+    epochs: int | None = None
+    best_val_loss: float = math.nan
+    best_val_acc: float = math.nan
+    dataset: str = ""
+    model: str = ""
+    annotator: str = ""
+    waiting_epoch: int | None = None
+    error: str | None = None
+    traceback: list[str] = field(default_factory=list)
+    heartbeat_age: float | None = None
+    feedback_error: str | None = None
+    result: dict = field(default_factory=dict)
+    updated: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def state_label(self) -> str:
+        return STATE_LABELS.get(self.state, self.state)
+
+    @property
+    def can_stop(self) -> bool:
+        return self.state in (STARTING, protocol.TRAINING, protocol.WAITING)
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state in (protocol.STALE, protocol.STOPPED, protocol.FAILED) and self.run.last_checkpoint.exists()
+
+
+def list_run_dirs(runs_dir: Path | str) -> list[protocol.RunDir]:
+    """Runs under ``runs_dir``, newest first: folders with a config, or started from the dashboard
+    (a launch record) even if the trainer has not written its config yet."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = [protocol.RunDir(p) for p in root.iterdir()
+             if p.is_dir() and ((p / protocol.CONFIG_FILE).exists() or (p / launcher.LAUNCH_FILE).exists())]
+    return sorted(found, key=lambda r: mtime(r.config) or mtime(r.path / launcher.LAUNCH_FILE), reverse=True)
+
+
+def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
+    status = protocol.read_status(run, now)
+    try:
+        config = protocol.read_config(run)
+    except (FileNotFoundError, protocol.ProtocolError):
+        config = {}
+    summary = RunSummary(
+        run=run, state=status.get("state", "unknown"), epoch=int(status.get("epoch") or 0),
+        epochs=status.get("epochs") or config.get("epochs"), dataset=config.get("dataset", ""),
+        model=config.get("model", ""), annotator=config.get("annotator", ""),
+        waiting_epoch=status.get("waiting_epoch"), error=status.get("error"),
+        traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
+        feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}), updated=float(status.get("heartbeat") or mtime(run.path)))
+    launch = launcher.read_launch(run)
+    if launch is not None and launcher.launch_is_newer(launch, status):
+        _apply_launch(summary, launch)
+    rows = protocol.read_metrics(run)
+    if rows:
+        best = min(rows, key=lambda r: r["val_loss"] if not math.isnan(r["val_loss"]) else math.inf)
+        summary.best_val_loss, summary.best_val_acc = best["val_loss"], best["val_acc"]
+    return summary
+
+
+def _apply_launch(summary: RunSummary, launch: dict) -> None:
+    """A trainer the dashboard started that has not reported yet: starting, stopped, or dead."""
+    summary.updated = float(launch.get("started_at", summary.updated))
+    if launcher.launch_alive(launch):
+        summary.state, summary.error = STARTING, None
+    elif launch.get("stop_requested_at"):
+        summary.state, summary.error = protocol.STOPPED, "stopped before the first epoch"
+    else:
+        summary.state = protocol.FAILED
+        summary.error = "the trainer exited before it started training; its log below says why"
+
+
+def list_summaries(runs_dir: Path | str) -> list[RunSummary]:
+    now = time.time()
+    return [summarise(run, now) for run in list_run_dirs(runs_dir)]
+
+
+def mtime(path: Path) -> float:
+    """Modification time, the pages' cache key; 0 for a missing file."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# --------------------------------------------------------------------------- metrics
+
+def metrics_frame(runs: list[protocol.RunDir]) -> pd.DataFrame:
+    """Per-epoch metrics of several runs, one row per run and epoch, with a ``run`` column."""
+    frames = [pd.DataFrame(rows).assign(run=run.name) for run in runs if (rows := protocol.read_metrics(run))]
+    if not frames:
+        return pd.DataFrame(columns=["run", *protocol.METRIC_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_confusion(run: protocol.RunDir) -> dict | None:
+    """The latest confusion matrix, or None if there is none yet or it cannot be read."""
+    try:
+        doc = protocol.read_json(run.confusion)
+    except (FileNotFoundError, protocol.ProtocolError):
+        return None
+    matrix = doc.get("matrix") if isinstance(doc, dict) else None
+    if not isinstance(matrix, list) or not matrix:
+        return None
+    names = doc.get("class_names") or [str(i) for i in range(len(matrix))]
+    return {"epoch": doc.get("epoch"), "class_names": [str(n) for n in names], "matrix": matrix}
+
+
+def log_tail(run: protocol.RunDir, lines: int = 40) -> str:
+    """The end of trainer.log (reading only its last 64 KiB: logs of long runs grow)."""
+    try:
+        with open(run.log, "rb") as f:
+            f.seek(0, io.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(deque(text.replace("\r", "\n").splitlines(), maxlen=lines))
+
+
+# --------------------------------------------------------------------------- query queue
+
+@dataclass
+class Query:
+    """One queued image with what the reviewer needs; ``problem`` says why it cannot be shown."""
+
+    query_id: str
+    index: int
+    true_label: int
+    predicted_label: int
+    probabilities: list[float]
+    entropy: float
+    height: int
+    width: int
+    class_names: list[str]
+    already_annotated: bool = False
+    image: np.ndarray | None = None        # H×W×3 uint8
+    saliency: np.ndarray | None = None     # H×W float in [-1, 1]
+    problem: str | None = None             # the image cannot be used: the query goes out as "skip"
+    warning: str | None = None             # usable, but something is missing (e.g. the saliency map)
+
+    def label(self, i: int) -> str:
+        return self.class_names[i] if 0 <= i < len(self.class_names) else str(i)
+
+
+@dataclass
+class Queue:
+    epoch: int
+    queries: list[Query]
+    error: str | None = None
+
+
+def load_queue(run: protocol.RunDir, epoch: int) -> Queue:
+    """Read a queue; a broken manifest spoils the whole queue, a broken image only its query."""
+    try:
+        manifest = protocol.read_manifest(run, epoch)
+    except protocol.ProtocolError as e:
+        return Queue(epoch, [], f"the list of queries for epoch {epoch} cannot be read: {e}")
+    if manifest is None:
+        return Queue(epoch, [], f"there is no queue for epoch {epoch}")
+    names = [str(n) for n in manifest.get("class_names") or []]
+    queries = []
+    for i, q in enumerate(manifest.get("queries") or []):
+        try:
+            query = Query(query_id=str(q["query_id"]), index=int(q["index"]), true_label=int(q["true_label"]),
+                          predicted_label=int(q["predicted_label"]),
+                          probabilities=[float(p) for p in q.get("probabilities") or []],
+                          entropy=float(q.get("entropy", math.nan)), height=int(q["height"]),
+                          width=int(q["width"]), class_names=names,
+                          already_annotated=bool(q.get("already_annotated", False)))
+        except (KeyError, TypeError, ValueError) as e:
+            return Queue(epoch, [], f"query #{i} of epoch {epoch} is incomplete ({type(e).__name__}: {e})")
+        _load_query_files(run, epoch, query)
+        queries.append(query)
+    return Queue(epoch, queries)
+
+
+def _load_query_files(run: protocol.RunDir, epoch: int, query: Query) -> None:
+    shape = (query.height, query.width)
+    image_path = protocol.query_image_path(run, epoch, query.query_id)
+    try:
+        with Image.open(image_path) as im:
+            query.image = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        query.problem = f"the image file {image_path.name} is missing"
+    except OSError as e:
+        query.problem = f"the image file {image_path.name} cannot be read ({e})"
+    if query.image is not None and query.image.shape[:2] != shape:
+        query.problem = (f"the image is {query.image.shape[1]}×{query.image.shape[0]} pixels, "
+                         f"the queue says {query.width}×{query.height}")
+        query.image = None
+    saliency_path = protocol.query_saliency_path(run, epoch, query.query_id)
+    query.saliency = _load_map(saliency_path, shape)
+    if query.saliency is None and query.problem is None:
+        query.warning = f"the saliency map {saliency_path.name} is missing or unreadable; you can still mark the image"
+
+
+def _load_map(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if arr.shape != shape or not np.issubdtype(arr.dtype, np.number):
+        return None
+    return np.nan_to_num(arr.astype(np.float32)).clip(-1, 1)
+
+
+# --------------------------------------------------------------------------- feedback and tracking
+
+def submitted_feedback(run: protocol.RunDir, epoch: int) -> dict | None:
+    """The mask file sent for ``epoch`` (by anyone), or None."""
+    try:
+        doc = protocol.read_json(run.feedback_file(epoch))
+    except (FileNotFoundError, protocol.ProtocolError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def sent_answers(run: protocol.RunDir, epoch: int) -> dict[str, protocol.QueryFeedback] | None:
+    """The answers sent for ``epoch`` by query id, decoded; None if there are none or they do not fit the queue."""
+    doc = submitted_feedback(run, epoch)
+    try:
+        manifest = protocol.read_manifest(run, epoch)
+        answers = protocol.parse_feedback(doc, manifest) if doc is not None and manifest else None
+    except protocol.ProtocolError:
+        return None
+    return None if answers is None else {a.query_id: a for a in answers}
+
+
+def feedback_masks(run: protocol.RunDir) -> dict[int, np.ndarray]:
+    """Per training-image index, the union of what every accepted mask file says the model must not
+    use (outside a "should use" region counts too), the way the trainer's feedback set adds them up."""
+    masks: dict[int, np.ndarray] = {}
+    for epoch in protocol.queue_epochs(run):
+        for a in (sent_answers(run, epoch) or {}).values():
+            if a.action != protocol.ACTION_MASK:
+                continue
+            mask = a.forbidden.copy() if a.forbidden is not None else None
+            if a.relevant is not None and a.relevant.any():
+                mask = ~a.relevant if mask is None else mask | ~a.relevant
+            if mask is not None and mask.any():
+                masks[a.index] = masks[a.index] | mask if a.index in masks else mask
+    return masks
+
+
+def query_images(run: protocol.RunDir) -> dict[int, np.ndarray]:
+    """The image of each training index that was ever queried (the newest copy)."""
+    images: dict[int, np.ndarray] = {}
+    for epoch in protocol.queue_epochs(run):
+        for q in load_queue(run, epoch).queries:
+            if q.image is not None:
+                images[q.index] = q.image
+    return images
+
+
+def read_tracking(run: protocol.RunDir) -> pd.DataFrame:
+    """tracking.csv (epoch, index, masked_share); malformed lines are skipped."""
+    try:
+        frame = pd.read_csv(run.tracking, on_bad_lines="skip")
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return pd.DataFrame(columns=["epoch", "index", "masked_share"])
+    for column in ("epoch", "index", "masked_share"):
+        frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+    frame = frame.dropna()
+    return frame.astype({"epoch": int, "index": int}).sort_values(["index", "epoch"], ignore_index=True)
+
+
+def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[int, int]) -> np.ndarray | None:
+    return _load_map(run.tracking_dir(epoch) / f"{index}.npy", shape)

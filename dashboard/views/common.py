@@ -1,0 +1,190 @@
+"""What several pages share: the runs folder, cached readers, the run picker, state badges, and the
+panels for runs in trouble."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from trainer import protocol
+
+from dashboard import launcher, runs
+from dashboard.runs import RunSummary
+
+STATE_COLORS = {
+    runs.STARTING: "blue", protocol.TRAINING: "blue", protocol.WAITING: "orange", protocol.FINISHED: "green",
+    protocol.FAILED: "red", protocol.STALE: "red", protocol.STOPPED: "gray",
+}
+REFRESH_SECONDS = 2.0
+PAGES = {"runs": "views/runs.py", "metrics": "views/metrics.py", "review": "views/review.py",
+         "learning": "views/learning.py"}
+
+
+def runs_dir() -> Path:
+    return Path(st.session_state["runs_dir"])
+
+
+def run_dir(name: str) -> protocol.RunDir:
+    return protocol.RunDir(runs_dir() / name)
+
+
+# --------------------------------------------------------------------------- cached readers
+# Keyed on path and modification time: a file the trainer replaced is read again, an unchanged one not.
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _metrics(path: str, stamp: float) -> pd.DataFrame:
+    return runs.metrics_frame([protocol.RunDir(path)])
+
+
+def metrics(names: list[str]) -> pd.DataFrame:
+    frames = [_metrics(str(run.path), runs.mtime(run.metrics)) for run in map(run_dir, names)]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else runs.metrics_frame([])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _confusion(path: str, stamp: float) -> dict | None:
+    return runs.read_confusion(protocol.RunDir(path))
+
+
+def confusion(run: protocol.RunDir) -> dict | None:
+    return _confusion(str(run.path), runs.mtime(run.confusion))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _queue(path: str, epoch: int, stamp: tuple) -> runs.Queue:
+    return runs.load_queue(protocol.RunDir(path), epoch)
+
+
+def queue(run: protocol.RunDir, epoch: int) -> runs.Queue:
+    return _queue(str(run.path), epoch, _folder_stamp(run.queue_dir(epoch)))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _tracking(path: str, stamp: float) -> pd.DataFrame:
+    return runs.read_tracking(protocol.RunDir(path))
+
+
+def tracking(run: protocol.RunDir) -> pd.DataFrame:
+    return _tracking(str(run.path), runs.mtime(run.tracking))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _feedback_masks(path: str, stamp: tuple) -> dict:
+    return runs.feedback_masks(protocol.RunDir(path))
+
+
+def feedback_masks(run: protocol.RunDir) -> dict:
+    return _feedback_masks(str(run.path), _folder_stamp(run.feedback_root))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _query_images(path: str, stamp: tuple) -> dict:
+    return runs.query_images(protocol.RunDir(path))
+
+
+def query_images(run: protocol.RunDir) -> dict:
+    return _query_images(str(run.path), tuple(protocol.queue_epochs(run)))
+
+
+def _folder_stamp(folder: Path) -> tuple:
+    """Names and modification times of a folder's files: changes when any file is added, replaced or removed."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_mtime) for e in folder.iterdir() if e.is_file()))
+    except FileNotFoundError:
+        return ()
+
+
+# --------------------------------------------------------------------------- run picker and badges
+
+def pick_run(summaries: list[RunSummary], label: str = "Run", prefer_waiting: bool = False) -> RunSummary | None:
+    """A run chosen by the user; kept in the address (``?run=``) so pages and reloads agree."""
+    if not summaries:
+        return None
+    by_name = {s.name: s for s in summaries}
+    names = list(by_name)
+    default = 0
+    if prefer_waiting:
+        default = next((i for i, s in enumerate(summaries) if s.state == protocol.WAITING), 0)
+    # no format_func: a bound widget matches the address against the displayed text
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        name = st.selectbox(label, names, index=default, key="run", bind="query-params", width=420)
+        summary = by_name.get(name)
+        if summary is not None:
+            state_badge(summary)
+    return summary
+
+
+def link(page: str, label: str, run: str | None = None, icon: str | None = None) -> None:
+    """A link to another page that keeps the selected run."""
+    st.page_link(PAGES[page], label=label, icon=icon, query_params={"run": run} if run else None)
+
+
+def state_badge(summary: RunSummary) -> None:
+    st.badge(summary.state_label, color=STATE_COLORS.get(summary.state, "gray"))
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "a while"
+    if seconds < 90:
+        return f"{seconds:.0f} seconds"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds / 3600:.1f} hours"
+
+
+# --------------------------------------------------------------------------- runs in trouble
+
+def show_trouble(summary: RunSummary) -> None:
+    """Failed or stale runs: what happened, the error and the end of the log, and a resume button."""
+    if summary.state == protocol.FAILED:
+        st.error(f"**This run failed.** {summary.error or 'The trainer did not say why.'}", icon=":material/error:")
+        if summary.traceback:
+            with st.expander("Where it failed (traceback)"):
+                st.code("\n".join(summary.traceback), language=None)
+        log_tail(summary, expanded=not summary.traceback)
+    elif summary.state == protocol.STALE:
+        st.warning(
+            f"**The trainer stopped responding** (its last sign of life was {ago(summary.heartbeat_age)} ago, "
+            "or its process is gone). It may have crashed, been killed, or the computer restarted. "
+            "Resume continues from the last saved epoch; feedback already sent is kept.",
+            icon=":material/heart_broken:")
+        log_tail(summary)
+    elif summary.state == protocol.STOPPED:
+        st.info("This run was stopped. Resume continues from the last saved epoch.", icon=":material/pause_circle:")
+    if summary.state in (protocol.FAILED, protocol.STALE, protocol.STOPPED):
+        resume_button(summary)
+
+
+def log_tail(summary: RunSummary, expanded: bool = False) -> None:
+    text = runs.log_tail(summary.run)
+    if text:
+        with st.expander("End of the trainer's log", expanded=expanded):
+            st.code(text, language=None)
+
+
+def resume_button(summary: RunSummary, key: str = "resume") -> None:
+    if not summary.run.last_checkpoint.exists():
+        st.caption("It cannot be resumed: it ended before its first epoch was saved. Start a new run instead.")
+        return
+    if st.button("Resume this run", key=f"{key}-{summary.name}", icon=":material/play_arrow:", type="primary"):
+        try:
+            launcher.resume_run(summary.run)
+        except launcher.LaunchError as e:
+            st.error(str(e))
+        else:
+            st.toast(f"Resuming {summary.name}…", icon=":material/play_arrow:")
+            time.sleep(0.5)
+            st.rerun()

@@ -1,0 +1,101 @@
+"""Metrics: per-epoch curves of one run or several overlaid, and the latest confusion matrix.
+The charts redraw themselves while a run trains; the rest of the page stays put."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from trainer import protocol
+
+from dashboard import runs
+from dashboard.views import common
+
+LIVE = (runs.STARTING, protocol.TRAINING, protocol.WAITING)
+CHARTS = [
+    ("Loss", {"train_loss": "training", "val_loss": "validation"}, None),
+    ("Accuracy", {"train_acc": "training", "val_acc": "validation"}, ".0%"),
+    ("Precision, recall and F1 (validation)", {"val_precision": "precision", "val_recall": "recall",
+                                               "val_f1": "F1"}, ".0%"),
+    ("Feedback penalty and wrong-reason share",
+     {"penalty": "penalty (before λ)", "wrong_reason": "wrong-reason share, held-out images"}, None),
+]
+
+
+def render() -> None:
+    st.title("Metrics")
+    summaries = runs.list_summaries(common.runs_dir())
+    if not summaries:
+        st.info("No runs yet: start one on the Runs page, and its curves appear here after the first epoch.",
+                icon=":material/monitoring:")
+        return
+    summary = common.pick_run(summaries)
+    others = st.multiselect("Compare with", [s.name for s in summaries if s.name != summary.name],
+                            placeholder="other runs to overlay")
+    names = [summary.name, *others]
+    live = any(s.state in LIVE for s in summaries if s.name in names)
+    st.fragment(charts, run_every=common.REFRESH_SECONDS if live else None)(names)
+
+
+def charts(names: list[str]) -> None:
+    frame = common.metrics(names)
+    if frame.empty:
+        st.info("No finished epoch yet: the curves appear when the first epoch ends.", icon=":material/hourglass_top:")
+        return
+    tiles(frame[frame.run == names[0]])
+    left, right = st.columns(2)
+    for i, (title, columns, tick_format) in enumerate(CHARTS):
+        with (left if i % 2 == 0 else right):
+            figure = line_chart(frame, title, columns, tick_format, overlay=len(names) > 1)
+            if figure is not None:
+                st.plotly_chart(figure, key=f"chart-{i}")
+    confusion_matrix(common.run_dir(names[0]))
+
+
+def tiles(frame: pd.DataFrame) -> None:
+    last = frame.iloc[-1]
+    best = frame.loc[frame.val_loss.idxmin()] if frame.val_loss.notna().any() else last
+    a, b, c, d = st.columns(4)
+    a.metric("Epochs done", int(last.epoch))
+    b.metric("Validation accuracy", f"{last.val_acc:.1%}", help="After the latest epoch")
+    c.metric("Best validation loss", common.fmt(best.val_loss), help=f"Epoch {int(best.epoch)}")
+    d.metric("Images with feedback", int(last.n_feedback) if pd.notna(last.n_feedback) else 0)
+
+
+def line_chart(frame: pd.DataFrame, title: str, columns: dict[str, str], tick_format: str | None, overlay: bool):
+    """One chart of several metric columns; with several runs, colour tells the run and the dash the metric."""
+    present = [c for c in columns if c in frame and frame[c].notna().any()]
+    if not present:
+        return None
+    long = frame.melt(id_vars=["run", "epoch"], value_vars=present, var_name="metric", value_name="value")
+    long["metric"] = long["metric"].map(columns)
+    long = long.dropna(subset=["value"])
+    if overlay:
+        figure = px.line(long, x="epoch", y="value", color="run", line_dash="metric", markers=True, title=title)
+    else:
+        figure = px.line(long, x="epoch", y="value", color="metric", markers=True, title=title)
+    figure.update_layout(height=320, margin=dict(l=10, r=10, t=50, b=10), legend_title_text="",
+                         yaxis_title=None, xaxis=dict(title="epoch", dtick=1))
+    if tick_format:
+        figure.update_yaxes(tickformat=tick_format)
+    return figure
+
+
+def confusion_matrix(run: protocol.RunDir) -> None:
+    doc = common.confusion(run)
+    if doc is None:
+        return
+    names = doc["class_names"]
+    st.subheader(f"Confusion matrix of {run.name}, epoch {doc['epoch']}")
+    st.caption("Rows: the true class. Columns: what the model said. The diagonal holds the correct answers.")
+    figure = px.imshow(doc["matrix"], x=names, y=names, text_auto=True, color_continuous_scale="Blues",
+                       labels=dict(x="predicted", y="true", color="images"), aspect="auto")
+    figure.update_layout(height=max(320, 36 * len(names) + 120), margin=dict(l=10, r=10, t=10, b=10))
+    figure.update_xaxes(side="top", type="category")
+    figure.update_yaxes(type="category")
+    left, _ = st.columns(2)
+    left.plotly_chart(figure, key="confusion")
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()

@@ -1,0 +1,182 @@
+"""Runs: every run in the runs folder with its state, the controls to stop and resume one, and the
+form that starts a new one."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from trainer import protocol
+
+from dashboard import launcher, runs
+from dashboard.views import common
+
+ANNOTATORS = {
+    "human": "You, on the Review page",
+    "oracle": "The simulated annotator (knows the confounders of generated data)",
+    "none": "Nobody: plain training, for comparison",
+}
+SAMPLING = {
+    "high_entropy": "Most uncertain images first",
+    "low_entropy": "Most confident images first",
+    "random": "At random",
+}
+MODELS = ["hitl_cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
+GENERATED_DATASETS = ("decoy-digits", "synthetic-lesions")
+
+
+def render() -> None:
+    st.title("Runs")
+    st.caption(f"Training runs in `{common.runs_dir()}`. This page updates by itself.")
+    run_list()
+    new_run_form()
+
+
+@st.fragment(run_every=common.REFRESH_SECONDS)
+def run_list() -> None:
+    summaries = runs.list_summaries(common.runs_dir())
+    if not summaries:
+        st.info(
+            "**No runs yet.** Start one with the form below: the defaults train a small model on generated "
+            "digits and ask you about a few images after each epoch. From a terminal, `make train` does the "
+            "same, and `make demo` runs a complete example with a simulated annotator.",
+            icon=":material/rocket_launch:")
+        return
+    for s in summaries:
+        if s.state == protocol.WAITING:
+            with st.container(border=True, horizontal=True, vertical_alignment="center"):
+                st.markdown(f":orange[:material/front_hand:] **{s.name}** is waiting for your feedback "
+                            f"on epoch {s.waiting_epoch}.")
+                common.link("review", "Review now", run=s.name, icon=":material/draw:")
+    st.dataframe(runs_table(summaries), hide_index=True, column_config={
+        "Best val. accuracy": st.column_config.NumberColumn(format="%.1f%%"),
+        "Best val. loss": st.column_config.NumberColumn(format="%.3f"),
+        "Last update": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+    })
+    summary = common.pick_run(summaries, label="Details of run")
+    if summary is not None:
+        run_details(summary)
+
+
+def runs_table(summaries: list[runs.RunSummary]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "Run": s.name,
+        "State": s.state_label,
+        "Epoch": f"{s.epoch} / {s.epochs}" if s.epochs else str(s.epoch),
+        "Best val. loss": s.best_val_loss,
+        "Best val. accuracy": 100 * s.best_val_acc,
+        "Data set": s.dataset,
+        "Model": s.model,
+        "Feedback from": s.annotator,
+        "Last update": datetime.fromtimestamp(s.updated) if s.updated else None,
+    } for s in summaries])
+
+
+def run_details(summary: runs.RunSummary) -> None:
+    with st.container(border=True):
+        parts = [f"epoch {summary.epoch}" + (f" of {summary.epochs}" if summary.epochs else "")]
+        if summary.dataset:
+            parts.append(f"data set {summary.dataset}")
+        if summary.model:
+            parts.append(f"model {summary.model}")
+        st.caption(" · ".join(parts))
+        if summary.state == protocol.FINISHED and summary.result:
+            st.markdown(result_line(summary.result))
+        common.show_trouble(summary)
+        with st.container(horizontal=True):
+            common.link("metrics", "Metrics", run=summary.name, icon=":material/monitoring:")
+            common.link("review", "Review", run=summary.name, icon=":material/draw:")
+            common.link("learning", "Did it learn?", run=summary.name, icon=":material/school:")
+            if summary.can_stop and st.button("Stop", icon=":material/stop:", key=f"stop-{summary.name}",
+                                              help="The trainer saves its state and stops; you can resume later."):
+                try:
+                    launcher.stop_run(summary.run)
+                except launcher.LaunchError as e:
+                    st.error(str(e))
+                else:
+                    st.toast(f"Stopping {summary.name}…", icon=":material/stop:")
+                    time.sleep(0.5)
+                    st.rerun(scope="fragment")
+        if summary.state in (protocol.TRAINING, runs.STARTING, protocol.FINISHED):
+            common.log_tail(summary)
+
+
+def result_line(result: dict) -> str:
+    """The trainer's final summary in words."""
+    text = (f"Finished. Best epoch {result.get('best_epoch', '–')}: validation loss "
+            f"{common.fmt(result.get('best_val_loss'))}, accuracy {common.percent(result.get('best_val_acc'))}")
+    if "test_acc" in result:
+        text += f"; test accuracy {common.percent(result.get('test_acc'))}"
+    if "test_consistent_acc" in result:
+        text += f" ({common.percent(result.get('test_consistent_acc'))} where the shortcut still holds)"
+    return text + f". {result.get('n_feedback', 0)} images got feedback."
+
+
+def new_run_form() -> None:
+    empty = not runs.list_run_dirs(common.runs_dir())
+    with st.expander("Start a new run", expanded=empty, icon=":material/add_circle:"):
+        try:
+            options = launcher.trainer_options()
+        except launcher.LaunchError as e:
+            st.error(f"The form is not available: {e}")
+            return
+        choices, defaults = options["choices"], options["defaults"]
+        with st.form("new-run", border=False):
+            left, right = st.columns(2)
+            with left:
+                title = st.text_input("Run name", placeholder="e.g. digits-first-try",
+                                      help="The folder the run is saved in. Leave empty for data set and time.")
+                dataset = st.selectbox("Data set", choices["dataset"],
+                                       index=choices["dataset"].index(defaults["dataset"]))
+                data_dir = st.text_input(
+                    "Data folder", placeholder="only for data sets on disk",
+                    help=f"The folder holding the data set. The generated sets ({', '.join(GENERATED_DATASETS)}) "
+                         "need none; see datasets/README.md for the others.")
+                model = st.selectbox("Model", _with_first(MODELS, defaults["model"]), accept_new_options=True,
+                                     help="Any timm architecture name; hitl_cnn is a small, fast network.")
+                epochs = st.number_input("Epochs", 1, 1000, defaults["epochs"])
+                annotator = st.radio("Who answers the questions", choices["annotator"],
+                                     index=choices["annotator"].index(defaults["annotator"]),
+                                     format_func=lambda a: ANNOTATORS.get(a, a))
+            with right:
+                sampling = st.selectbox("Which images to ask about", choices["sampling"],
+                                        index=choices["sampling"].index(defaults["sampling"]),
+                                        format_func=lambda s: SAMPLING.get(s, s))
+                queries = st.number_input("Images to ask about per epoch", 0, 500, defaults["queries_per_epoch"])
+                start = st.number_input("First epoch that asks", 1, 1000, defaults["query_start_epoch"])
+                weight = st.number_input(
+                    "Feedback weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
+                    help="How strongly the model is pushed away from the regions you mark; 0 ignores them.")
+                saliency = st.selectbox("Saliency method", choices["saliency"],
+                                        index=choices["saliency"].index(defaults["saliency"]),
+                                        help="How the dashboard shows what the model looked at.")
+                extra = st.text_input("More trainer options", placeholder="e.g. --batch-size 32 --image-size 64",
+                                      help="Any other flag of `python -m trainer --help`.")
+            submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+        if submitted:
+            start_from_form(launcher.RunRequest(
+                title=title.strip() or launcher.default_title(dataset), dataset=dataset, data_dir=data_dir,
+                model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
+                queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
+                saliency=saliency, annotator=annotator), extra)
+
+
+def start_from_form(request: launcher.RunRequest, extra: str) -> None:
+    try:
+        request.extra_args = launcher.parse_extra_args(extra)
+        run = launcher.start_run(common.runs_dir(), request)
+    except launcher.LaunchError as e:
+        st.error(str(e), icon=":material/error:")
+        return
+    st.success(f"Started **{run.name}**. It appears in the list above within a few seconds; "
+               f"the trainer's messages go to `{run.log}`.", icon=":material/check_circle:")
+
+
+def _with_first(options: list[str], first: str) -> list[str]:
+    return [first, *[o for o in options if o != first]]
+
+
+if __name__ == "__main__":  # run by st.navigation as a page script
+    render()
