@@ -182,10 +182,14 @@ def _pixel_centres(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rect_region(obj: dict, geometry: Geometry) -> np.ndarray:
-    left, top, bw, bh = _bounds(obj)
-    half = float(obj.get("strokeWidth") or 0) / 2  # the shape itself lies inside its stroke's centre line
-    x0, y0 = _to_image(geometry, left + half, top + half)
-    x1, y1 = _to_image(geometry, left + bw - half, top + bh - half)
+    """The dragged rectangle: like the canvas package's own ``boxes``, its stroke does not count (the
+    drawing tool puts the drag's corners at ``left``/``top`` and ``left + width``/``top + height``)."""
+    width = float(obj.get("width", 0)) * float(obj.get("scaleX", 1))
+    height = float(obj.get("height", 0)) * float(obj.get("scaleY", 1))
+    left = float(obj.get("left", 0)) - _ORIGIN.get(obj.get("originX", "left"), 0.0) * width
+    top = float(obj.get("top", 0)) - _ORIGIN.get(obj.get("originY", "top"), 0.0) * height
+    x0, y0 = _to_image(geometry, left, top)
+    x1, y1 = _to_image(geometry, left + width, top + height)
     cx, cy = _pixel_centres(geometry)
     return (cx >= min(x0, x1)) & (cx < max(x0, x1)) & (cy >= min(y0, y1)) & (cy < max(y0, y1))
 

@@ -54,7 +54,7 @@ def trend_chart(tracking: pd.DataFrame, metrics: pd.DataFrame) -> None:
                                     name="held-out images, known confounder",
                                     line=dict(color="#ff7f0e", width=2, dash="dash")))
     figure.update_layout(height=360, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.2),
-                         xaxis=dict(title="epoch", dtick=1), yaxis=dict(title=None, tickformat=".0%", rangemode="tozero"))
+                         xaxis=dict(title="epoch", dtick=1), yaxis=dict(title=None, tickformat=".1~%", rangemode="tozero"))
     st.plotly_chart(figure, key="trend")
 
 
@@ -90,16 +90,15 @@ def image_history(run, index: int, rows: pd.DataFrame) -> None:
     st.subheader(f"Image {index}")
     st.caption("Left: the marks (red: must not use; outside green: counts as must not use). Then the model's "
                "saliency after each epoch, with the marks outlined in yellow.")
-    rows = rows.tail(MAX_EPOCHS_SHOWN)
-    columns = st.columns(MAX_EPOCHS_SHOWN + 1)
-    columns[0].image(overlay.compose(image, geometry, forbidden=mask), width=PICTURE_WIDTH, caption="your marks")
-    for column, row in zip(columns[1:], rows.itertuples()):
-        saliency = runs.tracked_saliency(run, row.epoch, index, mask.shape)
-        caption = f"after epoch {row.epoch}: {row.masked_share:.0%} inside"
-        if saliency is None:
-            column.caption(f"{caption} (map missing)")
-        else:
-            column.image(overlay.compose(image, geometry, saliency, opacity=0.9, outline=mask),
+    with st.container(horizontal=True, gap="medium"):
+        st.image(overlay.compose(image, geometry, forbidden=mask), width=PICTURE_WIDTH, caption="your marks")
+        for row in rows.tail(MAX_EPOCHS_SHOWN).itertuples():
+            saliency = runs.tracked_saliency(run, row.epoch, index, mask.shape)
+            caption = f"after epoch {row.epoch}: {row.masked_share:.1%} inside"
+            if saliency is None:
+                st.caption(f"{caption} (map missing)", width=PICTURE_WIDTH)
+            else:
+                st.image(overlay.compose(image, geometry, saliency, opacity=0.9, outline=mask),
                          width=PICTURE_WIDTH, caption=caption)
 
 

@@ -70,10 +70,9 @@ def line_chart(frame: pd.DataFrame, title: str, columns: dict[str, str], tick_fo
     long = frame.melt(id_vars=["run", "epoch"], value_vars=present, var_name="metric", value_name="value")
     long["metric"] = long["metric"].map(columns)
     long = long.dropna(subset=["value"])
-    if overlay:
-        figure = px.line(long, x="epoch", y="value", color="run", line_dash="metric", markers=True, title=title)
-    else:
-        figure = px.line(long, x="epoch", y="value", color="metric", markers=True, title=title)
+    colour = "run" if overlay else "metric"
+    figure = px.line(long, x="epoch", y="value", color=colour, line_dash="metric" if overlay else None,
+                     markers=True, title=title, color_discrete_sequence=px.colors.qualitative.D3)
     figure.update_layout(height=320, margin=dict(l=10, r=10, t=50, b=10), legend_title_text="",
                          yaxis_title=None, xaxis=dict(title="epoch", dtick=1))
     if tick_format:

@@ -111,7 +111,8 @@ def result_line(result: dict) -> str:
         text += f"; test accuracy {common.percent(result.get('test_acc'))}"
     if "test_consistent_acc" in result:
         text += f" ({common.percent(result.get('test_consistent_acc'))} where the shortcut still holds)"
-    return text + f". {result.get('n_feedback', 0)} images got feedback."
+    n = result.get("n_feedback", 0)
+    return text + f". {n} {'image' if n == 1 else 'images'} got feedback."
 
 
 def new_run_form() -> None:
