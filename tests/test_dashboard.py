@@ -1,0 +1,529 @@
+"""The dashboard without a browser: its plain readers, mask geometry, launcher and server command,
+and its pages through Streamlit's AppTest. The canvas is a custom component AppTest cannot drive, so
+page tests replace ``draw_mask`` (the one function around it); the real canvas is tested in
+tests/test_e2e_browser.py."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashboard import answers, launcher, masks, overlay, runs, serve
+from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Marks, Tool
+from trainer import protocol
+
+APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+H = W = 32
+CLASSES = [str(i) for i in range(10)]
+OPTIONS = {
+    "choices": {"dataset": ["decoy-digits", "folder"], "annotator": ["human", "oracle", "none"],
+                "sampling": ["high_entropy", "random"], "saliency": ["deeplift", "saliency"]},
+    "defaults": {"dataset": "decoy-digits", "model": "hitl_cnn", "epochs": 8, "annotator": "human",
+                 "sampling": "high_entropy", "queries_per_epoch": 10, "query_start_epoch": 1,
+                 "penalty_weight": 10.0, "saliency": "deeplift"},
+}
+
+
+# --------------------------------------------------------------------------- run directories for tests
+
+def make_run(root: Path, name: str, state: str = protocol.TRAINING, epochs_done: int = 2, **status) -> protocol.RunDir:
+    """A run folder as the trainer leaves it: config, status, metrics, confusion matrix."""
+    run = protocol.RunDir(root / name)
+    protocol.write_config(run, {"title": name, "dataset": "decoy-digits", "model": "hitl_cnn", "epochs": 4,
+                                "annotator": "human"})
+    protocol.write_status(run, state, epoch=epochs_done, epochs=4, host=os.uname().nodename, **status)
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 * e, "val_loss": 2.2 / e, "val_acc": 0.25 * e,
+             "val_precision": 0.2 * e, "val_recall": 0.2 * e, "val_f1": 0.2 * e, "penalty": 0.01 * e,
+             "wrong_reason": 0.3 / e, "n_feedback": 2 * (e - 1), "lr": 0.001, "seconds": 1.0}
+            for e in range(1, epochs_done + 1)]
+    protocol.write_metrics(run, rows)
+    protocol.atomic_write_json(run.confusion, {"format": 1, "epoch": epochs_done, "class_names": CLASSES,
+                                               "matrix": np.eye(10, dtype=int).tolist()})
+    return run
+
+
+def set_heartbeat(run: protocol.RunDir, heartbeat: float) -> None:
+    status = protocol.read_json(run.status)
+    protocol.atomic_write_json(run.status, {**status, "heartbeat": heartbeat})
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_queue(run: protocol.RunDir, epoch: int, n: int = 2) -> dict:
+    """A queue of ``n`` queries; the saliency of query i peaks in the top-left 8×8 square."""
+    queries = []
+    for i in range(n):
+        saliency = np.zeros((H, W), np.float32)
+        saliency[:8, :8] = 1.0
+        protocol.write_query_image(run, epoch, f"q{i:03d}", png(i), saliency)
+        probabilities = [0.05] * 10
+        probabilities[3], probabilities[5] = 0.4, 0.2
+        queries.append({"query_id": f"q{i:03d}", "index": 100 + i, "true_label": 5, "predicted_label": 3,
+                        "probabilities": probabilities, "entropy": 1.9, "height": H, "width": W,
+                        "already_annotated": False})
+    protocol.write_manifest(run, epoch, {"class_names": CLASSES, "saliency": "deeplift", "queries": queries})
+    return protocol.read_manifest(run, epoch)
+
+
+def waiting_run(root: Path, name: str = "waiting", n: int = 2) -> protocol.RunDir:
+    run = make_run(root, name, protocol.WAITING, epochs_done=1, waiting_epoch=1)
+    make_queue(run, 1, n)
+    return run
+
+
+def square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((H, W), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- canvas geometry
+
+def rect(left, top, width, height, stroke=2):
+    return {"type": "Rect", "originX": "left", "originY": "top", "left": left, "top": top, "width": width,
+            "height": height, "strokeWidth": stroke, "scaleX": 1, "scaleY": 1}
+
+
+def click(x, y, radius=4, stroke=2):
+    """A point-mode click as fabric.js reports it: a circle whose box includes its stroke."""
+    return {"type": "Circle", "originX": "left", "originY": "center", "left": x - radius - stroke / 2, "top": y,
+            "width": 2 * radius, "height": 2 * radius, "radius": radius, "strokeWidth": stroke}
+
+
+def stroke(points, width):
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    path = [["M", *points[0]], *[["L", *p] for p in points[1:]]]
+    return {"type": "Path", "originX": "center", "originY": "center", "left": (min(xs) + max(xs)) / 2,
+            "top": (min(ys) + max(ys)) / 2, "width": max(xs) - min(xs), "height": max(ys) - min(ys),
+            "strokeWidth": width, "scaleX": 1, "scaleY": 1, "path": path}
+
+
+def test_canvas_is_a_whole_number_enlargement_of_small_images():
+    assert Geometry.fit(32, 32) == Geometry(32, 32, 448, 448)
+    assert Geometry.fit(28, 28) == Geometry(28, 28, 448, 448)
+    assert Geometry.fit(224, 224).scale_x == 2
+    assert Geometry.fit(32, 48) == Geometry(32, 48, 288, 432)
+    assert Geometry.fit(600, 600) == Geometry(600, 600, 448, 448)
+
+
+def test_rectangle_on_canvas_becomes_the_same_region_in_image_pixels():
+    g = Geometry.fit(H, W)  # 14 canvas pixels per image pixel
+    marks = masks.apply_drawing(Marks.empty(H, W), [rect(56, 70, 112, 56)], Tool(mode=masks.RECT), g)
+    assert np.array_equal(marks.forbidden, square(5, 9, 4, 12))
+    assert not marks.relevant.any()
+
+
+def test_rectangle_on_a_large_image_shown_smaller():
+    g = Geometry.fit(896, 896)  # shown at half size
+    marks = masks.apply_drawing(Marks.empty(896, 896), [rect(10, 20, 30, 40)], Tool(mode=masks.RECT), g)
+    ys, xs = np.nonzero(marks.forbidden)
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (20, 80, 40, 120)
+
+
+def test_grid_click_toggles_its_square():
+    g = Geometry.fit(H, W)
+    tool = Tool(mode=masks.GRID, cells=8)  # 4×4-pixel squares, 56 canvas pixels wide
+    once = masks.apply_drawing(Marks.empty(H, W), [click(56 + 30, 112 + 10)], tool, g)
+    assert np.array_equal(once.forbidden, square(8, 12, 4, 8))
+    twice = masks.apply_drawing(once, [click(56 + 5, 112 + 50)], tool, g)
+    assert not twice.forbidden.any()
+
+
+def test_brush_marks_what_it_crosses_and_the_eraser_clears_it():
+    g = Geometry.fit(H, W)
+    line = stroke([(7, 7 + 14 * 10), (7 + 14 * 20, 7 + 14 * 10)], width=14)  # along row 10, x 0..20
+    painted = masks.apply_drawing(Marks.empty(H, W), [line], Tool(mode=masks.BRUSH, target=RELEVANT), g)
+    assert np.array_equal(painted.relevant, square(10, 11, 0, 21))
+    erase = stroke([(7 + 14 * 5, 0), (7 + 14 * 5, 447)], width=14)  # down column 5
+    erased = masks.apply_drawing(painted, [erase], Tool(mode=masks.ERASER), g)
+    assert np.array_equal(erased.relevant, square(10, 11, 0, 21) & ~square(0, H, 5, 6))
+
+
+def test_a_pixel_has_one_meaning():
+    marks = Marks.empty(H, W).paint(square(0, 8, 0, 8), FORBIDDEN).paint(square(4, 12, 4, 12), RELEVANT)
+    assert np.array_equal(marks.relevant, square(4, 12, 4, 12))
+    assert np.array_equal(marks.forbidden, square(0, 8, 0, 8) & ~square(4, 12, 4, 12))
+
+
+def test_suggested_squares_hold_the_most_attribution():
+    saliency = np.zeros((H, W))
+    saliency[28:, :4] = -1.0  # negative attribution counts by magnitude
+    saliency[0:4, 12:16] = 0.5
+    assert masks.suggested_cells(saliency, 8, share=2 / 64) == [(7, 0), (0, 3)]
+    assert masks.suggested_cells(np.zeros((H, W)), 8) == []
+
+
+def test_picture_is_canvas_sized_with_marks_drawn():
+    g = Geometry.fit(H, W)
+    image = np.full((H, W, 3), 128, np.uint8)
+    picture = overlay.compose(image, g, np.zeros((H, W)), forbidden=square(0, 4, 0, 4), cells=8, grid_lines=True,
+                              suggested=[(7, 7)])
+    assert picture.size == (448, 448)
+    arr = np.asarray(picture)
+    assert tuple(arr[1, 1]) == overlay.FORBIDDEN_RGB  # the border of the mark
+    assert tuple(arr[300, 300]) == (128, 128, 128)  # untouched
+    assert tuple(arr[393, 393]) == overlay.SUGGESTED_RGB  # outline of the suggested square
+
+
+# --------------------------------------------------------------------------- readers
+
+def test_summaries_name_every_state(tmp_path):
+    make_run(tmp_path, "training")
+    set_heartbeat(stale := make_run(tmp_path, "stale"), time.time() - 3600)
+    make_run(tmp_path, "failed", protocol.FAILED, error="RuntimeError: out of memory", traceback=["line 1", "line 2"])
+    make_run(tmp_path, "finished", protocol.FINISHED, epochs_done=4, result={"best_epoch": 4, "test_acc": 0.9})
+    (tmp_path / "not-a-run").mkdir()
+    by_name = {s.name: s for s in runs.list_summaries(tmp_path)}
+    assert set(by_name) == {"training", "stale", "failed", "finished"}
+    assert by_name["training"].state == protocol.TRAINING and by_name["training"].can_stop
+    assert by_name["stale"].state == protocol.STALE and by_name["stale"].heartbeat_age > 3000
+    assert by_name["failed"].error == "RuntimeError: out of memory"
+    assert by_name["failed"].traceback == ["line 1", "line 2"]
+    finished = by_name["finished"]
+    assert (finished.epoch, finished.epochs, finished.result["test_acc"]) == (4, 4, 0.9)
+    assert finished.best_val_loss == pytest.approx(2.2 / 4) and finished.best_val_acc == pytest.approx(1.0)
+    assert not stale.last_checkpoint.exists() and not by_name["stale"].can_resume
+    stale.last_checkpoint.write_bytes(b"checkpoint")
+    assert runs.summarise(stale).can_resume
+
+
+def test_a_run_started_from_the_dashboard_shows_before_the_trainer_reports(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for name, pid, extra in (("starting", sleeper.pid, {}), ("died", 2 ** 22 + 7, {}),
+                                 ("stopped", 2 ** 22 + 7, {"stop_requested_at": time.time()})):
+            (tmp_path / name).mkdir()
+            protocol.atomic_write_json(tmp_path / name / launcher.LAUNCH_FILE,
+                                       {"pid": pid, "host": os.uname().nodename, "started_at": time.time(), **extra})
+        by_name = {s.name: s for s in runs.list_summaries(tmp_path)}
+        assert by_name["starting"].state == runs.STARTING
+        assert by_name["died"].state == protocol.FAILED and "log" in by_name["died"].error
+        assert by_name["stopped"].state == protocol.STOPPED
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_queue_with_broken_files_keeps_the_rest_usable(tmp_path):
+    run = waiting_run(tmp_path, n=3)
+    protocol.query_image_path(run, 1, "q001").unlink()
+    protocol.query_saliency_path(run, 1, "q002").write_bytes(b"not numpy")
+    queue = runs.load_queue(run, 1)
+    assert queue.error is None and len(queue.queries) == 3
+    good, missing, no_map = queue.queries
+    assert good.image.shape == (H, W, 3) and good.saliency.shape == (H, W) and not good.problem
+    assert "q001.png is missing" in missing.problem
+    assert no_map.image is not None and no_map.saliency is None and "saliency map" in no_map.warning
+    (run.queue_dir(1) / protocol.MANIFEST_FILE).write_text("{ not json")
+    assert "cannot be read" in runs.load_queue(run, 1).error
+
+
+def test_answers_become_a_mask_file_the_trainer_accepts_once(tmp_path):
+    run = waiting_run(tmp_path, n=4)
+    queue = runs.load_queue(run, 1)
+    marked = answers.Answer.for_query(queue.queries[0])
+    marked.change(marked.marks.paint(square(2, 6, 3, 9), FORBIDDEN).paint(square(20, 30, 20, 30), RELEVANT))
+    flagged = answers.Answer.for_query(queue.queries[1])
+    flagged.action = protocol.ACTION_WRONG_LABEL
+    opened = answers.Answer.for_query(queue.queries[2])  # looked at, nothing marked
+    book = {"q000": marked, "q001": flagged, "q002": opened}
+    assert answers.counts(queue, book) == {"mask": 1, "skip": 0, "wrong_label": 1, "untouched": 2}
+    assert answers.submit(run, queue, book)
+    sent = protocol.parse_feedback(protocol.read_json(run.feedback_file(1)), protocol.read_manifest(run, 1))
+    assert [a.action for a in sent] == ["mask", "wrong_label", "skip", "skip"]
+    assert np.array_equal(sent[0].forbidden, square(2, 6, 3, 9))
+    assert np.array_equal(sent[0].relevant, square(20, 30, 20, 30))
+    before = run.feedback_file(1).read_bytes()
+    assert not answers.submit(run, queue, {})
+    assert run.feedback_file(1).read_bytes() == before
+
+
+def test_undo_and_clear():
+    answer = answers.Answer(Marks.empty(H, W))
+    answer.change(answer.marks.paint(square(0, 2, 0, 2), FORBIDDEN))
+    answer.clear()
+    assert answer.marks.is_empty() and answer.version == 2
+    answer.undo()
+    assert answer.marks.forbidden.sum() == 4
+    assert not answer.change(answer.marks)
+
+
+def test_learning_readers(tmp_path):
+    run = waiting_run(tmp_path)
+    protocol.submit_feedback(run, 1, "human", [
+        protocol.QueryFeedback("q000", 100, "mask", forbidden=square(0, 4, 0, 4)),
+        protocol.QueryFeedback("q001", 101, "mask", relevant=square(0, 16, 0, 32))])
+    protocol.atomic_write_text(run.tracking, "epoch,index,masked_share\n2,100,0.5\n2,101,0.2\n3,100,0.1\n3,10")
+    protocol.atomic_save_npy(run.tracking_dir(2) / "100.npy", np.ones((H, W), np.float16))
+    tracking = runs.read_tracking(run)
+    assert tracking.to_dict("list") == {"epoch": [2, 3, 2], "index": [100, 100, 101], "masked_share": [0.5, 0.1, 0.2]}
+    masks_by_index = runs.feedback_masks(run)
+    assert np.array_equal(masks_by_index[100], square(0, 4, 0, 4))
+    assert np.array_equal(masks_by_index[101], square(16, 32, 0, 32))  # outside "should use"
+    assert set(runs.query_images(run)) == {100, 101}
+    assert runs.tracked_saliency(run, 2, 100, (H, W)).dtype == np.float32
+    assert runs.tracked_saliency(run, 3, 100, (H, W)) is None
+
+
+def test_log_tail_keeps_the_last_lines(tmp_path):
+    run = make_run(tmp_path, "logged")
+    run.log.write_text("".join(f"line {i}\n" for i in range(100)) + "progress 10%\rprogress 90%")
+    assert runs.log_tail(run, lines=3).splitlines() == ["line 99", "progress 10%", "progress 90%"]
+    assert runs.log_tail(make_run(tmp_path, "silent")) == ""
+
+
+# --------------------------------------------------------------------------- launcher and server
+
+def test_run_request_becomes_trainer_flags(tmp_path):
+    request = launcher.RunRequest(title="t", dataset="folder", model="resnet18", epochs=3, sampling="random",
+                                  queries_per_epoch=4, query_start_epoch=2, penalty_weight=2.5, saliency="saliency",
+                                  annotator="human", data_dir=" /data/x ",
+                                  extra_args=launcher.parse_extra_args("--batch-size 16 --lr 1e-3"))
+    args = request.trainer_args(tmp_path)
+    flags = dict(zip(args[:-4:2], args[1:-4:2]))
+    assert flags == {"--runs-dir": str(tmp_path), "--title": "t", "--dataset": "folder", "--model": "resnet18",
+                     "--epochs": "3", "--sampling": "random", "--queries-per-epoch": "4",
+                     "--query-start-epoch": "2", "--lambda": "2.5", "--saliency": "saliency",
+                     "--annotator": "human", "--data-dir": "/data/x"}
+    assert args[-4:] == ["--batch-size", "16", "--lr", "1e-3"]
+    with pytest.raises(launcher.LaunchError, match="could not read"):
+        launcher.parse_extra_args('--title "unclosed')
+
+
+def test_launcher_refuses_what_cannot_work(tmp_path):
+    request = launcher.RunRequest(title="a b", dataset="decoy-digits", model="hitl_cnn", epochs=1,
+                                  sampling="random", queries_per_epoch=1, query_start_epoch=1, penalty_weight=1,
+                                  saliency="saliency", annotator="none")
+    with pytest.raises(launcher.LaunchError, match="run name"):
+        launcher.start_run(tmp_path, request)
+    make_run(tmp_path, "taken", protocol.STOPPED)
+    request.title = "taken"
+    with pytest.raises(launcher.LaunchError, match="already exists"):
+        launcher.start_run(tmp_path, request)
+    with pytest.raises(launcher.LaunchError, match="no checkpoint"):
+        launcher.resume_run(protocol.RunDir(tmp_path / "taken"))
+    with pytest.raises(launcher.LaunchError, match="not running"):
+        launcher.stop_run(protocol.RunDir(tmp_path / "taken"))
+
+
+def test_stop_sends_sigterm_to_the_trainer(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        run = make_run(tmp_path, "busy")
+        status = protocol.read_json(run.status)
+        protocol.atomic_write_json(run.status, {**status, "pid": child.pid})
+        with pytest.raises(launcher.LaunchError, match="still running"):
+            launcher.resume_run(run)
+        launcher.stop_run(run)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_trainer_options_come_from_the_trainer():
+    options = launcher.trainer_options()
+    assert "decoy-digits" in options["choices"]["dataset"]
+    assert set(options["choices"]["annotator"]) == {"human", "oracle", "none"}
+    assert options["defaults"]["saliency"] in options["choices"]["saliency"]
+
+
+def test_serve_binds_localhost_unless_told(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    serve.main(["--runs-dir", str(tmp_path)])
+    serve.main(["--host", "0.0.0.0", "--port", "9000"])
+    local, shared = calls
+    assert local[local.index("--server.address") + 1] == "127.0.0.1"
+    assert local[local.index("--server.port") + 1] == "8501"
+    assert local[local.index("--server.headless") + 1] == "true"
+    assert local[-2:] == ["--runs-dir", str(tmp_path.resolve())]
+    assert local[local.index("run") + 1] == str(APP)
+    assert shared[shared.index("--server.address") + 1] == "0.0.0.0"
+    assert shared[shared.index("--server.port") + 1] == "9000"
+
+
+# --------------------------------------------------------------------------- pages (AppTest)
+
+DRAWN = square(8, 16, 4, 20)
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    """Open the dashboard on ``tmp_path`` as runs folder; the canvas "draws" DRAWN in red."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.views import canvas
+
+    monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
+    monkeypatch.setattr(canvas, "draw_mask", lambda marks, tool, picture, geometry, key:
+                        marks.paint(DRAWN, FORBIDDEN))
+
+    def open_page(page: str | None = None):
+        at = AppTest.from_file(str(APP), default_timeout=30).run()
+        if page:
+            at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, at.exception
+        return at
+
+    return open_page
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+def test_runs_page_explains_how_to_start(app):
+    at = app()
+    assert "No runs yet" in texts(at.info)
+    assert at.expander[0].label == "Start a new run"
+    assert at.button(key="FormSubmitter:new-run-Start training").label == "Start training"
+
+
+def test_runs_page_lists_runs_and_their_trouble(app, tmp_path):
+    waiting_run(tmp_path)
+    make_run(tmp_path, "broken", protocol.FAILED, error="ValueError: bad data folder", traceback=["  File x", "ValueError"])
+    set_heartbeat(make_run(tmp_path, "silent"), time.time() - 600)
+    at = app()
+    table = at.dataframe[0].value
+    assert dict(zip(table.Run, table.State)) == {"waiting": "waiting for feedback", "broken": "failed",
+                                                 "silent": "stale (trainer not responding)"}
+    assert "waiting** is waiting for your feedback on epoch 1" in texts(at.markdown)
+    at.selectbox(key="run").set_value("broken").run()
+    assert "ValueError: bad data folder" in texts(at.error)
+    assert "ValueError" in texts(at.code)
+    at.selectbox(key="run").set_value("silent").run()
+    assert "stopped responding" in texts(at.warning)
+    assert "cannot be resumed" in texts(at.caption)
+
+
+def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(launcher, "start_run", lambda root, request: started.append((root, request))
+                        or protocol.RunDir(Path(root) / request.title))
+    at = app()
+    at.text_input[0].set_value("my-run")
+    at.number_input[0].set_value(3)
+    at.radio[0].set_value("oracle")
+    at.button(key="FormSubmitter:new-run-Start training").click().run()
+    (root, request), = started
+    assert root == tmp_path and request.title == "my-run"
+    assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
+    assert "Started **my-run**" in texts(at.success)
+
+
+def test_review_sends_the_drawn_mask(app, tmp_path):
+    run = waiting_run(tmp_path)
+    at = app("review")
+    assert "Epoch 1: the model asks about 2 images" in texts(at.subheader)
+    assert "must not use: 128 pixels" in texts(at.caption)
+    at.button(key="submit-1").click().run()
+    assert "Answers for epoch 1 sent" in texts(at.success)
+    sent = protocol.parse_feedback(protocol.read_json(run.feedback_file(1)), protocol.read_manifest(run, 1))
+    assert [a.action for a in sent] == ["mask", "skip"]
+    assert np.array_equal(sent[0].forbidden, DRAWN) and sent[0].relevant is None
+
+
+def test_review_flags_a_wrong_label_and_skips(app, tmp_path):
+    run = waiting_run(tmp_path)
+    at = app("review")
+    at.radio(key="action-1-q000").set_value("wrong_label").run()
+    assert "leaves this image out of training" in texts(at.caption)
+    at.segmented_control(key="page-1").set_value(1).run()
+    at.radio(key="action-1-q001").set_value("skip").run()
+    assert "**0** marked · **1** skipped · **1** with a wrong label · **0** not marked" in texts(at.markdown)
+    at.button(key="submit-1").click().run()
+    sent = json.loads(run.feedback_file(1).read_text())
+    assert [q["action"] for q in sent["queries"]] == ["wrong_label", "skip"]
+
+
+def test_review_refuses_a_second_submit_and_keeps_the_first(app, tmp_path, monkeypatch):
+    run = waiting_run(tmp_path)
+    at = app("review")
+    real_submit = answers.submit
+
+    def other_tab_first(run, queue, book):
+        protocol.submit_feedback(run, queue.epoch, "another-tab", [])
+        return real_submit(run, queue, book)
+
+    monkeypatch.setattr(answers, "submit", other_tab_first)
+    at.button(key="submit-1").click().run()
+    assert "had already been sent" in texts(at.error)
+    assert protocol.read_json(run.feedback_file(1))["annotator"] == "another-tab"
+
+
+def test_review_says_when_another_tab_answered_first(app, tmp_path):
+    run = waiting_run(tmp_path)
+    at = app("review")
+    protocol.submit_feedback(run, 1, "another-tab", [])
+    at.run()  # what the page's watcher does within seconds
+    assert "were sent from another tab" in texts(at.warning)
+    assert "Nothing waiting" in texts(at.info)
+    assert protocol.read_json(run.feedback_file(1))["annotator"] == "another-tab"
+
+
+def test_review_shows_a_broken_image_and_keeps_the_others(app, tmp_path):
+    run = waiting_run(tmp_path)
+    protocol.query_image_path(run, 1, "q000").unlink()
+    at = app("review")
+    assert "q000.png is missing" in texts(at.error)
+    at.segmented_control(key="page-1").set_value(1).run()
+    assert not at.error and "must not use: 128 pixels" in texts(at.caption)
+
+
+def test_review_says_when_the_trainer_died_waiting(app, tmp_path):
+    run = waiting_run(tmp_path)
+    set_heartbeat(run, time.time() - 600)
+    at = app("review")
+    assert "stopped responding" in texts(at.warning)
+    assert "You can still answer" in texts(at.info)
+    assert "Epoch 1" in texts(at.subheader)
+
+
+def test_review_without_questions(app, tmp_path):
+    make_run(tmp_path, "busy")
+    at = app("review")
+    assert "Nothing to answer right now" in texts(at.info)
+
+
+def test_metrics_page_overlays_runs(app, tmp_path):
+    make_run(tmp_path, "first", protocol.FINISHED, epochs_done=3)
+    make_run(tmp_path, "second", protocol.FINISHED, epochs_done=2)
+    at = app("metrics")
+    assert [m.label for m in at.metric] == ["Epochs done", "Validation accuracy", "Best validation loss",
+                                           "Images with feedback"]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5  # four metric charts and the confusion matrix
+    at.multiselect[0].set_value(["first" if at.selectbox(key="run").value == "second" else "second"]).run()
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {trace["legendgroup"].split(",")[0] for trace in figure["data"]} == {"first", "second"}
+
+
+def test_learning_page_shows_marks_and_saliency(app, tmp_path):
+    run = waiting_run(tmp_path)
+    protocol.submit_feedback(run, 1, "human", [protocol.QueryFeedback("q000", 100, "mask", forbidden=square(0, 4, 0, 4))])
+    protocol.atomic_write_text(run.tracking, "epoch,index,masked_share\n2,100,0.5\n3,100,0.2\n")
+    for epoch in (2, 3):
+        protocol.atomic_save_npy(run.tracking_dir(epoch) / "100.npy", np.ones((H, W), np.float16))
+    at = app("learning")
+    assert "Image 100" in texts(at.subheader)
+    assert at.dataframe[0].value.Now.tolist() == [0.2]
+
+
+def test_learning_page_before_any_feedback(app, tmp_path):
+    make_run(tmp_path, "fresh")
+    assert "Nothing to show yet" in texts(app("learning").info)
