@@ -109,7 +109,7 @@ def start_run(runs_dir: Path | str, request: RunRequest) -> protocol.RunDir:
 
 def resume_run(run: protocol.RunDir) -> None:
     """Continue a stopped, failed or stale run from its last checkpoint."""
-    if live_pid(run) is not None:
+    if live_pid(run) is not None or protocol.read_status(run)["state"] in LIVE_STATES:
         raise LaunchError(f"{run.name} is still running")
     if not run.last_checkpoint.exists():
         raise LaunchError(f"{run.name} has no checkpoint to resume from (it ended before its first epoch "

@@ -19,7 +19,6 @@ GRID = "grid"
 RECT = "rect"
 BRUSH = "brush"
 ERASER = "eraser"
-TOOLS = (GRID, RECT, BRUSH, ERASER)
 
 CANVAS_SIDE = 448
 _ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}

@@ -93,7 +93,8 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
         model=config.get("model", ""), annotator=config.get("annotator", ""),
         waiting_epoch=status.get("waiting_epoch"), error=status.get("error"),
         traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
-        feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}), updated=float(status.get("heartbeat") or mtime(run.path)))
+        feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}),
+        updated=float(status.get("heartbeat") or mtime(run.path)))
     launch = launcher.read_launch(run)
     if launch is not None and launcher.launch_is_newer(launch, status):
         _apply_launch(summary, launch)
@@ -110,7 +111,7 @@ def _apply_launch(summary: RunSummary, launch: dict) -> None:
     if launcher.launch_alive(launch):
         summary.state, summary.error = STARTING, None
     elif launch.get("stop_requested_at"):
-        summary.state, summary.error = protocol.STOPPED, "stopped before the first epoch"
+        summary.state, summary.error = protocol.STOPPED, "stopped before the trainer started"
     else:
         summary.state = protocol.FAILED
         summary.error = "the trainer exited before it started training; its log below says why"

@@ -128,11 +128,15 @@ def state_badge(summary: RunSummary) -> None:
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return "–" if _missing(value) else f"{value:.{digits}f}"
 
 
 def percent(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
+    return "–" if _missing(value) else f"{value:.1%}"
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def ago(seconds: float | None) -> str:
@@ -175,11 +179,11 @@ def log_tail(summary: RunSummary, expanded: bool = False) -> None:
             st.code(text, language=None)
 
 
-def resume_button(summary: RunSummary, key: str = "resume") -> None:
+def resume_button(summary: RunSummary) -> None:
     if not summary.run.last_checkpoint.exists():
         st.caption("It cannot be resumed: it ended before its first epoch was saved. Start a new run instead.")
         return
-    if st.button("Resume this run", key=f"{key}-{summary.name}", icon=":material/play_arrow:", type="primary"):
+    if st.button("Resume this run", key=f"resume-{summary.name}", icon=":material/play_arrow:", type="primary"):
         try:
             launcher.resume_run(summary.run)
         except launcher.LaunchError as e:

@@ -77,9 +77,14 @@ def watch(name: str) -> None:
 
 
 def show_flash() -> None:
-    message = st.session_state.pop("review-flash", None)
-    if message:
-        st.success(message, icon=":material/check_circle:")
+    """The outcome of the last submit, shown after the page reloaded with the run's new state."""
+    flash = st.session_state.pop("review-flash", None)
+    if flash is not None:
+        sent, message = flash
+        if sent:
+            st.success(message, icon=":material/check_circle:")
+        else:
+            st.error(message, icon=":material/block:")
 
 
 def nothing_waiting(summary: RunSummary) -> None:
@@ -99,22 +104,22 @@ def nothing_waiting(summary: RunSummary) -> None:
 
 # --------------------------------------------------------------------------- one queue
 
-def answers_for(run: protocol.RunDir, epoch: int) -> dict[str, Answer]:
-    """The reviewer's work on a queue, kept for the browser session (page switches and reloads of the
-    page's data do not lose it)."""
-    return st.session_state.setdefault(f"answers-{run.path}-{epoch}", {})
+def book_key(run: protocol.RunDir, epoch: int) -> str:
+    """Where the reviewer's unsent work on a queue is kept: for the browser session, so switching
+    pages or images does not lose it."""
+    return f"answers-{run.path}-{epoch}"
 
 
 def review_queue(run: protocol.RunDir, queue: Queue) -> None:
     if queue.error:
-        st.error(f"This run's questions cannot be shown: {queue.error}. Stopping and resuming the run makes "
-                 "the trainer write them again.", icon=":material/error:")
+        st.error(f"This run's questions cannot be shown: {queue.error}. The trainer cannot go on without "
+                 "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
     st.subheader(f"Epoch {queue.epoch}: the model asks about {len(queue.queries)} images")
     st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text label, "
                 "a border, ...); if you like, mark in **green** what it **should** rely on. Or skip the image, "
                 "or tell the trainer its label is wrong. Send all answers at the bottom.")
-    book = answers_for(run, queue.epoch)
+    book = st.session_state.setdefault(book_key(run, queue.epoch), {})
     view = display_settings()
     position = pager(queue, book)
     query = queue.queries[position]
@@ -281,13 +286,15 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
     if st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
                  key=f"submit-{queue.epoch}"):
         if answer_book.submit(run, queue, book):
-            st.session_state.pop(f"answers-{run.path}-{queue.epoch}", None)
-            st.session_state["review-flash"] = (f"Answers for epoch {queue.epoch} sent. The trainer goes on; "
-                                                "its next questions appear here when they are ready.")
-            st.rerun()
-        st.error(f"Answers for epoch {queue.epoch} had already been sent (from another tab or by someone else), "
-                 "so these were not sent; the first answers stand. Your marks stay on this page.",
-                 icon=":material/block:")
+            flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
+                           "appear here when they are ready.")
+        else:
+            flash = (False, f"Answers for epoch {queue.epoch} had already been sent (from another tab or by "
+                            "someone else), so yours were not sent: the first answers stand. They are shown "
+                            "under **Earlier answers**.")
+        st.session_state.pop(book_key(run, queue.epoch), None)
+        st.session_state["review-flash"] = flash
+        st.rerun()
 
 
 # --------------------------------------------------------------------------- earlier answers
@@ -295,13 +302,13 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
 def answered_elsewhere(run: protocol.RunDir) -> None:
     """Say so when answers this page was working on were made moot by answers sent from elsewhere."""
     for epoch in protocol.queue_epochs(run):
-        book = st.session_state.get(f"answers-{run.path}-{epoch}") or {}
-        if any(a.touched for a in book.values()) and run.feedback_file(epoch).exists():
+        if book_key(run, epoch) not in st.session_state or not run.feedback_file(epoch).exists():
+            continue
+        book = st.session_state.pop(book_key(run, epoch))
+        if any(a.touched for a in book.values()):
             st.warning(f"Answers for epoch {epoch} were sent from another tab or by someone else, so the marks "
                        "you made here for that epoch were not sent; the answers that were sent are shown under "
                        "**Earlier answers**.", icon=":material/block:")
-        if book and run.feedback_file(epoch).exists():
-            st.session_state.pop(f"answers-{run.path}-{epoch}")
 
 
 def past_answers(run: protocol.RunDir) -> None:

@@ -119,7 +119,8 @@ def new_run_form() -> None:
     empty = not runs.list_run_dirs(common.runs_dir())
     with st.expander("Start a new run", expanded=empty, icon=":material/add_circle:"):
         try:
-            options = launcher.trainer_options()
+            with st.spinner("Asking the trainer for its options…"):
+                options = launcher.trainer_options()
         except launcher.LaunchError as e:
             st.error(f"The form is not available: {e}")
             return
