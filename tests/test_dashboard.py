@@ -394,7 +394,9 @@ def test_runs_page_explains_how_to_start(app):
     assert at.button(key="FormSubmitter:new-run-Start training").label == "Start training"
 
 
-def test_runs_page_lists_runs_and_their_trouble(app, tmp_path):
+def test_runs_page_lists_runs_and_their_trouble(app, tmp_path, monkeypatch):
+    stopped = []
+    monkeypatch.setattr(launcher, "stop_run", stopped.append)
     waiting_run(tmp_path)
     make_run(tmp_path, "broken", protocol.FAILED, error="ValueError: bad data folder", traceback=["  File x", "ValueError"])
     set_heartbeat(make_run(tmp_path, "silent"), time.time() - 600)
@@ -409,6 +411,9 @@ def test_runs_page_lists_runs_and_their_trouble(app, tmp_path):
     at.selectbox(key="run").set_value("silent").run()
     assert "stopped responding" in texts(at.warning)
     assert "cannot be resumed" in texts(at.caption)
+    at.selectbox(key="run").set_value("waiting").run()
+    at.button(key="stop-waiting").click().run()
+    assert [run.name for run in stopped] == ["waiting"]
 
 
 def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
@@ -485,13 +490,18 @@ def test_review_shows_a_broken_image_and_keeps_the_others(app, tmp_path):
     assert not at.error and "must not use: 128 pixels" in texts(at.caption)
 
 
-def test_review_says_when_the_trainer_died_waiting(app, tmp_path):
+def test_review_says_when_the_trainer_died_waiting(app, tmp_path, monkeypatch):
+    resumed = []
+    monkeypatch.setattr(launcher, "resume_run", resumed.append)
     run = waiting_run(tmp_path)
+    run.last_checkpoint.write_bytes(b"checkpoint")
     set_heartbeat(run, time.time() - 600)
     at = app("review")
     assert "stopped responding" in texts(at.warning)
     assert "You can still answer" in texts(at.info)
     assert "Epoch 1" in texts(at.subheader)
+    at.button(key="resume-waiting").click().run()
+    assert [r.name for r in resumed] == ["waiting"]
 
 
 def test_review_without_questions(app, tmp_path):
@@ -508,7 +518,8 @@ def test_metrics_page_overlays_runs(app, tmp_path):
                                            "Images with feedback"]
     charts = at.get("plotly_chart")
     assert len(charts) == 5  # four metric charts and the confusion matrix
-    at.multiselect[0].set_value(["first" if at.selectbox(key="run").value == "second" else "second"]).run()
+    at.selectbox(key="run").set_value("first").run()
+    at.multiselect[0].set_value(["second"]).run()
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {trace["legendgroup"].split(",")[0] for trace in figure["data"]} == {"first", "second"}
 
