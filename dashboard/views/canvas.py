@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from PIL import Image
 
-from dashboard.masks import BRUSH, ERASER, FORBIDDEN, GRID, RECT, Geometry, Marks, Tool, apply_drawing
+from dashboard.masks import BRUSH, ERASER, FORBIDDEN, GRID, RECT, RELEVANT, Geometry, Marks, Tool, apply_drawing
+from dashboard.overlay import FORBIDDEN_RGB, RELEVANT_RGB
 
-STROKES = {FORBIDDEN: (230, 30, 30), "relevant": (20, 170, 70)}
+STROKES = {FORBIDDEN: FORBIDDEN_RGB, RELEVANT: RELEVANT_RGB}
 DRAWING_MODES = {GRID: "point", RECT: "rect", BRUSH: "freedraw", ERASER: "freedraw"}
 
 
@@ -17,7 +18,7 @@ def draw_mask(marks: Marks, tool: Tool, background: Image.Image, geometry: Geome
     holds the strokes not yet folded into the marks."""
     from streamlit_drawable_canvas import st_canvas
 
-    r, g, b = STROKES.get(tool.target, STROKES[FORBIDDEN])
+    r, g, b = STROKES[tool.target]
     if tool.mode == ERASER:
         stroke, fill = "rgba(255, 255, 255, 0.8)", "rgba(255, 255, 255, 0.3)"
     else:
