@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"penalty weight λ (default {d.penalty_weight})")
     fb.add_argument("--penalty", choices=sorted(PENALTIES), help=f"default {d.penalty}")
     fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
-                    help="fd: finite differences, fast (default); exact: double backpropagation")
+                    help="how the rrr gradient is computed: exact (double backpropagation), jvp (forward-over-reverse, "
+                         "same gradient), fd (finite differences, approximate); auto (default): exact on CPU, jvp on CUDA")
     fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "

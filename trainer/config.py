@@ -22,7 +22,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     penalty_weight: float = 10.0            # --lambda
     penalty: str = "rrr"
-    penalty_impl: str = "fd"
+    penalty_impl: str = "auto"               # auto: exact on CPU, jvp on CUDA
     saliency: str = "deeplift"
     sampling: str = "high_entropy"
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)

@@ -37,6 +37,12 @@ class FeedbackSet:
             self.position[index] = len(self.masks)
             self.masks = torch.cat([self.masks, mask[None]])
 
+    def add_all(self, masks: torch.Tensor) -> None:
+        """Every image's mask at once (the "masks on all training images" upper bound of the
+        benchmarks); images with an empty mask stay unannotated."""
+        for index in torch.nonzero(masks.flatten(1).any(1)).flatten().tolist():
+            self.add(index, masks[index])
+
     def apply(self, answers: list[protocol.QueryFeedback]) -> dict:
         """Add one mask file's answers; returns counts for the log. Pixels outside a "relevant"
         region count as forbidden, so both kinds of feedback use one penalty."""

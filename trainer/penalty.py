@@ -3,19 +3,25 @@
 All penalties run on the annotated images of a batch only, in the same mode as the cross-entropy
 (train mode) but without updating batch-norm running statistics. (Penalising the eval-mode model
 instead lets training satisfy the penalty by breaking the eval-mode network, whose statistics differ
-from the batch statistics the cross-entropy sees: validation accuracy collapsed to chance.) Each returns one value per annotated image, in [0, 1] before weighting:
+from the batch statistics the cross-entropy sees: validation accuracy collapsed to chance.)
+Each returns one value per annotated image; the trainer adds λ × their mean to the loss.
 
-``rrr``      Right for the Right Reasons: the share of the input-gradient energy of the summed
-             log-probabilities that falls inside the mask, A/D = Σ W·g² / Σ g². A share, unlike the raw
-             Σ W·g², cannot be lowered by making the model insensitive to its whole input, and it does
-             not depend on the scale of input gradients, which differs by orders of magnitude between
-             models and image sizes: the default λ works across them.
-             Two implementations with the same gradient:
+``rrr``      Right for the Right Reasons (Ross et al. 2017): the input-gradient energy of the summed
+             log-probabilities inside the mask, Σ_chw W·g², scaled by the image area over 32² so the
+             default λ carries across image sizes (a pooled CNN's per-pixel gradient shrinks as
+             1/area, so Σ W·g² over a fixed share of the image shrinks as 1/area too).
+             (A share A/Σg² or a per-image normalisation looks scale-free but teaches far less: the
+             model keeps its shortcut and raises the gradient energy elsewhere.)
+             Three implementations (``--penalty-impl``; ``auto`` picks by device, see bench/):
              ``exact`` double backpropagation (create_graph=True), the reference;
-             ``fd``    finite differences (Finlay & Oberman 2019): ∇θ(A/D) = (2/D) ∇θ(g·v) with
-                       v = (W − A/D)⊙g held fixed, and g·v is a directional derivative,
-                       (s(x+hu) − s(x−hu))·‖v‖/2h. No second-order autograd, so depthwise convolutions
-                       and batch-norm keep their fast first-order kernels.
+             ``jvp``   the same gradient without second-order autograd: ∇θ Σ W·g² = 2∇θ(g·v) with
+                       v = W⊙g held fixed, and g·v is the forward-mode tangent of s along v, which
+                       reverse mode then differentiates. Depthwise convolutions and batch-norm keep
+                       their fast first-order kernels (their double backward is slow on GPUs);
+             ``fd``    g·v by central finite differences, (s(x+hu) − s(x−hu))·‖v‖/2h with
+                       u = v/‖v‖ (Finlay & Oberman 2019), the perturbed copies riding in the main
+                       batch. Cheapest, but ReLU and max-pool kinks make it approximate: parameter-
+                       gradient cosine 0.7–0.8 against ``exact`` on the small CNN (bench/).
 ``gradcam``  the normalised GradCAM map of the true class inside the mask (mean over masked pixels);
              double backpropagation only through the head, so cheap.
 
@@ -25,9 +31,11 @@ count as forbidden too (the trainer builds W), so "look here" feedback uses the 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import nn
 
@@ -50,21 +58,41 @@ def eval_mode(model: nn.Module):
 
 
 @contextmanager
-def frozen_norm_stats(model: nn.Module):
-    """Batch-norm layers normalise with the batch's statistics but leave their running ones alone."""
-    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in saved:
-        m.momentum = 0.0
+def batch_stats_as_constants(model: nn.Module):
+    """Batch-norm layers normalise with the current batch's statistics, held constant: each image's
+    input gradient is its own (no path through the other images' statistics) and the running
+    statistics stay untouched. Works for timm's fused BatchNormAct layers too, which read the same
+    buffers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, m.running_mean, m.running_var) for m in norms]
+
+    def use_batch_stats(module, args):
+        x = args[0].detach()
+        dims = [0] + list(range(2, x.dim()))
+        module._buffers["running_mean"] = x.mean(dims)
+        module._buffers["running_var"] = x.var(dims, unbiased=False)
+
+    hooks = [m.register_forward_pre_hook(use_batch_stats) for m in norms]
+    for m in norms:
+        m.training = False
     try:
         yield model
     finally:
-        for m, momentum in saved:
-            m.momentum = momentum
+        for h in hooks:
+            h.remove()
+        for m, training, mean, var in saved:
+            m.training = training
+            m._buffers["running_mean"], m._buffers["running_var"] = mean, var
 
 
 def summed_log_prob(logits: torch.Tensor) -> torch.Tensor:
-    """Per-image Σ_k log p_k, the score whose input gradient RRR penalises."""
-    return F.log_softmax(logits.float(), dim=1).sum(dim=1)
+    """Per-image Σ_k log p_k = Σ_k z_k − K·logsumexp(z), the score whose input gradient RRR penalises.
+    Written out (not log_softmax or logsumexp, whose forward-mode derivatives cannot be differentiated
+    again) so that the ``jvp`` penalty can backpropagate through its tangent."""
+    z = logits.float()
+    top = z.detach().amax(dim=1, keepdim=True)
+    log_sum_exp = top[:, 0] + (z - top).exp().sum(1).log()
+    return z.sum(1) - z.shape[1] * log_sum_exp
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
@@ -75,28 +103,64 @@ def input_gradient(model: nn.Module, x: torch.Tensor, create_graph: bool = False
     return g
 
 
+def area_scale(x: torch.Tensor) -> float:
+    return x.shape[-2] * x.shape[-1] / 32 ** 2
+
+
 def rrr_exact(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with frozen_norm_stats(model):
-        g2 = input_gradient(model, x, create_graph=True).pow(2).sum(1).flatten(1)
-        return (mask.flatten(1) * g2).sum(1) / (g2.sum(1) + EPS)
+    with batch_stats_as_constants(model):
+        g = input_gradient(model, x, create_graph=True)
+        return (mask[:, None] * g.pow(2)).flatten(1).sum(1) * area_scale(x)
+
+
+def rrr_jvp(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with batch_stats_as_constants(model):
+        g = input_gradient(model, x)  # input gradient only: no parameter gradients are computed
+        v = mask[:, None] * g
+        with forward_ad.dual_level():
+            s = summed_log_prob(model(forward_ad.make_dual(x, v)))
+            directional = forward_ad.unpack_dual(s).tangent  # g·v, exact, differentiable in θ
+    scale = area_scale(x)
+    surrogate = 2 * scale * directional
+    value = v.pow(2).flatten(1).sum(1) * scale
+    return value + surrogate - surrogate.detach()
+
+
+@dataclass
+class Probe:
+    """Extra images to forward with the batch, and how their logits become the penalty.
+
+    ``finish(logits)`` returns (penalty per annotated image, logits standing in for the annotated
+    images' own: the mean of the two perturbed copies, equal to them up to O(h²))."""
+    inputs: torch.Tensor
+    finish: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def rrr_fd_probe(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, step: float = FD_STEP) -> Probe:
+    with batch_stats_as_constants(model):
+        g = input_gradient(model, x)  # input gradient only: no parameter gradients are computed
+    scale = area_scale(x)
+    v = mask[:, None] * g
+    value = v.pow(2).flatten(1).sum(1) * scale  # Σ W·g², exact (W is 0/1)
+    norm = v.flatten(1).norm(dim=1).clamp_min(EPS)
+    u = v / norm.view(-1, 1, 1, 1)
+
+    def finish(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        plus, minus = logits.chunk(2)
+        directional = (summed_log_prob(plus) - summed_log_prob(minus)) * norm / (2 * step)  # ≈ g·v
+        surrogate = 2 * scale * directional
+        # The value is the exact penalty; the gradient is the finite-difference one.
+        return value + surrogate - surrogate.detach(), (plus + minus) / 2
+
+    return Probe(torch.cat([x + step * u, x - step * u]), finish)
 
 
 def rrr_fd(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor,
            step: float = FD_STEP) -> torch.Tensor:
-    with frozen_norm_stats(model):
-        g = input_gradient(model, x)
-        energy = g.pow(2).sum(1).flatten(1).sum(1) + EPS
-        share = (mask[:, None] * g.pow(2)).flatten(1).sum(1) / energy
-        # ∇θ (A/D) = (2/D) ∇θ (g·v) with v = (W − A/D) ⊙ g held fixed: one directional derivative.
-        v = (mask[:, None] - share.view(-1, 1, 1, 1)) * g
-        norm = v.flatten(1).norm(dim=1).clamp_min(EPS)
-        u = v / norm.view(-1, 1, 1, 1)
-        s = summed_log_prob(model(torch.cat([x + step * u, x - step * u])))
-        s_plus, s_minus = s.chunk(2)
-        directional = (s_plus - s_minus) * norm / (2 * step)  # ≈ g·v, differentiable in θ
-        surrogate = 2 * directional / energy
-        # The value is the exact share; the gradient is the finite-difference one.
-        return share + surrogate - surrogate.detach()
+    """The finite-difference penalty on its own (the trainer folds the probe into the batch)."""
+    probe = rrr_fd_probe(model, x, mask, step)
+    with batch_stats_as_constants(model):
+        return probe.finish(model(probe.inputs))[0]
 
 
 def gradcam_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -114,7 +178,7 @@ def gradcam_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_
 
 
 def gradcam_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with frozen_norm_stats(model):
+    with batch_stats_as_constants(model):
         cam = gradcam_map(model, x, y, create_graph=True)
         return (mask * cam).flatten(1).sum(1) / (mask.flatten(1).sum(1) + EPS)
 
@@ -122,10 +186,25 @@ def gradcam_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: to
 PenaltyFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 PENALTIES: dict[str, dict[str, PenaltyFn]] = {
-    "rrr": {"fd": rrr_fd, "exact": rrr_exact},
-    "gradcam": {"exact": gradcam_penalty, "fd": gradcam_penalty},
+    "rrr": {"jvp": rrr_jvp, "fd": rrr_fd, "exact": rrr_exact},
+    "gradcam": {"jvp": gradcam_penalty, "exact": gradcam_penalty, "fd": gradcam_penalty},
 }
-PENALTY_IMPLS = ("fd", "exact")
+PENALTY_IMPLS = ("auto", "exact", "jvp", "fd")
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """``auto``: double backpropagation on CPU, where it is the cheapest exact route (bench/), and
+    forward-over-reverse (``jvp``) on CUDA, where double backward through depthwise convolutions and
+    batch-norm is slow. Both give the same gradient."""
+    if impl != "auto":
+        return impl
+    return "jvp" if device.type == "cuda" else "exact"
+
+
+# Penalties whose extra passes ride in the main batch's forward and backward.
+PROBES: dict[tuple[str, str], Callable[[nn.Module, torch.Tensor, torch.Tensor], Probe]] = {
+    ("rrr", "fd"): rrr_fd_probe,
+}
 
 
 def get_penalty(name: str, impl: str) -> PenaltyFn:

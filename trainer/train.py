@@ -30,7 +30,7 @@ from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .model import create_classifier
-from .penalty import get_penalty
+from .penalty import PROBES, get_penalty, resolve_impl
 from .sampling import SAMPLERS, entropy
 
 CHECKPOINT_FORMAT = 1
@@ -109,7 +109,9 @@ class Trainer:
         self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
-        self.penalty_fn = get_penalty(cfg.penalty, cfg.penalty_impl)
+        impl = resolve_impl(cfg.penalty_impl, self.device)
+        self.penalty_fn = get_penalty(cfg.penalty, impl)
+        self.probe_fn = PROBES.get((cfg.penalty, impl))
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
         self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
         self.state = TrainState()
@@ -140,7 +142,6 @@ class Trainer:
         order = order[~self.feedback.excluded.cpu()[order]]
         extra = max(1, self.cfg.batch_size // 8) if self.cfg.oversample else 0
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
-        penalised = 0
         bar = _progress(total=math.ceil(len(order) / self.cfg.batch_size), desc=f"epoch {epoch}", log=self.log)
         for x, y, idx in self.train_batches.epoch(order):
             if extra and len(self.feedback):
@@ -153,7 +154,6 @@ class Trainer:
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
-            penalised += 1 if pen.requires_grad else 0
             bar.update()
             self.status(protocol.TRAINING, force=False, phase="training")
         bar.close()
@@ -161,16 +161,34 @@ class Trainer:
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        """One optimisation step: CE on the batch plus λ × the penalty on its annotated images."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        pen = torch.zeros((), device=self.device)
+        """One optimisation step: CE on the batch plus λ × the penalty on its annotated images.
+
+        A penalty with a probe (``fd``) forwards the annotated images' two perturbed copies in place
+        of the images themselves, so the penalty and the cross-entropy share one forward and one
+        backward; the others run their own pass on the annotated images."""
+        rows = masks = probe = None
         if len(self.feedback):
             rows, masks = self.feedback.lookup(idx)
-            if len(rows):
-                pen = self.penalty_fn(self.model, x[rows], masks, y[rows]).mean()
-                loss = loss + self.cfg.penalty_weight * pen
+            if len(rows) and self.probe_fn is not None:
+                probe = self.probe_fn(self.model, x[rows], masks)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and probe is None):
+            if probe is None:
+                logits = self.model(x)
+            else:
+                keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
+                keep[rows] = False
+                out = self.model(torch.cat([x[keep], probe.inputs]))
+                pen, annotated_logits = probe.finish(out[len(out) - len(probe.inputs):])
+                order = torch.cat([torch.nonzero(keep).flatten(), rows])
+                logits = torch.cat([out[:len(out) - len(probe.inputs)], annotated_logits])[order.argsort()]
+            loss = F.cross_entropy(logits.float(), y)
+        if probe is None and rows is not None and len(rows):
+            pen = self.penalty_fn(self.model, x[rows], masks, y[rows])
+        if rows is not None and len(rows):
+            pen = pen.mean()
+            loss = loss + self.cfg.penalty_weight * pen
+        else:
+            pen = torch.zeros((), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -19,7 +19,7 @@ from .base import DataError, DataRequest, DataSplits, TensorSplit
 from .splits import stratified_fraction
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # Ten well-separated colours (RGB in [0, 1]) for the patch.
 PALETTE = torch.tensor([
@@ -148,15 +148,15 @@ def make_lesions(image_size: int, seed: int, n: int = 1600) -> dict:
     theta = torch.atan2(dy, dx)
     freq = torch.randint(5, 9, (n,), generator=g)[:, None, None].float()
     phase = u(0, 2 * math.pi)[:, None, None]
-    amplitude = torch.where(labels == 1, u(0.22, 0.32), u(0.0, 0.04))[:, None, None]
+    amplitude = torch.where(labels == 1, u(0.08, 0.14), u(0.0, 0.04))[:, None, None]
     border = radius * (1 + amplitude * torch.sin(freq * theta + phase))
     lesion = torch.sigmoid((border - dist) * s / 1.5)  # soft edge, about 1.5 px
 
     skin = torch.stack([u(0.80, 0.95), u(0.60, 0.75), u(0.50, 0.65)], 1)[:, :, None, None]
     brown = torch.stack([u(0.35, 0.50), u(0.20, 0.30), u(0.10, 0.20)], 1)[:, :, None, None]
     img = skin * (1 - lesion[:, None]) + brown * lesion[:, None]
-    img = img + 0.06 * torch.randn(img.shape, generator=g)
-    patch = max(3, round(s / 7))
+    img = img + 0.10 * torch.randn(img.shape, generator=g)
+    patch = max(3, round(s / 5))
     masks = _corner_patch(n, s, patch, g)
 
     n_train, n_val = int(n * 0.625), int(n * 0.125)
