@@ -5,6 +5,9 @@ label (a shortcut the model happily takes); in ``test`` the colour is random (de
 ``test_consistent`` the same test images carry the label's colour. The ground-truth mask of every
 image is the patch: exactly what a person would mark as "must not rely on".
 
+With the data-set option ``confounded: false`` the patch colour is random in train and validation
+too: the unconfounded reference a benchmark compares against.
+
 Generated once per setting under ``datasets/<name>/`` and cached; deterministic by seed.
 """
 from __future__ import annotations
@@ -78,9 +81,17 @@ def _splits_from(data: dict, request: DataRequest, class_names: list[str], descr
                       description=description)
 
 
+def _confounded(request: DataRequest) -> bool:
+    value = request.options.get("confounded", True)
+    if not isinstance(value, bool):
+        raise DataError(f"option confounded must be true or false, got {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- decoy digits
 
-def make_decoy_digits(image_size: int, seed: int, noise: float = 0.3, contrast: float = 0.5) -> dict:
+def make_decoy_digits(image_size: int, seed: int, confounded: bool = True,
+                      noise: float = 0.3, contrast: float = 0.5) -> dict:
     """scikit-learn's 1,797 bundled 8×8 digits, upscaled, half contrast, Gaussian noise, with a
     label-coloured corner patch (random colour in test). 1,000 train / 297 val / 500 test."""
     from sklearn.datasets import load_digits
@@ -105,7 +116,8 @@ def make_decoy_digits(image_size: int, seed: int, noise: float = 0.3, contrast: 
     data: dict = {"image_size": image_size, "version": CACHE_VERSION}
     for part, idx in parts.items():
         labels = y[idx]
-        colour = PALETTE[torch.randint(0, 10, (len(idx),), generator=g)] if part == "test" else PALETTE[labels]
+        random_colour = PALETTE[torch.randint(0, 10, (len(idx),), generator=g)]
+        colour = PALETTE[labels] if confounded and part != "test" else random_colour
         data[f"{part}_images"] = _to_uint8(_paint(base[idx], masks[idx], colour))
         data[f"{part}_labels"] = labels
         data[f"{part}_masks"] = masks[idx]
@@ -118,15 +130,16 @@ def build_decoy_digits(request: DataRequest) -> DataSplits:
     size = request.image_size or 32
     if not 16 <= size <= 224:
         raise DataError(f"decoy-digits: --image-size must be between 16 and 224, got {size}")
-    data = _cached("decoy-digits", f"s{size}_seed{request.seed}_v{CACHE_VERSION}",
-                   lambda: make_decoy_digits(size, request.seed))
+    confounded = _confounded(request)
+    data = _cached("decoy-digits", f"s{size}_seed{request.seed}{'' if confounded else '_clean'}_v{CACHE_VERSION}",
+                   lambda: make_decoy_digits(size, request.seed, confounded))
     return _splits_from(data, request, [str(i) for i in range(10)],
                         "scikit-learn digits with a label-coloured corner patch (decoy)")
 
 
 # --------------------------------------------------------------------------- synthetic lesions
 
-def make_lesions(image_size: int, seed: int, n: int = 1600) -> dict:
+def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = True) -> dict:
     """Skin-coloured images with one brown lesion each. Class ``irregular`` has a wavy, notched
     border (the real feature); class ``regular`` a smooth elliptical one. A coloured calibration
     patch in a corner, like those in dermoscopy sets, encodes the class in train and validation."""
@@ -165,7 +178,8 @@ def make_lesions(image_size: int, seed: int, n: int = 1600) -> dict:
     data: dict = {"image_size": s, "version": CACHE_VERSION}
     for part, sl in parts.items():
         y = labels[sl]
-        colour = patch_colour[torch.randint(0, 2, (len(y),), generator=g)] if part == "test" else patch_colour[y]
+        random_colour = patch_colour[torch.randint(0, 2, (len(y),), generator=g)]
+        colour = patch_colour[y] if confounded and part != "test" else random_colour
         data[f"{part}_images"] = _to_uint8(_paint(img[sl], masks[sl], colour))
         data[f"{part}_labels"] = y
         data[f"{part}_masks"] = masks[sl]
@@ -179,8 +193,9 @@ def build_lesions(request: DataRequest) -> DataSplits:
     if not 64 <= size <= 224:
         raise DataError(f"synthetic-lesions: --image-size must be between 64 and 224, got {size}")
     n = int(request.options.get("n_images", 1600))
-    data = _cached("synthetic-lesions", f"s{size}_n{n}_seed{request.seed}_v{CACHE_VERSION}",
-                   lambda: make_lesions(size, request.seed, n))
+    confounded = _confounded(request)
+    data = _cached("synthetic-lesions", f"s{size}_n{n}_seed{request.seed}{'' if confounded else '_clean'}_v{CACHE_VERSION}",
+                   lambda: make_lesions(size, request.seed, n, confounded))
     return _splits_from(data, request, ["regular", "irregular"],
                         "synthetic skin lesions; border shape is the class, a corner sticker the confounder")
 
