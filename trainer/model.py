@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from timm.models import register_model
 
+from .head import AttentionPool, HeadError
+
 
 class SmallCNN(nn.Module):
     """Four conv-BN-ReLU blocks and global average pooling; a timm-compatible interface."""
@@ -58,11 +60,13 @@ class Classifier(nn.Module):
     """Normalise [0, 1] images with the backbone's mean/std, then run it.
 
     ``features`` and ``head`` split the backbone at its last feature map (for GradCAM, the attention
-    head and the GradCAM penalty)."""
+    head and the GradCAM penalty). With an ``attention_pool`` (``--head attention``) the head pools
+    the feature map by attention before the backbone's own head."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, attention_pool: AttentionPool | None = None):
         super().__init__()
         self.backbone = backbone
+        self.attention_pool = attention_pool
         cfg = getattr(backbone, "pretrained_cfg", None) or {}
         mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
         std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
@@ -76,7 +80,15 @@ class Classifier(nn.Module):
         return self.backbone.forward_features((x - self.mean) / self.std)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
+        if self.attention_pool is not None:
+            f = self.attention_pool(f)
         return self.backbone.forward_head(f)
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention pool's weights over feature-map positions (N×h×w, each summing to 1)."""
+        if self.attention_pool is None:
+            raise HeadError("the attention map needs a model trained with --head attention")
+        return self.attention_pool.weights(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -93,13 +105,14 @@ class ModelError(ValueError):
     pass
 
 
-def create_classifier(name: str, num_classes: int, in_chans: int, pretrained: bool = False) -> Classifier:
+def create_classifier(name: str, num_classes: int, in_chans: int, pretrained: bool = False,
+                      head: str = "pool") -> Classifier:
     """A timm model by name; pretrained weights come from the local cache or the hub and fail with a
-    clear message (not a hang) when neither is reachable."""
+    clear message (not a hang) when neither is reachable. ``head="attention"`` adds the attention pool."""
     if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ModelError(f"unknown model {name!r}: not a timm architecture (see timm.list_models())")
     if not pretrained:
-        return Classifier(timm.create_model(name, num_classes=num_classes, in_chans=in_chans))
+        return _with_head(timm.create_model(name, num_classes=num_classes, in_chans=in_chans), head)
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
     try:
@@ -108,4 +121,34 @@ def create_classifier(name: str, num_classes: int, in_chans: int, pretrained: bo
         raise ModelError(f"could not load pretrained weights for {name!r}: not in the local cache and the "
                          f"hub is not reachable ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                          f"run without --pretrained or pre-download the weights") from None
-    return Classifier(backbone)
+    return _with_head(backbone, head)
+
+
+def _with_head(backbone: nn.Module, head: str) -> Classifier:
+    if head == "pool":
+        return Classifier(backbone)
+    if head == "attention":
+        return Classifier(backbone, AttentionPool(backbone.num_features))
+    raise ModelError(f"unknown head {head!r}: choose pool or attention")
+
+
+def load_weights(model: Classifier, path: str | os.PathLike) -> None:
+    """``--init-from``: start from another run's checkpoint (or a bare state dict). Only the attention
+    pool may be missing from it (it starts as average pooling, so the loaded model predicts as before)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"--init-from: cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ModelError(f"--init-from: {path} holds no model weights")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: another architecture or number of classes
+        detail = str(e).splitlines()[-1].strip()[:200]
+        raise ModelError(f"--init-from: {path} does not fit this model: {detail}") from None
+    missing = [k for k in missing if not k.startswith("attention_pool.")]
+    if missing or unexpected:
+        names = ", ".join((missing + unexpected)[:3])
+        raise ModelError(f"--init-from: {path} does not fit this model ({len(missing)} weights missing, "
+                         f"{len(unexpected)} unexpected, e.g. {names}); same --model and data set needed")
