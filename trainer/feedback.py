@@ -8,13 +8,18 @@ from . import protocol
 
 
 class FeedbackSet:
-    """Masks for training images by dataset index. Masks of the same image accumulate (union)."""
+    """Masks for training images by dataset index. Masks of the same image accumulate (union).
+
+    ``masks`` holds where the model must not look: the forbidden marks and, where a relevant region
+    was drawn, everything outside it (what rrr and gradcam penalise). ``relevant`` keeps the relevant
+    marks themselves, which hint rewards (``lookup(..., relevance=True)``)."""
 
     def __init__(self, num_images: int, height: int, width: int, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.shape = (height, width)
         self.position = torch.full((num_images,), -1, dtype=torch.long, device=self.device)
         self.masks = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
+        self.relevant = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.excluded = torch.zeros(num_images, dtype=torch.bool, device=self.device)
 
     def __len__(self) -> int:
@@ -26,16 +31,19 @@ class FeedbackSet:
         order = torch.nonzero(self.position >= 0).flatten()
         return order[self.position[order].argsort()]
 
-    def add(self, index: int, mask: torch.Tensor) -> None:
+    def add(self, index: int, mask: torch.Tensor, relevant: torch.Tensor | None = None) -> None:
         mask = mask.to(self.device, torch.bool)
         if not mask.any():
             return
+        relevant = torch.zeros_like(mask) if relevant is None else relevant.to(self.device, torch.bool) & ~mask
         pos = int(self.position[index])
         if pos >= 0:
             self.masks[pos] |= mask
+            self.relevant[pos] |= relevant
         else:
             self.position[index] = len(self.masks)
             self.masks = torch.cat([self.masks, mask[None]])
+            self.relevant = torch.cat([self.relevant, relevant[None]])
 
     def add_all(self, masks: torch.Tensor) -> None:
         """Every image's mask at once (the "masks on all training images" upper bound of the
@@ -53,27 +61,37 @@ class FeedbackSet:
                 counts["excluded"] += 1
                 continue
             mask = torch.zeros(self.shape, dtype=torch.bool)
+            relevant = None
             if a.action == protocol.ACTION_MASK and a.forbidden is not None:
                 mask |= torch.from_numpy(a.forbidden)
             if a.action == protocol.ACTION_MASK and a.relevant is not None and a.relevant.any():
-                mask |= ~torch.from_numpy(a.relevant)
+                relevant = torch.from_numpy(a.relevant)
+                mask |= ~relevant
             if mask.any():
-                self.add(a.index, mask)
+                self.add(a.index, mask, relevant)
                 counts["masked"] += 1
             else:
                 counts["skipped"] += 1
         return counts
 
-    def lookup(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For a batch of dataset indices: which rows are annotated, and their masks (float)."""
+    def lookup(self, idx: torch.Tensor, relevance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a batch of dataset indices: which rows are annotated, and their masks (float): where
+        the model must not look (1) or, with ``relevance``, relevance maps: 1 marked relevant, 0 must
+        not matter (forbidden, or outside a drawn relevant region), −1 unmarked."""
         pos = self.position[idx]
         rows = torch.nonzero(pos >= 0).flatten()
-        return rows, self.masks[pos[rows]].float()
+        masks = self.masks[pos[rows]]
+        if not relevance:
+            return rows, masks.float()
+        relevant = self.relevant[pos[rows]]
+        return rows, torch.where(masks, 0.0, torch.where(relevant, 1.0, -1.0))
 
     def state_dict(self) -> dict:
-        return {"position": self.position.cpu(), "masks": self.masks.cpu(), "excluded": self.excluded.cpu()}
+        return {"position": self.position.cpu(), "masks": self.masks.cpu(), "relevant": self.relevant.cpu(),
+                "excluded": self.excluded.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         self.position = state["position"].to(self.device)
         self.masks = state["masks"].to(self.device)
+        self.relevant = state.get("relevant", torch.zeros_like(state["masks"])).to(self.device)  # older checkpoints
         self.excluded = state["excluded"].to(self.device)
