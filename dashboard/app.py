@@ -27,4 +27,5 @@ st.navigation([
     st.Page(PAGES["metrics"], title="Metrics", icon=":material/monitoring:"),
     st.Page(PAGES["review"], title="Review", icon=":material/draw:"),
     st.Page(PAGES["learning"], title="Did it learn?", icon=":material/school:"),
+    st.Page(PAGES["evaluation"], title="Evaluation", icon=":material/fact_check:"),
 ]).run()

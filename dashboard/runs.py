@@ -314,3 +314,43 @@ def read_tracking(run: protocol.RunDir) -> pd.DataFrame:
 
 def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[int, int]) -> np.ndarray | None:
     return _load_map(run.tracking_dir(epoch) / f"{index}.npy", shape)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+CURVE_COLUMNS = ["run", "explainer", "fraction", "masked_accuracy", "deletion"]
+SUMMARY_COLUMNS = ["run", "explainer", "epoch", "split", "images", "accuracy", "half_removed", "deletion_auc",
+                   "wrong_reason"]
+
+
+def evaluation_frames(runs: list[protocol.RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``hitl-evaluate`` results of several runs: the curves (one row per run, explainer and removed
+    fraction) and a summary (one row per run and explainer). Runs without an evaluation, or with an
+    unreadable one, and malformed results are left out."""
+    curves, summary = [], []
+    for run in runs:
+        try:
+            doc = protocol.read_evaluation(run)
+        except protocol.ProtocolError:
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            continue
+        for result in doc["results"]:
+            try:
+                fractions = [float(f) for f in result["fractions"]]
+                accuracy = [float(a) for a in result["masked_accuracy"]]
+                deletion = [float(d) for d in result["deletion"]]
+                name = str(result["explainer"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if not fractions or not len(fractions) == len(accuracy) == len(deletion):
+                continue
+            curves += [(run.name, name, f, a, d) for f, a, d in zip(fractions, accuracy, deletion)]
+            half = min(range(len(fractions)), key=lambda i: abs(fractions[i] - 0.5))
+            summary.append((run.name, name, doc.get("epoch"), doc.get("split"), doc.get("images"), accuracy[0],
+                            accuracy[half], _number(result.get("deletion_auc")), _number(result.get("wrong_reason"))))
+    return pd.DataFrame(curves, columns=CURVE_COLUMNS), pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

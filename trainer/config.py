@@ -16,6 +16,8 @@ class TrainConfig:
     val_fraction: float = 1.0
     model: str = "hitl_cnn"
     pretrained: bool = False
+    head: str = "pool"                      # pool (the backbone's own) | attention (trainer/head.py)
+    init_from: str | None = None            # a checkpoint whose weights the run starts from
     image_size: int | None = None
     batch_size: int = 64
     lr: float = 2e-3
@@ -24,6 +26,11 @@ class TrainConfig:
     penalty: str = "rrr"
     penalty_impl: str = "auto"               # auto: exact on CPU, jvp on CUDA
     saliency: str = "deeplift"
+    deeplift_baseline: str = "blur"         # blur (the original tool's) | zero
+    method: str = "plain"                   # plain | sgt (saliency-guided training, trainer/sgt.py)
+    sgt_fraction: float = 0.5               # share of pixels masked per image
+    sgt_weight: float = 1.0                 # λ_kl
+    sgt_fill: str = "random"                # random (uniform in the image's range) | a number in [0, 1]
     sampling: str = "high_entropy"
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10

@@ -2,8 +2,9 @@
 
 Torch-free on purpose: the dashboard imports only this module, so a trainer on another machine
 that shares the folder is enough. One writer per file: the trainer writes everything except
-``feedback/``, which only an annotator (the dashboard or the oracle) writes. Every file is written to
-a temporary file in the same folder and renamed into place, so a reader never sees half a file.
+``feedback/``, which only an annotator (the dashboard or the oracle) writes, and ``evaluation.json``,
+which only ``hitl-evaluate`` writes. Every file is written to a temporary file in the same folder and
+renamed into place, so a reader never sees half a file.
 
 Layout of ``<runs_dir>/<run>/`` (see docs/run-directory.md):
 
@@ -18,6 +19,7 @@ Layout of ``<runs_dir>/<run>/`` (see docs/run-directory.md):
     feedback/epoch_NNN.json     the mask file answering that queue              (annotator)
     feedback/rejected/          mask files the trainer refused, kept verbatim   (trainer)
     plots/                      the original tool's two PNG plots               (trainer)
+    evaluation.json             faithfulness of the explanations                (hitl-evaluate)
     trainer.log                 stdout/stderr of a trainer started by the dashboard
 """
 from __future__ import annotations
@@ -315,6 +317,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# --------------------------------------------------------------------------- evaluation
+
+def write_evaluation(run: RunDir, doc: dict) -> None:
+    atomic_write_json(run.evaluation, {"format": FORMAT, **doc})
+
+
+def read_evaluation(run: RunDir) -> dict | None:
+    """The latest ``hitl-evaluate`` result, or None if the run has not been evaluated."""
+    try:
+        return upgrade(read_json(run.evaluation), "evaluation")
+    except FileNotFoundError:
+        return None
+
+
 # --------------------------------------------------------------------------- masks
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -481,7 +497,7 @@ def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
 # --------------------------------------------------------------------------- format upgrades
 
 # Ordered upgrades: _UPGRADES[kind][n] turns a format-n document into format n+1.
-_UPGRADES: dict[str, dict[int, Any]] = {"config": {}, "status": {}, "manifest": {}, "feedback": {}}
+_UPGRADES: dict[str, dict[int, Any]] = {"config": {}, "status": {}, "manifest": {}, "feedback": {}, "evaluation": {}}
 
 
 def upgrade(doc: dict, kind: str) -> dict:

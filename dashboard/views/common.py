@@ -20,7 +20,7 @@ STATE_COLORS = {
 }
 REFRESH_SECONDS = 2.0
 PAGES = {"runs": "views/runs.py", "metrics": "views/metrics.py", "review": "views/review.py",
-         "learning": "views/learning.py"}
+         "learning": "views/learning.py", "evaluation": "views/evaluation.py"}
 
 
 def runs_dir() -> Path:
@@ -88,6 +88,21 @@ def _query_images(path: str, stamp: tuple) -> dict:
 
 def query_images(run: protocol.RunDir) -> dict:
     return _query_images(str(run.path), tuple(protocol.queue_epochs(run)))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _evaluation(path: str, stamp: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return runs.evaluation_frames([protocol.RunDir(path)])
+
+
+def evaluation(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluation curves and summary rows of the named runs (see runs.evaluation_frames)."""
+    parts = [_evaluation(str(run.path), runs.mtime(run.evaluation)) for run in map(run_dir, names)]
+    no_curves, no_summary = runs.evaluation_frames([])
+    curves = [c for c, _ in parts if not c.empty]
+    summary = [s for _, s in parts if not s.empty]
+    return (pd.concat(curves, ignore_index=True) if curves else no_curves,
+            pd.concat(summary, ignore_index=True) if summary else no_summary)
 
 
 def _folder_stamp(folder: Path) -> tuple:
