@@ -99,6 +99,13 @@ def test_command_errors_are_one_line(tmp_path, capsys, args, message):
     assert message in err and err.count("\n") == 1
 
 
+def test_a_malformed_flag_is_one_line_too(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--images", "many"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--images: invalid int value" in err and err.count("\n") == 1
+
+
 def evaluation_doc(run: str, slope: float) -> dict:
     fractions = [0.0, 0.5, 1.0]
     return {"run": run, "checkpoint": "best", "epoch": 4, "split": "test", "images": 64, "results": [

@@ -169,8 +169,13 @@ def _fmt(value: float | None) -> str:
 
 # --------------------------------------------------------------------------- command line
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hitl-evaluate", description="How faithful a run's explanations are: masked "
+    p = _Parser(prog="hitl-evaluate", description="How faithful a run's explanations are: masked "
                                 "accuracy, deletion AUC and wrong-reason share, written to evaluation.json.")
     p.add_argument("run", help="run directory, or a run name under --runs-dir")
     p.add_argument("-md", "--runs-dir", default="checkpoints")
