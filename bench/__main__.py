@@ -1,0 +1,119 @@
+"""``python -m bench [--quick] [--device cpu|cuda] [--only learning|cost|latency]``: run the benchmarks
+and write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per machine and
+preset). With ``--only``, the other sections of an existing file are kept."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer.train import pick_device
+
+from . import cost, latency, learning
+from .machine import machine_info
+from .plans import Plan, make_plan
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SECTIONS = ("learning", "cost", "latency")
+KEYS = {"learning": ("learning", "efficiency"), "cost": ("cost", "cosine"), "latency": ("latency",)}
+NOTES = {
+    "efficiency": learning.EFFICIENCY_HOW,
+    "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
+            "interleaved; random images, corner masks",
+    "peak_memory": "peak tensor memory allocated during one step above what was allocated before it "
+                   "(CPU: profiler allocation events, not RSS; CUDA: torch.cuda.max_memory_allocated)",
+    "cosine": "parameter-gradient cosine of the rrr penalty against impl exact, model trained briefly (plain)",
+    "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
+               "to feedback applied / next epoch started",
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = SECTIONS,
+                   log: Callable[[str], None] = log) -> dict:
+    """Run the chosen sections in fresh run directories under a temporary folder; the results dict."""
+    machine = machine_info(device)
+    results: dict = {"skipped": []}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
+        runs_dir = Path(tmp)
+        for section in sections:
+            t0 = time.perf_counter()
+            if section == "learning":
+                results["learning"], skipped = learning.run_learning(plan, device, runs_dir, log)
+                results["skipped"] += skipped
+                results["efficiency"] = learning.run_efficiency(plan, device, runs_dir, log)
+            elif section == "cost":
+                results["cost"] = cost.run_cost(plan, device, runs_dir, log)
+                results["cosine"] = cost.run_cosine(plan, device, runs_dir, log)
+            elif section == "latency":
+                results["latency"] = (latency.run_query_latency(plan, device, runs_dir, log)
+                                      + latency.run_resume_latency(plan, device, runs_dir, log))
+            seconds[section] = round(time.perf_counter() - t0, 1)
+            log(f"{section} done in {seconds[section]:.0f} s")
+    machine["load_average_end"] = list(os.getloadavg())
+    return finite({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "plan": plan.to_dict(),
+                   "notes": NOTES, "seconds": seconds, **results})
+
+
+def finite(value):
+    """NaN (a metric a data set cannot give) as null, so the file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
+    """An earlier file's sections that were not run again are kept, with their own timings."""
+    merged = dict(old)
+    merged.update({k: v for k, v in new.items() if k not in ("seconds", "skipped")})
+    merged["seconds"] = {**old.get("seconds", {}), **new["seconds"]}
+    merged["skipped"] = [s for s in old.get("skipped", []) if s["section"] not in sections] + new["skipped"]
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the small preset (about 3 minutes on 2 cores)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
+    p.add_argument("--name", help="results file name (default: the device, with -quick for --quick)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = p.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    sections = tuple(s for s in SECTIONS if not args.only or s in args.only)
+    name = args.name or device.type + ("-quick" if args.quick else "")
+    path = args.results_dir / f"{name}.json"
+    plan = make_plan(args.quick, device)
+    log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
+    results = run_benchmarks(plan, device, sections)
+    if args.only and path.exists():
+        results = merge(json.loads(path.read_text()), results, sections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+    log(f"wrote {path}")
+    from .report import render_file
+    print(render_file(path, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

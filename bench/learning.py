@@ -1,0 +1,122 @@
+"""Learning outcome on the generated confounded sets, and how accuracy grows with annotations.
+
+Methods (one full ``Trainer.fit`` each, fresh run directory):
+
+``plain``      no feedback: the confounder is free to use;
+``hitl``       the simulated annotator answers each epoch's queries from the ground-truth masks
+               (the human-in-the-loop route, entropy sampling, queries from epoch 1 on);
+``all_masks``  every training image's mask given before training: the upper bound of feedback;
+``sgt``        saliency-guided training, no masks (needs ``TrainConfig.method``);
+``clean``      plain training on a training set whose confounder is decorrelated from the label
+               (needs the data set to honour ``dataset_options={"confounded": False}``).
+
+Efficiency: the first N masks of the training set (its order is already random, so the sets are
+nested random subsets) are given up front, then training is plain otherwise.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import DataError, DataRequest, build_dataset
+from trainer.train import Trainer
+
+from .plans import Plan, TrainingSetting
+
+MASK_METHODS = ("hitl", "all_masks")
+EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training; no queries"
+
+
+def _quiet(*_: object) -> None:
+    pass
+
+
+def unavailable(method: str, dataset: str) -> str | None:
+    """Why ``method`` cannot run with this trainer on ``dataset``; None when it can."""
+    if method == "sgt" and not hasattr(TrainConfig(), "method"):
+        return "TrainConfig has no `method` field: saliency-guided training is not in this trainer"
+    if method == "clean":
+        try:
+            default = build_dataset(dataset, DataRequest(None, None, 0)).train
+            clean = build_dataset(dataset, DataRequest(None, None, 0, options={"confounded": False})).train
+        except DataError as e:
+            return f"{dataset} refuses dataset_options={{'confounded': False}}: {e}"
+        if torch.equal(default.images, clean.images):
+            return (f"{dataset} ignores dataset_options={{'confounded': False}}: no training set with the "
+                    f"confounder decorrelated from the label")
+    return None
+
+
+def train_config(setting: TrainingSetting, method: str, seed: int, impl: str | None, device: torch.device,
+                 runs_dir: Path, title: str) -> TrainConfig:
+    """The run's configuration; ``impl`` None keeps the trainer's default (methods without masks)."""
+    cfg = TrainConfig(dataset=setting.dataset, runs_dir=str(runs_dir), title=title, epochs=setting.epochs,
+                      train_fraction=setting.train_fraction, queries_per_epoch=setting.queries_per_epoch,
+                      annotator="oracle" if method == "hitl" else "none", seed=seed, device=device.type,
+                      track_images=0)
+    if impl is not None:
+        cfg.penalty_impl = impl
+    if method == "sgt":
+        cfg.method = "sgt"
+    if method == "clean":
+        cfg.dataset_options = {"confounded": False}
+    return cfg
+
+
+def train(cfg: TrainConfig, masks_up_front: slice | None = None) -> dict:
+    """One run; ``masks_up_front`` picks the training images whose ground-truth masks are given first."""
+    trainer = Trainer(cfg, log=_quiet)
+    if masks_up_front is not None:
+        trainer.feedback.add_all(trainer.data.train.masks[masks_up_front])
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    return {
+        "n_train": len(trainer.data.train),
+        "n_annotated": result["n_feedback"],
+        "test_acc": result["test_acc"],
+        "test_consistent_acc": result.get("test_consistent_acc", math.nan),
+        "min_val_loss": result["best_val_loss"],
+        "wrong_reason": result["test_wrong_reason"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
+    """Rows for every (data set, method, impl, seed), and the methods skipped with the reason."""
+    rows, skipped = [], []
+    for setting in plan.learning:
+        for method in plan.methods:
+            reason = unavailable(method, setting.dataset)
+            if reason:
+                skipped.append({"section": "learning", "dataset": setting.dataset, "method": method, "reason": reason})
+                log(f"learning {setting.dataset} {method}: skipped: {reason}")
+                continue
+            for impl in plan.learning_impls if method in MASK_METHODS else (None,):
+                for seed in plan.seeds:
+                    title = f"{setting.dataset}-{method}-{impl or 'none'}-s{seed}"
+                    cfg = train_config(setting, method, seed, impl, device, runs_dir, title)
+                    row = train(cfg, slice(None) if method == "all_masks" else None)
+                    rows.append({"dataset": setting.dataset, "method": method,
+                                 "impl": impl,
+                                 "seed": seed, "epochs": setting.epochs, **row})
+                    log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
+                        f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
+    return rows, skipped
+
+
+def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list:
+    setting, seed = plan.efficiency, plan.seeds[0]
+    rows = []
+    for count in plan.efficiency_counts:
+        title = f"{setting.dataset}-first{count}-s{seed}"
+        cfg = train_config(setting, "plain", seed, plan.learning_impls[0], device, runs_dir, title)
+        row = train(cfg, slice(count))
+        rows.append({"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs,
+                     "impl": cfg.penalty_impl, "masks_given": count, **row})
+        log(f"efficiency {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}")
+    return rows

@@ -1,0 +1,104 @@
+"""What each benchmark runs: sizes, epochs and seeds, chosen to fit the time budgets on two CPU
+cores (``--quick`` about 3 minutes, the full run about 20) and recorded in the results file."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from trainer.explain import EXPLAINERS
+
+METHODS = ("plain", "hitl", "all_masks", "sgt", "clean")
+PENALTY_IMPLS = ("exact", "jvp", "fd")
+
+
+@dataclass(frozen=True)
+class TrainingSetting:
+    """One data set's training runs: fewer epochs than the trainer's default, to fit the budget."""
+
+    dataset: str
+    epochs: int
+    train_fraction: float = 1.0
+    queries_per_epoch: int = 10
+
+
+@dataclass(frozen=True)
+class StepSetting:
+    """One model and image size whose training step is timed."""
+
+    model: str
+    image_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    preset: str
+    # learning: every method on every data set and seed
+    learning: tuple[TrainingSetting, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    learning_impls: tuple[str, ...]          # penalty impls for the methods that use masks
+    # efficiency: the first N training masks given up front, N per entry
+    efficiency: TrainingSetting
+    efficiency_counts: tuple[int, ...]
+    # cost: Trainer.train_step with masks on a fraction of the batch, per penalty impl
+    steps: tuple[StepSetting, ...]
+    feedback_fractions: tuple[float, ...]
+    step_impls: tuple[str, ...]
+    warmup_steps: int
+    timed_steps: int
+    # cosine: parameter gradients of jvp and fd against exact, after brief training
+    cosine: TrainingSetting
+    cosine_batches: int
+    cosine_batch_size: int
+    # latency
+    query_datasets: tuple[str, ...]
+    query_methods: tuple[str, ...]
+    queries: int
+    query_repeats: int
+    resume_rounds: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_plan(quick: bool, device: torch.device) -> Plan:
+    cuda = device.type == "cuda"
+    # jvp is the fast exact route on CUDA (double backward is slow there), so both are trained and compared.
+    learning_impls = ("exact", "jvp") if cuda else ("exact",)
+    if quick:
+        digits = TrainingSetting("decoy-digits", epochs=3, train_fraction=0.5, queries_per_epoch=10)
+        return Plan(
+            preset="quick",
+            learning=(digits,), methods=METHODS, seeds=(0,), learning_impls=learning_impls,
+            efficiency=digits, efficiency_counts=(10, 50),
+            steps=_cuda_steps() if cuda else (StepSetting("hitl_cnn", 64, 40), StepSetting("resnet18", 64, 20)),
+            feedback_fractions=(0.0, 0.1, 1.0), step_impls=PENALTY_IMPLS,
+            warmup_steps=3 if cuda else 1, timed_steps=10 if cuda else 3,
+            cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3), cosine_batches=2, cosine_batch_size=32,
+            query_datasets=("decoy-digits",), query_methods=tuple(EXPLAINERS), queries=10, query_repeats=1,
+            resume_rounds=2,
+        )
+    digits = TrainingSetting("decoy-digits", epochs=4, train_fraction=1.0, queries_per_epoch=25)
+    lesions = TrainingSetting("synthetic-lesions", epochs=3, train_fraction=0.2, queries_per_epoch=10)
+    cpu_steps = (StepSetting("hitl_cnn", 64, 40), StepSetting("resnet18", 64, 40),
+                 StepSetting("hitl_cnn", 224, 10), StepSetting("resnet18", 224, 10))
+    return Plan(
+        preset="full",
+        learning=(digits, lesions), methods=METHODS, seeds=(0, 1, 2), learning_impls=learning_impls,
+        efficiency=digits, efficiency_counts=(10, 25, 50, 100, 200),
+        steps=_cuda_steps() if cuda else cpu_steps,
+        feedback_fractions=(0.0, 0.1, 1.0), step_impls=PENALTY_IMPLS,
+        warmup_steps=3 if cuda else 1, timed_steps=20 if cuda else 4,
+        cosine=TrainingSetting("decoy-digits", epochs=1), cosine_batches=4, cosine_batch_size=32,
+        query_datasets=("decoy-digits", "synthetic-lesions"), query_methods=tuple(EXPLAINERS), queries=10,
+        query_repeats=1, resume_rounds=3,
+    )
+
+
+def _cuda_steps() -> tuple[StepSetting, ...]:
+    """The reference figures' setting (224 px, batch 64), plus the small CNN and resnet18 at 64 px."""
+    return (StepSetting("hitl_cnn", 64, 64), StepSetting("resnet18", 64, 64), StepSetting("resnet18", 224, 64),
+            StepSetting("resnet50", 224, 64), StepSetting("efficientnet_b1", 224, 64))

@@ -1,0 +1,229 @@
+"""``python -m bench.report [FILE.json ...]``: markdown tables from the results files (all of
+``bench/results/`` by default), printed and, where README.md has the markers ``<!-- bench:start -->``
+and ``<!-- bench:end -->``, written between them. Targets are reported as holding or failing, never
+asserted; published reference figures are printed beside ours."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+REFERENCES = (
+    "Exact double-backprop RRR penalty, H100, 224 px, batch 64: resnet18 8.8× a plain step with the whole "
+    "batch annotated, 4.4× with 10%; efficientnet_b1 44× and 30×.",
+    "Same penalty on a 2-core CPU: resnet18 2.8× with the whole batch annotated.",
+    "Decoy-MNIST (Ross et al. 2017): plain training 51.6% test accuracy, 96.1% with masks on all images.",
+)
+COST_TARGETS = ((0.1, 1.3), (1.0, 3.0))   # (feedback fraction, largest penalty/plain ratio)
+GAP_SHARE, GAIN_POINTS, WRONG_REASON_CUT, MAX_ANNOTATED = 0.8, 0.15, 5.0, 0.10
+
+
+def _mean(values: list) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.mean(values) if values else math.nan
+
+
+def _pm(values: list, scale: float = 1.0, digits: int = 1) -> str:
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def learning_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["method"], r["impl"])].append(r)
+    return groups
+
+
+def render_learning(results: dict) -> list[str]:
+    rows = results.get("learning") or []
+    if not rows:
+        return []
+    out = ["#### Learning outcome", "",
+           "Mean ± sd over seeds; test = the decorrelated test split, consistent = the same images with the "
+           "train-time confounder; wrong-reason = share of input-gradient attribution on the confounder.", ""]
+    body = []
+    for (dataset, method, impl), group in learning_groups(rows).items():
+        body.append([dataset, method, impl or "–", len(group), group[0]["epochs"],
+                     f"{_mean([r['n_annotated'] for r in group]):.0f} / {group[0]['n_train']}",
+                     _pm([r["test_acc"] for r in group], 100), _pm([r["test_consistent_acc"] for r in group], 100),
+                     _pm([r["min_val_loss"] for r in group], 1, 3), _pm([r["wrong_reason"] for r in group], 1, 3)])
+    out += _table(["data set", "method", "impl", "seeds", "epochs", "annotated / train", "test acc %",
+                   "consistent acc %", "min val loss", "wrong-reason"], body)
+    for s in results.get("skipped", []):
+        out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
+    return out + [""]
+
+
+def render_efficiency(results: dict) -> list[str]:
+    rows = results.get("efficiency") or []
+    if not rows:
+        return []
+    out = ["#### Annotation efficiency", "", f"{results.get('notes', {}).get('efficiency', '')}; "
+           f"{rows[0]['dataset']}, seed {rows[0]['seed']}, {rows[0]['epochs']} epochs.", ""]
+    body = [[r["n_annotated"], f"{100 * r['n_annotated'] / r['n_train']:.1f}%", f"{100 * r['test_acc']:.1f}",
+             f"{r['wrong_reason']:.3f}", f"{r['min_val_loss']:.3f}"] for r in rows]
+    return out + _table(["annotated", "of train", "test acc %", "wrong-reason", "min val loss"], body) + [""]
+
+
+def render_cost(results: dict) -> list[str]:
+    rows = results.get("cost") or []
+    if not rows:
+        return []
+    out = ["#### Step cost", "", f"{results.get('notes', {}).get('cost', '')}. Peak memory: "
+           f"{results.get('notes', {}).get('peak_memory', '')}.", ""]
+    body = []
+    for r in rows:
+        body.append([r["model"], r["image_size"], r["batch_size"], r["device"] + (" amp" if r["amp"] else ""),
+                     r["impl"], f"{r['feedback_fraction']:.0%} ({r['n_annotated']})", f"{r['plain_ms']:.0f}",
+                     f"{r['penalty_ms']:.0f}", f"**{r['ratio']:.2f}×**",
+                     f"{r['plain_peak_mb']:.0f} → {r['penalty_peak_mb']:.0f}"])
+    return out + _table(["model", "px", "batch", "device", "impl", "annotated", "plain ms", "step ms", "ratio",
+                         "peak MB plain → step"], body) + [""]
+
+
+def render_cosine(results: dict) -> list[str]:
+    rows = results.get("cosine") or []
+    if not rows:
+        return []
+    body = [[r["model"], r["dataset"], r["image_size"], r["impl"], f"{r['cosine_mean']:.3f}", f"{r['cosine_min']:.3f}",
+             f"{len(r['cosines'])} × {r['batch_size']}"] for r in rows]
+    return ["#### Penalty gradient against exact", "", results.get("notes", {}).get("cosine", "") + ".", ""] + \
+        _table(["model", "data set", "px", "impl", "cosine (mean)", "cosine (min)", "batches"], body) + [""]
+
+
+def render_latency(results: dict) -> list[str]:
+    rows = results.get("latency") or []
+    if not rows:
+        return []
+    body = [[r["what"], r["method"] or "–", r.get("dataset", "–"), r["device"], f"{r['seconds']:.2f}"] for r in rows]
+    return ["#### Latency", "", results.get("notes", {}).get("latency", "") + ".", ""] + \
+        _table(["what", "saliency", "data set", "device", "seconds"], body) + [""]
+
+
+def cost_targets(rows: list[dict]) -> list[str]:
+    lines = []
+    for fraction, limit in COST_TARGETS:
+        by_impl: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            if r["feedback_fraction"] == fraction:
+                by_impl[r["impl"]].append(r)
+        for impl, group in by_impl.items():
+            failing = [r for r in group if r["ratio"] > limit]
+            verdict = "**holds**" if not failing else f"**fails** for {len(failing)} of {len(group)}"
+            worst = max(group, key=lambda r: r["ratio"])
+            lines.append(f"- penalty step ≤ {limit:g}× plain at {fraction:.0%}, impl {impl}: {verdict} "
+                         f"(worst {worst['ratio']:.2f}×, "
+                         f"{worst['model']} {worst['image_size']} px)")
+    return lines
+
+
+def learning_targets(rows: list[dict]) -> list[str]:
+    groups = learning_groups(rows)
+    lines = []
+    for (dataset, method, impl), hitl in groups.items():
+        if method != "hitl":
+            continue
+        plain, full = groups.get((dataset, "plain", None)), groups.get((dataset, "all_masks", impl))
+        if not plain or not full:
+            continue
+        acc = {name: _mean([r["test_acc"] for r in g]) for name, g in (("plain", plain), ("hitl", hitl), ("all", full))}
+        wrong = {name: _mean([r["wrong_reason"] for r in g]) for name, g in (("plain", plain), ("hitl", hitl))}
+        share = _mean([r["n_annotated"] / r["n_train"] for r in hitl])
+        gap = acc["all"] - acc["plain"]
+        recovered = (acc["hitl"] - acc["plain"]) / gap if gap > 0 else math.nan
+        cut = wrong["plain"] / wrong["hitl"] if wrong["hitl"] > 0 else math.inf
+        where = f"{dataset}, impl {impl}"
+        if gap > 0:
+            verdict = "**holds**" if recovered >= GAP_SHARE and share <= MAX_ANNOTATED else "**fails**"
+            detail = f"{recovered:.0%} of the {100 * gap:.1f}-point gap"
+        else:
+            verdict, detail = "**fails**", f"all_masks does not beat plain ({100 * acc['all']:.1f}% vs {100 * acc['plain']:.1f}%)"
+        lines.append(f"- hitl with ≤{MAX_ANNOTATED:.0%} annotated recovers ≥{GAP_SHARE:.0%} of the plain→all_masks "
+                     f"gap ({where}): {verdict} ({detail}, {share:.1%} annotated)")
+        gain = acc["hitl"] - acc["plain"]
+        lines.append(f"- hitl ≥ +{100 * GAIN_POINTS:.0f} points over plain ({where}): "
+                     f"{'**holds**' if gain >= GAIN_POINTS else '**fails**'} ({100 * gain:+.1f} points: "
+                     f"{100 * acc['plain']:.1f}% → {100 * acc['hitl']:.1f}%)")
+        lines.append(f"- wrong-reason share cut ≥{WRONG_REASON_CUT:g}× vs plain ({where}): "
+                     f"{'**holds**' if cut >= WRONG_REASON_CUT else '**fails**'} ({wrong['plain']:.3f} → "
+                     f"{wrong['hitl']:.3f}, {cut:.1f}×)")
+    return lines
+
+
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def render_file(path: Path, results: dict) -> str:
+    m = results["machine"]
+    plan = results.get("plan", {})
+    out = [f"### `{path.name}`: {m['cpu_model']}, {m['cpu_cores']} cores, {m['device']}"
+           f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}",
+           "", f"torch {m['torch']}, timm {m['timm']}, git {m['git']}, {results['created']}, preset "
+           f"{plan.get('preset', '?')}; load average {_load(m['load_average'])} at the start, "
+           f"{_load(m['load_average_end'])} at the end "
+           f"(a shared machine slows every timing; ratios compare interleaved steps); section seconds "
+           f"{results.get('seconds', {})}.", ""]
+    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_latency):
+        out += render(results)
+    targets = cost_targets(results.get("cost") or []) + learning_targets(results.get("learning") or [])
+    if targets:
+        out += ["#### Targets", ""] + targets + [""]
+    return "\n".join(out)
+
+
+def render_all(paths: list[Path]) -> str:
+    parts = [render_file(p, json.loads(p.read_text())) for p in paths]
+    refs = ["#### Reference figures (published, not measured here)", ""] + [f"- {r}" for r in REFERENCES]
+    return "\n".join(parts + refs) + "\n"
+
+
+def write_readme(markdown: str, readme: Path = README) -> bool:
+    """Replace what lies between the markers; False (and README untouched) when they are missing."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[:start + len(START)] + "\n" + markdown + text[end:])
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", type=Path, help="results files (default: bench/results/*.json)")
+    p.add_argument("--no-readme", action="store_true", help="print only; leave README.md alone")
+    args = p.parse_args(argv)
+    paths = args.files or sorted(RESULTS_DIR.glob("*.json"))
+    if not paths:
+        print("no results files; run `python -m bench` first", file=sys.stderr)
+        return 1
+    markdown = render_all(paths)
+    print(markdown)
+    if not args.no_readme:
+        wrote = write_readme(markdown)
+        print(f"README.md {'updated' if wrote else 'has no bench markers; left alone'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
