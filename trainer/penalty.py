@@ -12,21 +12,37 @@ Each returns one value per annotated image; the trainer adds λ × their mean to
              1/area, so Σ W·g² over a fixed share of the image shrinks as 1/area too).
              (A share A/Σg² or a per-image normalisation looks scale-free but teaches far less: the
              model keeps its shortcut and raises the gradient energy elsewhere.)
-             Three implementations (``--penalty-impl``; ``auto`` picks by device, see bench/):
-             ``exact`` double backpropagation (create_graph=True), the reference;
-             ``jvp``   the same gradient without second-order autograd: ∇θ Σ W·g² = 2∇θ(g·v) with
-                       v = W⊙g held fixed, and g·v is the forward-mode tangent of s along v, which
-                       reverse mode then differentiates. Depthwise convolutions and batch-norm keep
-                       their fast first-order kernels (their double backward is slow on GPUs);
+             Three implementations (``--penalty-impl``), measured in bench/:
+             ``exact`` double backpropagation (create_graph=True), the reference and the default;
+             ``jvp``   ∇θ Σ W·g² = 2∇θ(g·v) with v = W⊙g held fixed, g·v being the forward-mode
+                       tangent of s along v, which reverse mode then differentiates: no second-order
+                       autograd, so depthwise convolutions keep their fast first-order kernels (their
+                       double backward is slow on GPUs). Identical to ``exact`` for networks without
+                       batch-norm or in eval mode; through train-mode batch-norm PyTorch's forward-mode
+                       rule differs (parameter-gradient cosine about 0.87 on the small CNN);
              ``fd``    g·v by central finite differences, (s(x+hu) − s(x−hu))·‖v‖/2h with
                        u = v/‖v‖ (Finlay & Oberman 2019), the perturbed copies riding in the main
-                       batch. Cheapest, but ReLU and max-pool kinks make it approximate: parameter-
-                       gradient cosine 0.7–0.8 against ``exact`` on the small CNN (bench/).
+                       batch. Cheapest, but ReLU and max-pool kinks make it approximate: cosine
+                       0.7–0.8 against ``exact`` on the small CNN.
 ``gradcam``  the normalised GradCAM map of the true class inside the mask (mean over masked pixels);
              double backpropagation only through the head, so cheap.
+``hint``     HINT (Selvaraju et al. 2019) as the XIL typology simplifies it: the normalised GradCAM
+             map should be 1 on pixels marked relevant and 0 where the image must not matter; the
+             mean squared error over the pixels the person spoke about. Unlike the others it rewards
+             the relevant region itself. Without relevant marks it pushes GradCAM off the forbidden
+             region (as ``gradcam``, squared), so the simulated annotator works with it too.
+``attention`` the attention head's weight on the forbidden region (``--head attention`` only):
+             the share of the pooled evidence taken from there. One forward, no second-order terms.
+
+Normalisation, so that one λ (default 10) serves every model and image size: ``gradcam``, ``hint``
+and ``attention`` are in [0, 1] by construction (GradCAM divided by its maximum, a mean over
+pixels, or a share of weights summing to 1), whatever the network's scale or the image's area;
+``rrr`` is scaled by the area as above.
 
 A mask is a float H×W tensor W: 1 where the model must not look. Pixels outside a "relevant" region
 count as forbidden too (the trainer builds W), so "look here" feedback uses the same mechanism.
+``hint`` instead takes relevance maps (FeedbackSet.lookup(..., relevance=True)): 1 relevant,
+0 must not matter, −1 unmarked.
 """
 from __future__ import annotations
 
@@ -58,19 +74,63 @@ def eval_mode(model: nn.Module):
 
 
 @contextmanager
-def batch_stats_as_constants(model: nn.Module):
-    """Batch-norm layers normalise with the current batch's statistics, held constant: each image's
-    input gradient is its own (no path through the other images' statistics) and the running
-    statistics stay untouched. Works for timm's fused BatchNormAct layers too, which read the same
-    buffers."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def frozen_norm_stats(model: nn.Module):
+    """Batch-norm layers normalise the annotated images with their own batch statistics, gradient
+    included, but leave the running statistics alone.
+
+    Holding the statistics constant instead (per-image gradients) was tried and fails: the penalty's
+    gradient then shrinks the weights in front of each batch-norm, a direction the real, batch-
+    normalised network cannot see, and Adam's effective step grows until training breaks
+    (validation accuracy at chance after the first feedback)."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+
+
+BatchStats = dict  # batch-norm module -> (mean, var) of its input, detached
+
+
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().float()
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dims), x.var(dims, unbiased=False)
+
+
+@contextmanager
+def recorded_batch_stats(model: nn.Module):
+    """Records each batch-norm layer's batch statistics during a forward (the training batch's), so
+    an extra pass (saliency-guided training's masked copy) is normalised as the batch was."""
+    stats: BatchStats = {}
+    hooks = [m.register_forward_pre_hook(lambda module, args: stats.__setitem__(module, _input_stats(args[0])))
+             for m in _norm_layers(model)]
+    try:
+        yield stats
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextmanager
+def batch_stats_as_constants(model: nn.Module, stats: BatchStats | None = None):
+    """Batch-norm layers normalise with batch statistics held constant: the training batch's when
+    ``stats`` holds them, else the current input's; the running statistics stay untouched. Works for
+    timm's fused BatchNormAct layers, which read the same buffers. (Not for the feedback penalty: see
+    ``frozen_norm_stats``.)"""
+    norms = _norm_layers(model)
     saved = [(m, m.training, m.running_mean, m.running_var) for m in norms]
 
     def use_batch_stats(module, args):
-        x = args[0].detach()
-        dims = [0] + list(range(2, x.dim()))
-        module._buffers["running_mean"] = x.mean(dims)
-        module._buffers["running_var"] = x.var(dims, unbiased=False)
+        mean, var = stats[module] if stats else _input_stats(args[0])
+        module._buffers["running_mean"], module._buffers["running_var"] = mean, var
 
     hooks = [m.register_forward_pre_hook(use_batch_stats) for m in norms]
     for m in norms:
@@ -108,13 +168,13 @@ def area_scale(x: torch.Tensor) -> float:
 
 
 def rrr_exact(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with batch_stats_as_constants(model):
+    with frozen_norm_stats(model):
         g = input_gradient(model, x, create_graph=True)
         return (mask[:, None] * g.pow(2)).flatten(1).sum(1) * area_scale(x)
 
 
 def rrr_jvp(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with batch_stats_as_constants(model):
+    with frozen_norm_stats(model):
         g = input_gradient(model, x)  # input gradient only: no parameter gradients are computed
         v = mask[:, None] * g
         with forward_ad.dual_level():
@@ -137,7 +197,7 @@ class Probe:
 
 
 def rrr_fd_probe(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, step: float = FD_STEP) -> Probe:
-    with batch_stats_as_constants(model):
+    with frozen_norm_stats(model):
         g = input_gradient(model, x)  # input gradient only: no parameter gradients are computed
     scale = area_scale(x)
     v = mask[:, None] * g
@@ -159,7 +219,7 @@ def rrr_fd(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tenso
            step: float = FD_STEP) -> torch.Tensor:
     """The finite-difference penalty on its own (the trainer folds the probe into the batch)."""
     probe = rrr_fd_probe(model, x, mask, step)
-    with batch_stats_as_constants(model):
+    with frozen_norm_stats(model):
         return probe.finish(model(probe.inputs))[0]
 
 
@@ -178,9 +238,24 @@ def gradcam_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_
 
 
 def gradcam_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with batch_stats_as_constants(model):
+    with frozen_norm_stats(model):
         cam = gradcam_map(model, x, y, create_graph=True)
         return (mask * cam).flatten(1).sum(1) / (mask.flatten(1).sum(1) + EPS)
+
+
+def hint_penalty(model: nn.Module, x: torch.Tensor, relevance: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with frozen_norm_stats(model):
+        cam = gradcam_map(model, x, y, create_graph=True)
+    known = (relevance >= 0).float()
+    error = known * (cam - relevance.clamp_min(0)).pow(2)
+    return error.flatten(1).sum(1) / known.flatten(1).sum(1).clamp_min(1)
+
+
+def attention_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with frozen_norm_stats(model):
+        weights = model.attention_map(x)
+    covered = F.adaptive_avg_pool2d(mask[:, None], weights.shape[-2:])[:, 0]  # share of each cell forbidden
+    return (weights.float() * covered).flatten(1).sum(1)
 
 
 PenaltyFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -188,17 +263,12 @@ PenaltyFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torc
 PENALTIES: dict[str, dict[str, PenaltyFn]] = {
     "rrr": {"jvp": rrr_jvp, "fd": rrr_fd, "exact": rrr_exact},
     "gradcam": {"jvp": gradcam_penalty, "exact": gradcam_penalty, "fd": gradcam_penalty},
+    "hint": {"jvp": hint_penalty, "exact": hint_penalty, "fd": hint_penalty},
+    "attention": {"jvp": attention_penalty, "exact": attention_penalty, "fd": attention_penalty},
 }
-PENALTY_IMPLS = ("auto", "exact", "jvp", "fd")
-
-
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """``auto``: double backpropagation on CPU, where it is the cheapest exact route (bench/), and
-    forward-over-reverse (``jvp``) on CUDA, where double backward through depthwise convolutions and
-    batch-norm is slow. Both give the same gradient."""
-    if impl != "auto":
-        return impl
-    return "jvp" if device.type == "cuda" else "exact"
+PENALTY_IMPLS = ("exact", "jvp", "fd")
+USES_RELEVANCE = ("hint",)            # take relevance maps instead of forbidden masks
+NEEDS_ATTENTION_HEAD = ("attention",)
 
 
 # Penalties whose extra passes ride in the main batch's forward and backward.
