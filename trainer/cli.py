@@ -49,6 +49,26 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _open_fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return v
+
+
+def _fill(text: str) -> str:
+    from .sgt import parse_fill
+
+    try:
+        parse_fill(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _non_negative(kind):
     def parse(text: str):
         try:
@@ -68,9 +88,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
-    from .explain import EXPLAINERS
+    from .explain import DEEPLIFT_BASELINES, EXPLAINERS
+    from .head import HEADS
     from .penalty import PENALTIES, PENALTY_IMPLS
     from .sampling import SAMPLERS
+    from .sgt import METHODS
 
     d = DEFAULTS
     p = _Parser(prog="hitl-train", argument_default=argparse.SUPPRESS,
@@ -96,8 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help=f"any timm architecture (default {d.model}, a small CNN)")
     model.add_argument("--pretrained", type=parse_bool, nargs="?", const=True,
                        help="ImageNet weights from the local cache or the hub (fails clearly offline)")
+    model.add_argument("--head", choices=list(HEADS),
+                       help="pool: the backbone's global pool (default); attention: a learned attention pool whose "
+                            "weights explain the prediction (CNNs; starts as average pooling)")
+    model.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="start from another run's weights (e.g. RUN/best.pt), say to add --head attention to a "
+                            "trained model and fine-tune it")
     model.add_argument("--batch-size", type=_positive(int), help=f"default {d.batch_size}")
     model.add_argument("--lr", type=_positive(float), help=f"default {d.lr}")
+
+    method = p.add_argument_group("saliency-guided training")
+    method.add_argument("--method", choices=list(METHODS),
+                        help="plain (default) or sgt: mask the least salient pixels each step and keep the prediction "
+                             "on the masked copy (Ismail et al. 2021); combines with feedback")
+    method.add_argument("--sgt-fraction", type=_open_fraction,
+                        help=f"share of pixels masked (default {d.sgt_fraction})")
+    method.add_argument("--sgt-weight", type=_non_negative(float),
+                        help=f"weight λ_kl of the KL term (default {d.sgt_weight:g})")
+    method.add_argument("--sgt-fill", type=_fill,
+                        help="masked pixels become uniform noise in the image's range (random, default) or a constant "
+                             "in [0, 1]")
 
     fb = p.add_argument_group("feedback")
     fb.add_argument("--annotator", choices=["human", "oracle", "none"],
@@ -111,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add annotated images to every batch (1/8 of the batch size)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
                     help=f"penalty weight λ (default {d.penalty_weight})")
-    fb.add_argument("--penalty", choices=sorted(PENALTIES), help=f"default {d.penalty}")
+    fb.add_argument("--penalty", choices=sorted(PENALTIES),
+                    help="rrr (default): input gradients inside the forbidden marks; gradcam: GradCAM inside them; "
+                         "hint: GradCAM fitted to the marks, rewarding relevant regions; attention: the attention "
+                         "head's weight inside them (--head attention)")
     fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
-                    help="how the rrr gradient is computed: exact (double backpropagation), jvp (forward-over-reverse, "
-                         "same gradient), fd (finite differences, approximate); auto (default): exact on CPU, jvp on CUDA")
+                    help="how the rrr gradient is computed: exact (double backpropagation, default), jvp (forward-over-"
+                         "reverse, no double backward), fd (finite differences in the main batch, approximate)")
     fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
+    fb.add_argument("--deeplift-baseline", choices=sorted(DEEPLIFT_BASELINES),
+                    help="what deeplift compares the image with: a blurred copy (default, as the original tool) "
+                         "or black")
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
                          "on without feedback for that epoch, and a later answer is applied at the next epoch end")
@@ -150,7 +196,29 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         raise CLIError(f"--title {cfg.title!r} must be a plain folder name")
     if not resume and protocol.RunDir(Path(cfg.runs_dir) / cfg.title).exists():
         raise CLIError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
+    check_methods(cfg, given, base if resume else None)
     return cfg, resume
+
+
+def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
+    """Combinations that cannot work, refused before any data set is built."""
+    from .explain import NEEDS_ATTENTION_HEAD
+    from .penalty import NEEDS_ATTENTION_HEAD as PENALTIES_NEEDING_HEAD
+
+    if cfg.head != "attention":
+        if cfg.saliency in NEEDS_ATTENTION_HEAD:
+            raise CLIError(f"--saliency {cfg.saliency} needs --head attention")
+        if cfg.penalty in PENALTIES_NEEDING_HEAD:
+            raise CLIError(f"--penalty {cfg.penalty} needs --head attention")
+    if cfg.method != "sgt":
+        unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]
+        if unused:
+            raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
+    if resumed is not None and resumed.get("head", "pool") != cfg.head:
+        raise CLIError(f"--head cannot change on --resume (the checkpoint has the {resumed.get('head', 'pool')} head); "
+                       f"start a new run with --init-from {Path(cfg.runs_dir) / cfg.title / protocol.LAST_CHECKPOINT}")
+    if "init_from" in given and not Path(cfg.init_from).is_file():
+        raise CLIError(f"--init-from: no checkpoint at {cfg.init_from}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,10 @@ from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
-from .model import create_classifier
-from .penalty import PROBES, get_penalty, resolve_impl
+from .model import create_classifier, load_weights
+from .penalty import PROBES, USES_RELEVANCE, get_penalty, recorded_batch_stats
 from .sampling import SAMPLERS, entropy
+from .sgt import SaliencyGuided
 
 CHECKPOINT_FORMAT = 1
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
@@ -106,12 +108,16 @@ class Trainer:
         self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
             cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
         cfg.image_size = self.data.image_size
-        self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained).to(self.device)
+        self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
+                                       cfg.head).to(self.device)
+        if cfg.init_from and not resume:
+            load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
-        impl = resolve_impl(cfg.penalty_impl, self.device)
-        self.penalty_fn = get_penalty(cfg.penalty, impl)
-        self.probe_fn = PROBES.get((cfg.penalty, impl))
+        self.penalty_fn = get_penalty(cfg.penalty, cfg.penalty_impl)
+        self.probe_fn = PROBES.get((cfg.penalty, cfg.penalty_impl))
+        self.relevance = cfg.penalty in USES_RELEVANCE
+        self.sgt = SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
         self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
         self.state = TrainState()
@@ -165,15 +171,19 @@ class Trainer:
 
         A penalty with a probe (``fd``) forwards the annotated images' two perturbed copies in place
         of the images themselves, so the penalty and the cross-entropy share one forward and one
-        backward; the others run their own pass on the annotated images."""
+        backward; the others run their own pass on the annotated images. ``--method sgt`` adds its KL
+        term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
         if len(self.feedback):
-            rows, masks = self.feedback.lookup(idx)
+            rows, masks = self.feedback.lookup(idx, self.relevance)
             if len(rows) and self.probe_fn is not None:
                 probe = self.probe_fn(self.model, x[rows], masks)
+        penalised = rows is not None and len(rows) > 0
+        stats: dict = {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and probe is None):
             if probe is None:
-                logits = self.model(x)
+                with recorded_batch_stats(self.model) if self.sgt is not None else nullcontext(stats) as stats:
+                    logits = self.model(x)
             else:
                 keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 keep[rows] = False
@@ -182,9 +192,11 @@ class Trainer:
                 order = torch.cat([torch.nonzero(keep).flatten(), rows])
                 logits = torch.cat([out[:len(out) - len(probe.inputs)], annotated_logits])[order.argsort()]
             loss = F.cross_entropy(logits.float(), y)
-        if probe is None and rows is not None and len(rows):
+            if self.sgt is not None:
+                loss = loss + self.sgt(self.model, x, y, logits, stats)
+        if probe is None and penalised:
             pen = self.penalty_fn(self.model, x[rows], masks, y[rows])
-        if rows is not None and len(rows):
+        if penalised:
             pen = pen.mean()
             loss = loss + self.cfg.penalty_weight * pen
         else:
@@ -246,7 +258,8 @@ class Trainer:
             x, _ = gather(self.data.train, chosen)
             x = x.to(self.device)
             pred = probs[chosen].argmax(1)
-            maps = normalise(explain(self.cfg.saliency, self.model, x, pred.to(self.device))).cpu().numpy()
+            maps = normalise(explain(self.cfg.saliency, self.model, x, pred.to(self.device),
+                                     deeplift_baseline=self.cfg.deeplift_baseline)).cpu().numpy()
             h = entropy(probs[chosen])
             for i, index in enumerate(chosen.tolist()):
                 qid = f"q{i:03d}"
@@ -344,7 +357,7 @@ class Trainer:
         with torch.no_grad():
             self.model.eval()
             pred = self.model(x).argmax(1)
-        maps = explain(self.cfg.saliency, self.model, x, pred)
+        maps = explain(self.cfg.saliency, self.model, x, pred, deeplift_baseline=self.cfg.deeplift_baseline)
         rows, masks = self.feedback.lookup(idx.to(self.device))
         share = wrong_reason_share(maps, masks).tolist()
         out = self.run.tracking_dir(epoch)
