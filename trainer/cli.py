@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("-vf", "--val-fraction", type=_fraction, help="stratified share of the validation images (default 1)")
     data.add_argument("--image-size", type=_positive(int), help="side in pixels (default: the data set's)")
     data.add_argument("--task", dest="task", help="isic2017 only: melanoma (binary) or 3-class")
-    data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers for data sets on disk (default 0)")
+    data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers decoding data sets on disk (default: up to 4, one core spare)")
 
     run = p.add_argument_group("run")
     run.add_argument("-md", "--runs-dir", help=f"where runs live (default {d.runs_dir}/)")

@@ -69,7 +69,9 @@ class BatchSource:
     In-memory splits are gathered with one index op per batch; file-backed splits go through a
     DataLoader whose workers decode in parallel."""
 
-    def __init__(self, split: Split, batch_size: int, workers: int, device: torch.device):
+    def __init__(self, split: Split, batch_size: int, workers: int | None, device: torch.device):
+        if workers is None:  # decode in parallel but leave the training process a core
+            workers = min(4, max(0, (os.cpu_count() or 1) - 1))
         self.split, self.batch_size, self.workers, self.device = split, batch_size, workers, device
 
     def epoch(self, order: torch.Tensor):
