@@ -35,7 +35,7 @@ class TrainConfig:
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10
     query_start_epoch: int = 1
-    oversample: bool = False
+    oversample: bool = True                 # annotated images join every batch (1/8 of its size)
     annotator: str = "human"                # human | oracle | none
     feedback_timeout: float = 0.0           # seconds; 0 waits for ever
     seed: int = 0
