@@ -152,11 +152,13 @@ def test_bad_flags_get_one_line_errors(tmp_path, capsys, argv, message):
     assert err.startswith("hitl-train: error:") and "\n" not in err
 
 
-def test_offline_pretrained_fails_clearly(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = cli_main(["--model", "resnet18", "--pretrained", "-md", str(tmp_path), "-td", "p", "-E", "1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("hitl-train: error:") and "pretrained" in err
+def test_offline_pretrained_fails_clearly(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "trainer", "--model", "resnet18", "--pretrained", "-md", str(tmp_path),
+                           "-td", "p", "-E", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = done.stderr.strip()
+    assert done.returncode == 2 and err.startswith("hitl-train: error:") and "pretrained" in err
+    assert "\n" not in err
 
 
 @pytest.mark.parametrize("dataset, epochs", [("decoy-digits", 8), ("synthetic-lesions", 4)])
