@@ -85,9 +85,8 @@ class ProtocolError(ValueError):
 
 # --------------------------------------------------------------------------- atomic writes
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace`` (same filesystem, so atomic)."""
-    path = Path(path)
+def _complete_temp(path: Path, data: bytes) -> str:
+    """A flushed, fsynced temp file beside ``path`` (same filesystem, so it can be renamed or linked)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -95,6 +94,16 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace`` (same filesystem, so atomic)."""
+    tmp = _complete_temp(Path(path), data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -115,22 +124,15 @@ def exclusive_write_json(path: Path | str, obj: Any) -> bool:
     A hard link of a complete temp file either creates the name or fails, so two tabs that submit
     the same epoch cannot overwrite each other.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(obj, indent=1, default=_json_default) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _complete_temp(Path(path), data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
     finally:
         _unlink_quietly(tmp)
+    return True
 
 
 def atomic_save_npy(path: Path | str, array: np.ndarray) -> None:

@@ -22,7 +22,7 @@ from .base import DataError, DataRequest, DataSplits, TensorSplit
 from .splits import stratified_fraction
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # Ten well-separated colours (RGB in [0, 1]) for the patch.
 PALETTE = torch.tensor([
@@ -46,6 +46,24 @@ def _paint(images: torch.Tensor, masks: torch.Tensor, colours: torch.Tensor) -> 
     """Images (float n×3×H×W) with the masked pixels set to each image's colour."""
     m = masks[:, None].float()
     return images * (1 - m) + colours[:, :, None, None] * m
+
+
+def _paint_parts(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, parts: dict,
+                 colours: torch.Tensor, confounded: bool, g: torch.Generator) -> dict:
+    """The cached splits: each part's images with its patch painted in the label's colour (train and
+    validation, when confounded) or a random one (test, and everything when not), plus the test
+    images in the label's colour (``test_consistent``)."""
+    data: dict = {"image_size": images.shape[-1], "version": CACHE_VERSION}
+    for part, idx in parts.items():
+        y = labels[idx]
+        random_colour = colours[torch.randint(0, len(colours), (len(y),), generator=g)]
+        colour = colours[y] if confounded and part != "test" else random_colour
+        data[f"{part}_images"] = _to_uint8(_paint(images[idx], masks[idx], colour))
+        data[f"{part}_labels"] = y
+        data[f"{part}_masks"] = masks[idx]
+        if part == "test":
+            data["test_images_consistent"] = _to_uint8(_paint(images[idx], masks[idx], colours[y]))
+    return data
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -113,17 +131,7 @@ def make_decoy_digits(image_size: int, seed: int, confounded: bool = True,
 
     order = torch.randperm(n, generator=g)
     parts = {"train": order[:1000], "val": order[1000:1297], "test": order[1297:]}
-    data: dict = {"image_size": image_size, "version": CACHE_VERSION}
-    for part, idx in parts.items():
-        labels = y[idx]
-        random_colour = PALETTE[torch.randint(0, 10, (len(idx),), generator=g)]
-        colour = PALETTE[labels] if confounded and part != "test" else random_colour
-        data[f"{part}_images"] = _to_uint8(_paint(base[idx], masks[idx], colour))
-        data[f"{part}_labels"] = labels
-        data[f"{part}_masks"] = masks[idx]
-        if part == "test":
-            data["test_images_consistent"] = _to_uint8(_paint(base[idx], masks[idx], PALETTE[labels]))
-    return data
+    return _paint_parts(base, y, masks, parts, PALETTE, confounded, g)
 
 
 def build_decoy_digits(request: DataRequest) -> DataSplits:
@@ -175,17 +183,7 @@ def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = T
     n_train, n_val = int(n * 0.625), int(n * 0.125)
     parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, n)}
     patch_colour = PALETTE[[2, 6]]  # blue sticker for regular, orange for irregular
-    data: dict = {"image_size": s, "version": CACHE_VERSION}
-    for part, sl in parts.items():
-        y = labels[sl]
-        random_colour = patch_colour[torch.randint(0, 2, (len(y),), generator=g)]
-        colour = patch_colour[y] if confounded and part != "test" else random_colour
-        data[f"{part}_images"] = _to_uint8(_paint(img[sl], masks[sl], colour))
-        data[f"{part}_labels"] = y
-        data[f"{part}_masks"] = masks[sl]
-        if part == "test":
-            data["test_images_consistent"] = _to_uint8(_paint(img[sl], masks[sl], patch_colour[y]))
-    return data
+    return _paint_parts(img, labels, masks, parts, patch_colour, confounded, g)
 
 
 def build_lesions(request: DataRequest) -> DataSplits:
