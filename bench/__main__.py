@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ from trainer.train import pick_device
 from . import cost, latency, learning
 from .machine import machine_info
 from .plans import Plan, make_plan
+from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECTIONS = ("learning", "cost", "latency")
@@ -40,31 +42,42 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> dict:
+    if section == "learning":
+        rows, skipped = learning.run_learning(plan, device, runs_dir, log)
+        return {"learning": rows, "skipped": skipped,
+                "efficiency": learning.run_efficiency(plan, device, runs_dir, log)}
+    if section == "cost":
+        return {"cost": cost.run_cost(plan, device, runs_dir, log),
+                "cosine": cost.run_cosine(plan, device, runs_dir, log)}
+    return {"latency": latency.run_query_latency(plan, device, runs_dir, log)
+            + latency.run_resume_latency(plan, device, runs_dir, log)}
+
+
 def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = SECTIONS,
-                   log: Callable[[str], None] = log) -> dict:
-    """Run the chosen sections in fresh run directories under a temporary folder; the results dict."""
-    machine = machine_info(device)
-    results: dict = {"skipped": []}
-    seconds: dict[str, float] = {}
+                   log: Callable[[str], None] = log, save: Callable[[dict], None] = lambda results: None) -> dict:
+    """Run the chosen sections in fresh run directories under a temporary folder; the results dict.
+
+    A failing section is logged and recorded under ``errors`` and the others still run; ``save``
+    receives the results after every section, so a long run that fails late keeps what it measured."""
+    results: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
+                     "plan": plan.to_dict(), "notes": NOTES, "seconds": {}, "skipped": [], "errors": []}
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
-        runs_dir = Path(tmp)
         for section in sections:
             t0 = time.perf_counter()
-            if section == "learning":
-                results["learning"], skipped = learning.run_learning(plan, device, runs_dir, log)
-                results["skipped"] += skipped
-                results["efficiency"] = learning.run_efficiency(plan, device, runs_dir, log)
-            elif section == "cost":
-                results["cost"] = cost.run_cost(plan, device, runs_dir, log)
-                results["cosine"] = cost.run_cosine(plan, device, runs_dir, log)
-            elif section == "latency":
-                results["latency"] = (latency.run_query_latency(plan, device, runs_dir, log)
-                                      + latency.run_resume_latency(plan, device, runs_dir, log))
-            seconds[section] = round(time.perf_counter() - t0, 1)
-            log(f"{section} done in {seconds[section]:.0f} s")
-    machine["load_average_end"] = list(os.getloadavg())
-    return finite({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "plan": plan.to_dict(),
-                   "notes": NOTES, "seconds": seconds, **results})
+            try:
+                part = run_section(section, plan, device, Path(tmp), log)
+            except Exception as e:
+                log(f"{section} failed:\n{traceback.format_exc()}")
+                results["errors"].append({"section": section, "error": f"{type(e).__name__}: {e}"})
+            else:
+                results["skipped"] += part.pop("skipped", [])
+                results.update(part)
+                results["seconds"][section] = round(time.perf_counter() - t0, 1)
+                log(f"{section} done in {results['seconds'][section]:.0f} s")
+            results["machine"]["load_average_end"] = list(os.getloadavg())
+            save(finite(results))
+    return finite(results)
 
 
 def finite(value):
@@ -84,6 +97,7 @@ def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
     merged.update({k: v for k, v in new.items() if k not in ("seconds", "skipped")})
     merged["seconds"] = {**old.get("seconds", {}), **new["seconds"]}
     merged["skipped"] = [s for s in old.get("skipped", []) if s["section"] not in sections] + new["skipped"]
+    merged["errors"] = [e for e in old.get("errors", []) if e["section"] not in sections] + new["errors"]
     return merged
 
 
@@ -104,15 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"{name}.json"
     plan = make_plan(args.quick, device)
     log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
-    results = run_benchmarks(plan, device, sections)
-    if args.only and path.exists():
-        results = merge(json.loads(path.read_text()), results, sections)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
-    log(f"wrote {path}")
-    from .report import render_file
-    print(render_file(path, results))
-    return 0
+    earlier = json.loads(path.read_text()) if args.only and path.exists() else None
+
+    def save(results: dict) -> None:
+        if earlier is not None:
+            results = merge(earlier, results, sections)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+        log(f"wrote {path}")
+
+    results = run_benchmarks(plan, device, sections, save=save)
+    print(render_file(path, json.loads(path.read_text())) if path.exists() else "nothing measured")
+    return 1 if results["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``query_queue``: end of an epoch → queue ready, i.e. ``Trainer.build_queue``: predict the training
 set, sample, explain the queried images with the saliency method and write images, maps and the
-manifest. The model is untrained (the cost does not depend on its weights).
+manifest. The model is untrained (the cost does not depend on its weights); methods that read the
+attention head run on a model with that head.
 
 ``submit_to_applied`` / ``submit_to_resume``: a mask file written with ``protocol.submit_feedback``
 → the trainer has applied it / has started the next epoch's training. The trainer runs in a thread
@@ -20,6 +21,7 @@ import torch
 
 from trainer import protocol
 from trainer.config import TrainConfig
+from trainer.explain import NEEDS_ATTENTION_HEAD
 from trainer.train import Trainer
 
 from .plans import Plan
@@ -34,20 +36,23 @@ def _quiet(*_: object) -> None:
 def run_query_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list[dict]:
     rows = []
     for dataset in plan.query_datasets:
-        cfg = TrainConfig(dataset=dataset, queries_per_epoch=plan.queries, annotator="human", device=device.type,
-                          runs_dir=str(runs_dir), title=f"latency-{dataset}")
-        trainer = Trainer(cfg, log=_quiet)
-        epoch = 0
+        trainers: dict[str, Trainer] = {}
         for method in plan.query_methods:
+            head = "attention" if method in NEEDS_ATTENTION_HEAD else "pool"
+            if head not in trainers:
+                cfg = TrainConfig(dataset=dataset, head=head, queries_per_epoch=plan.queries, annotator="human",
+                                  device=device.type, runs_dir=str(runs_dir), title=f"latency-{dataset}-{head}")
+                trainers[head] = Trainer(cfg, log=_quiet)
+            trainer = trainers[head]
             trainer.cfg.saliency = method  # build_queue explains with the configured method
             seconds = []
             for _ in range(plan.query_repeats):
-                epoch += 1  # a fresh queue folder each time
+                epoch = len(protocol.queue_epochs(trainer.run)) + 1  # a fresh queue folder each time
                 t0 = time.perf_counter()
                 trainer.build_queue(epoch)
                 seconds.append(time.perf_counter() - t0)
             rows.append({"what": "query_queue", "method": method, "device": device.type, "dataset": dataset,
-                         "image_size": trainer.data.image_size, "n_queries": plan.queries,
+                         "head": head, "image_size": trainer.data.image_size, "n_queries": plan.queries,
                          "seconds": round(statistics.median(seconds), 3)})
             log(f"latency {dataset} queue of {plan.queries} with {method}: {rows[-1]['seconds']:.2f} s")
     return rows

@@ -179,11 +179,13 @@ def render_file(path: Path, results: dict) -> str:
            f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}",
            "", f"torch {m['torch']}, timm {m['timm']}, git {m['git']}, {results['created']}, preset "
            f"{plan.get('preset', '?')}; load average {_load(m['load_average'])} at the start, "
-           f"{_load(m['load_average_end'])} at the end "
+           f"{_load(m.get('load_average_end', []))} at the end "
            f"(a shared machine slows every timing; ratios compare interleaved steps); section seconds "
            f"{results.get('seconds', {})}.", ""]
     for render in (render_learning, render_efficiency, render_cost, render_cosine, render_latency):
         out += render(results)
+    for e in results.get("errors", []):
+        out.append(f"*{e['section']} failed:* {e['error']}\n")
     targets = cost_targets(results.get("cost") or []) + learning_targets(results.get("learning") or [])
     if targets:
         out += ["#### Targets", ""] + targets + [""]

@@ -31,6 +31,7 @@ def results():
 
 def test_every_section_has_its_keys(results):
     json.dumps(results, allow_nan=False)  # strict JSON
+    assert results["errors"] == []
     assert {"cpu_model", "torch", "device"} <= results["machine"].keys()
     assert [r["method"] for r in results["learning"]] == ["plain", "hitl", "all_masks"]
     for r in results["learning"]:
