@@ -69,7 +69,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
     # jvp is the fast exact route on CUDA (double backward is slow there), so both are trained and compared.
     learning_impls = ("exact", "jvp") if cuda else ("exact",)
     if quick:
-        digits = TrainingSetting("decoy-digits", epochs=3, train_fraction=0.3, queries_per_epoch=10)
+        digits = TrainingSetting("decoy-digits", epochs=3, train_fraction=0.6, queries_per_epoch=25)
         return Plan(
             preset="quick",
             learning=(digits,), methods=METHODS, seeds=(0,), learning_impls=learning_impls,
