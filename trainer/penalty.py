@@ -73,6 +73,10 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+def _norm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextmanager
 def frozen_norm_stats(model: nn.Module):
     """Batch-norm layers normalise the annotated images with their own batch statistics, gradient
@@ -82,21 +86,20 @@ def frozen_norm_stats(model: nn.Module):
     gradient then shrinks the weights in front of each batch-norm, a direction the real, batch-
     normalised network cannot see, and Adam's effective step grows until training breaks
     (validation accuracy at chance after the first feedback)."""
-    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in saved:
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in _norm_layers(model)]
+    for m, _, _ in saved:
         m.momentum = 0.0
     try:
         yield model
     finally:
-        for m, momentum in saved:
+        for m, momentum, tracked in saved:
             m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 BatchStats = dict  # batch-norm module -> (mean, var) of its input, detached
-
-
-def _norm_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .penalty import batch_stats_as_constants
+from .penalty import batch_stats_as_constants, frozen_norm_stats
 
 METHODS = ("plain", "sgt")
 RANDOM_FILL = "random"
@@ -73,8 +73,8 @@ def masked(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.T
 
 class SaliencyGuided:
     """The extra loss term of one step: λ_kl · KL(p(x) ‖ p(x̃)), gradients through both sides (as the
-    paper). ``stats``: the training batch's batch-norm statistics (trainer/penalty.py), so the masked
-    copy is normalised as real images are and the running statistics never see masked images."""
+    paper). ``stats``: the training batch's batch-norm statistics (trainer/penalty.py), with which the
+    saliency is taken; the running statistics never see masked images."""
 
     def __init__(self, fraction: float, weight: float, fill: str):
         if not 0 < fraction < 1:
@@ -86,7 +86,10 @@ class SaliencyGuided:
         k = round(self.fraction * x.shape[-2] * x.shape[-1])
         mask = lowest_saliency_mask(input_saliency(model, x, y, stats), k)
         x_tilde = masked(x, mask, fill_values(x, self.fill))
-        with batch_stats_as_constants(model, stats):
+        # The masked copy is normalised by its own batch statistics, gradient included (held constant,
+        # the KL term's gradient shrinks the weights in front of batch-norm, which breaks training),
+        # and leaves the running statistics alone.
+        with frozen_norm_stats(model):
             logits_tilde = model(x_tilde)
         kl = F.kl_div(logits_tilde.float().log_softmax(1), logits.float().log_softmax(1),
                       log_target=True, reduction="batchmean")
