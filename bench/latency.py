@@ -78,7 +78,7 @@ def wait_until(condition: Callable[[], bool], failed: Callable[[], bool]) -> Non
 def run_resume_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list[dict]:
     rounds = plan.resume_rounds
     cfg = TrainConfig(dataset="decoy-digits", train_fraction=0.1, epochs=rounds + 1, queries_per_epoch=plan.queries,
-                      annotator="human", device=device.type, runs_dir=str(runs_dir), title="latency-resume",
+                      query_start_epoch=1, annotator="human", device=device.type, runs_dir=str(runs_dir), title="latency-resume",
                       track_images=0)
     trainer = Trainer(cfg, log=_quiet)
     applied: dict[int, float] = {}

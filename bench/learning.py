@@ -3,8 +3,10 @@
 Methods (one full ``Trainer.fit`` each, fresh run directory):
 
 ``plain``      no feedback: the confounder is free to use;
-``hitl``       the simulated annotator answers each epoch's queries from the ground-truth masks
-               (the human-in-the-loop route, entropy sampling, queries from epoch 1 on);
+``hitl``       the simulated annotator answers each round of queries from the ground-truth masks
+               (the human-in-the-loop route, entropy sampling, the trainer's default timing: a round
+               before training and one after each epoch);
+``hitl_late``  the same, first asked after epoch 1 (``-se 1``, the original tool's timing);
 ``all_masks``  every training image's mask given before training: the upper bound of feedback;
 ``sgt``        saliency-guided training, no masks (needs ``TrainConfig.method``);
 ``clean``      plain training on a training set whose confounder is decorrelated from the label
@@ -28,7 +30,7 @@ from trainer.train import Trainer
 
 from .plans import Plan, TrainingSetting
 
-MASK_METHODS = ("hitl", "all_masks")
+MASK_METHODS = ("hitl", "hitl_late", "all_masks")
 EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training; no queries"
 
 
@@ -57,10 +59,12 @@ def train_config(setting: TrainingSetting, method: str, seed: int, impl: str | N
     """The run's configuration; ``impl`` None keeps the trainer's default (methods without masks)."""
     cfg = TrainConfig(dataset=setting.dataset, runs_dir=str(runs_dir), title=title, epochs=setting.epochs,
                       train_fraction=setting.train_fraction, queries_per_epoch=setting.queries_per_epoch,
-                      annotator="oracle" if method == "hitl" else "none", seed=seed, device=device.type,
+                      annotator="oracle" if method.startswith("hitl") else "none", seed=seed, device=device.type,
                       track_images=0)
     if impl is not None:
         cfg.penalty_impl = impl
+    if method == "hitl_late":
+        cfg.query_start_epoch = 1
     if method == "sgt":
         cfg.method = "sgt"
     if method == "clean":
@@ -97,13 +101,12 @@ def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable
                 log(f"learning {setting.dataset} {method}: skipped: {reason}")
                 continue
             for impl in plan.learning_impls if method in MASK_METHODS else (None,):
-                for seed in plan.seeds:
+                for seed in setting.seeds or plan.seeds:
                     title = f"{setting.dataset}-{method}-{impl or 'none'}-s{seed}"
                     cfg = train_config(setting, method, seed, impl, device, runs_dir, title)
                     row = train(cfg, slice(None) if method == "all_masks" else None)
-                    rows.append({"dataset": setting.dataset, "method": method,
-                                 "impl": impl,
-                                 "seed": seed, "epochs": setting.epochs, **row})
+                    rows.append({"dataset": setting.dataset, "method": method, "impl": impl, "seed": seed,
+                                 "epochs": setting.epochs, **row})
                     log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
                         f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
     return rows, skipped

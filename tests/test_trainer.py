@@ -21,9 +21,9 @@ from trainer.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="decoy-digits", train_fraction=0.2, val_fraction=0.3, epochs=2, queries_per_epoch=4,
-             batch_size=32, seed=3)
+             batch_size=32, seed=3, query_start_epoch=1)
 SMALL_FLAGS = ["-ds", "decoy-digits", "-tf", "0.2", "-vf", "0.3", "-E", "3", "-qu", "4", "--batch-size", "32",
-               "--seed", "3"]
+               "--seed", "3", "-se", "1"]
 
 
 def small_config(tmp_path, title, **kw) -> TrainConfig:
@@ -79,6 +79,25 @@ def test_bad_mask_file_is_rejected_and_the_trainer_keeps_waiting(tmp_path):
     assert protocol.read_status(run)["state"] == protocol.FINISHED
 
 
+def test_query_start_epoch_zero_asks_before_training(tmp_path):
+    """-se 0: one queue before the first epoch, so its marks already shape epoch 1."""
+    trainer = Trainer(small_config(tmp_path, "early", annotator="human", query_start_epoch=0), log=lambda *a: None)
+    run = trainer.run
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("result", trainer.fit()), daemon=True)
+    thread.start()
+    wait_for(lambda: run.status.exists() and protocol.read_status(run).get("waiting_epoch") == 0,
+             what="the queue before training")
+    assert not run.metrics.exists()
+    assert OracleAnnotator(trainer.data.train)(run, 0)
+    wait_for(lambda: protocol.read_status(run).get("waiting_epoch") == 1, what="the epoch-1 queue")
+    assert OracleAnnotator(trainer.data.train)(run, 1)
+    thread.join(120)
+    first = protocol.read_metrics(run)[0]
+    assert first["epoch"] == 1 and first["n_feedback"] == 4 and first["penalty"] > 0
+    assert protocol.queue_epochs(run) == [0, 1] and done["result"]["n_feedback"] >= 4
+
+
 def _train(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, **kw)
@@ -89,12 +108,12 @@ def _weights(run_dir: Path) -> dict:
 
 
 def test_kill_while_waiting_and_resume_gives_the_uninterrupted_result(tmp_path):
-    """kill -9 while waiting for feedback, answer with the oracle command, --resume: the final weights
-    equal those of a run that was never interrupted."""
-    reference = _train([*SMALL_FLAGS, "-md", str(tmp_path), "-td", "reference", "--annotator", "oracle"])
-    victim = _train([*SMALL_FLAGS, "-md", str(tmp_path), "-td", "victim", "--annotator", "human"])
+    """kill -9 while waiting for feedback (here on the queue before training, the earliest point),
+    answer with the oracle command, --resume: the final weights equal those of a run never interrupted."""
+    reference = _train([*SMALL_FLAGS, "-se", "0", "-md", str(tmp_path), "-td", "reference", "--annotator", "oracle"])
+    victim = _train([*SMALL_FLAGS, "-se", "0", "-md", str(tmp_path), "-td", "victim", "--annotator", "human"])
     run = protocol.RunDir(tmp_path / "victim")
-    wait_for(lambda: run.status.exists() and protocol.read_status(run).get("waiting_epoch") == 1, what="the queue")
+    wait_for(lambda: run.status.exists() and protocol.read_status(run).get("waiting_epoch") == 0, what="the queue")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert protocol.read_status(run)["state"] == protocol.STALE

@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-et", "--entropy-threshold", type=_non_negative(float),
                     help="in nats (natural log); the maximum is ln(classes). default 0")
     fb.add_argument("-qu", "--queries-per-epoch", type=_non_negative(int), help=f"default {d.queries_per_epoch}")
-    fb.add_argument("-se", "--query-start-epoch", type=_positive(int), help="first epoch that asks (default 1)")
+    fb.add_argument("-se", "--query-start-epoch", type=_non_negative(int),
+                    help="first epoch after which the model asks; 0 (default) also asks once before training, so marks "
+                         "shape the model before it learns a shortcut")
     fb.add_argument("-ov", "--oversample", type=parse_bool, nargs="?", const=True,
                     help="add annotated images to every batch, 1/8 of the batch size (default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),

@@ -333,6 +333,8 @@ class Trainer:
         if not self.is_query_epoch(epoch) or epoch in self.state.answered:
             return
         self.apply_late_feedback()
+        if not self.run.last_checkpoint.exists():  # asking before training: --resume needs a checkpoint
+            self.save_checkpoint(best=False)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch)
         if not manifest["queries"]:
@@ -422,7 +424,7 @@ class Trainer:
         self.status(protocol.TRAINING, phase="starting", error=None, pid=os.getpid())
         if self.state.epoch:
             self.log(f"resuming {self.run.path} after epoch {self.state.epoch}")
-            self.query_phase(self.state.epoch)
+        self.query_phase(self.state.epoch)
         while self.state.epoch < self.cfg.epochs:
             epoch = self.state.epoch + 1
             t0 = time.time()

@@ -115,7 +115,12 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
         st.error(f"This run's questions cannot be shown: {queue.error}. The trainer cannot go on without "
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
-    st.subheader(f"Epoch {queue.epoch}: the model asks about {len(queue.queries)} images")
+    when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
+    st.subheader(f"{when}: the model asks about {len(queue.queries)} images")
+    if not queue.epoch:
+        st.info("The model has not trained yet, so its saliency says little. Mark what no model should rely on "
+                "(a ruler, a sticker, a text label): marks given now keep it from learning that shortcut at all.",
+                icon=":material/info:")
     st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text label, "
                 "a border, ...); if you like, mark in **green** what it **should** rely on. Or skip the image, "
                 "or tell the trainer its label is wrong. Send all answers at the bottom.")

@@ -147,7 +147,9 @@ def new_run_form() -> None:
                                         index=choices["sampling"].index(defaults["sampling"]),
                                         format_func=lambda s: SAMPLING.get(s, s))
                 queries = st.number_input("Images to ask about per epoch", 0, 500, defaults["queries_per_epoch"])
-                start = st.number_input("First epoch that asks", 1, 1000, defaults["query_start_epoch"])
+                start = st.number_input("First epoch that asks", 0, 1000, defaults["query_start_epoch"],
+                                        help="0 asks once before training too: marks given then keep the model "
+                                             "from learning the shortcut at all.")
                 weight = st.number_input(
                     "Feedback weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
                     help="How strongly the model is pushed away from the regions you mark; 0 ignores them.")
