@@ -1,4 +1,4 @@
-"""``make demo``: what feedback changes, in about three minutes on two CPU cores.
+"""``make demo``: what feedback changes, in about a minute on two idle CPU cores.
 
 Trains the same model twice on a bundled confounded data set, once plainly and once with the
 simulated annotator answering every query round, then prints test accuracy on the decorrelated test
