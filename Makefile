@@ -45,7 +45,7 @@ demo:
 test:
 	$(PY) -m pytest -q
 
-## bench: learning outcome, cost and latency benchmarks (about 25 min on 2 cores)
+## bench: learning outcome, cost and latency benchmarks (about 21 min on 2 cores)
 bench:
 	$(PY) -m bench $(ARGS)
 

@@ -1,5 +1,5 @@
 """What each benchmark runs: sizes, epochs and seeds, chosen to fit the time budgets on two CPU
-cores (``--quick`` about 3 minutes, the full run about 25) and recorded in the results file."""
+cores (``--quick`` about 3 minutes, the full run about 21) and recorded in the results file."""
 from __future__ import annotations
 
 import dataclasses
