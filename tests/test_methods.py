@@ -96,3 +96,34 @@ def test_deeplift_baselines(tmp_path):
     assert torch.allclose(zero.flatten(1).sum(1), gap, rtol=1e-3, atol=1e-3)
     cfg, _ = parse_args(["--runs-dir", str(tmp_path), "--deeplift-baseline", "zero"])
     assert cfg.deeplift_baseline == "zero"
+
+
+class _CornerReader(torch.nn.Module):
+    """Decides by the top-left 4×4 corner through a clamp that saturates: decisive, yet with zero input
+    gradient there (what a network can learn to dodge an input-gradient penalty)."""
+
+    def __init__(self, region=(slice(0, 4), slice(0, 4))):
+        super().__init__()
+        self.scale, self.region = torch.nn.Parameter(torch.tensor(10.0)), region
+
+    def forward(self, x):
+        on = torch.clamp(self.scale * (x[:, :, self.region[0], self.region[1]].mean((1, 2, 3)) - 0.5), -1, 1)
+        return 3 * torch.stack([on, -on], 1)
+
+
+def test_counterfactual_penalty_sees_a_saturated_detector_that_rrr_misses():
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    x[:, :, :4, :4] = 1.0                       # the "sticker": the reader is saturated on it
+    y = torch.zeros(4, dtype=torch.long)
+    mask = torch.from_numpy(box(0, 4, 0, 4)).float().expand(4, H, W)
+    reader = _CornerReader()
+    assert PENALTIES["rrr"]["exact"](reader, x, mask, y).abs().max() < 1e-8
+    pen = PENALTIES["counterfactual"]["exact"](reader, x, mask, y)
+    assert pen.shape == (4,) and (pen > 0.02).all()
+    pen.sum().backward()
+    assert reader.scale.grad.abs() > 0         # the penalty reaches the weights
+    elsewhere = _CornerReader(region=(slice(6, 10), slice(6, 10)))
+    assert torch.equal(PENALTIES["counterfactual"]["exact"](elsewhere, x, mask, y), torch.zeros(4))
+    nothing = PENALTIES["counterfactual"]["exact"](reader, x, torch.zeros(4, H, W), y)
+    assert torch.equal(nothing, torch.zeros(4))

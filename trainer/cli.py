@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--penalty", choices=sorted(PENALTIES),
                     help="rrr (default): input gradients inside the forbidden marks; gradcam: GradCAM inside them; "
                          "hint: GradCAM fitted to the marks, rewarding relevant regions; attention: the attention "
-                         "head's weight inside them (--head attention)")
+                         "head's weight inside them (--head attention); counterfactual: the prediction must not change "
+                         "when the marked pixels are replaced by noise")
     fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
                     help="how the rrr gradient is computed: exact (double backpropagation, default), jvp (forward-over-"
                          "reverse, no double backward), fd (finite differences in the main batch, approximate)")

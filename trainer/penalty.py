@@ -261,6 +261,18 @@ def attention_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: 
     return (weights.float() * covered).flatten(1).sum(1)
 
 
+def counterfactual_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) ‖ p(x̃)) per image, x̃ with the marked pixels replaced by uniform noise in the image's
+    range: the prediction must not depend on what is there. Unlike an input-gradient penalty it sees a
+    detector that saturates (zero gradient on the region, yet decisive), and it costs one forward."""
+    from .sgt import fill_values, masked
+
+    x_tilde = masked(x, mask > 0, fill_values(x, None))
+    with frozen_norm_stats(model):
+        log_p, log_q = model(torch.cat([x, x_tilde])).float().log_softmax(1).chunk(2)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
 PenaltyFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 PENALTIES: dict[str, dict[str, PenaltyFn]] = {
@@ -268,6 +280,7 @@ PENALTIES: dict[str, dict[str, PenaltyFn]] = {
     "gradcam": {"jvp": gradcam_penalty, "exact": gradcam_penalty, "fd": gradcam_penalty},
     "hint": {"jvp": hint_penalty, "exact": hint_penalty, "fd": hint_penalty},
     "attention": {"jvp": attention_penalty, "exact": attention_penalty, "fd": attention_penalty},
+    "counterfactual": {"jvp": counterfactual_penalty, "exact": counterfactual_penalty, "fd": counterfactual_penalty},
 }
 PENALTY_IMPLS = ("exact", "jvp", "fd")
 USES_RELEVANCE = ("hint",)            # take relevance maps instead of forbidden masks
