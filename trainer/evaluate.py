@@ -31,7 +31,8 @@ from .config import TrainConfig
 from .data import DataError, DataRequest, Split, build_dataset
 from .explain import EXPLAINERS, NEEDS_ATTENTION_HEAD, explain, wrong_reason_share
 from .model import ModelError, create_classifier
-from .sgt import RANDOM_FILL, fill_values, masked, parse_fill
+from .penalty import fill_values, masked
+from .sgt import RANDOM_FILL, parse_fill
 from .train import gather, pick_device
 
 

@@ -261,12 +261,25 @@ def attention_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: 
     return (weights.float() * covered).flatten(1).sum(1)
 
 
+def fill_values(x: torch.Tensor, fill: float | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What masked pixels become: uniform in each image's own [min, max], or the constant."""
+    if fill is not None:
+        return torch.full_like(x, fill)
+    lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
+    hi = x.flatten(1).amax(1).view(-1, 1, 1, 1)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return lo + (hi - lo) * u
+
+
+def masked(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``x`` with the pixels of ``mask`` (N×H×W, every channel) replaced by ``values``."""
+    return torch.where(mask[:, None], values, x)
+
+
 def counterfactual_penalty(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """KL(p(x) ‖ p(x̃)) per image, x̃ with the marked pixels replaced by uniform noise in the image's
     range: the prediction must not depend on what is there. Unlike an input-gradient penalty it sees a
     detector that saturates (zero gradient on the region, yet decisive), and it costs one forward."""
-    from .sgt import fill_values, masked
-
     x_tilde = masked(x, mask > 0, fill_values(x, None))
     with frozen_norm_stats(model):
         log_p, log_q = model(torch.cat([x, x_tilde])).float().log_softmax(1).chunk(2)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .penalty import batch_stats_as_constants, frozen_norm_stats
+from .penalty import batch_stats_as_constants, fill_values, frozen_norm_stats, masked
 
 METHODS = ("plain", "sgt")
 RANDOM_FILL = "random"
@@ -54,21 +54,6 @@ def lowest_saliency_mask(saliency: torch.Tensor, k: int) -> torch.Tensor:
     if k > 0:
         mask.scatter_(1, flat.topk(k, dim=1, largest=False).indices, True)
     return mask.view_as(saliency)
-
-
-def fill_values(x: torch.Tensor, fill: float | None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """What masked pixels become: uniform in each image's own [min, max], or the constant."""
-    if fill is not None:
-        return torch.full_like(x, fill)
-    lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-    hi = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return lo + (hi - lo) * u
-
-
-def masked(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``x`` with the pixels of ``mask`` (N×H×W, every channel) replaced by ``values``."""
-    return torch.where(mask[:, None], values, x)
 
 
 class SaliencyGuided:

@@ -133,6 +133,14 @@ def pick_run(summaries: list[RunSummary], label: str = "Run", prefer_waiting: bo
     return summary
 
 
+def pick_runs_to_compare(summaries: list[RunSummary]) -> list[str]:
+    """The chosen run's name first, then the runs the user overlays on it."""
+    summary = pick_run(summaries)
+    others = st.multiselect("Compare with", [s.name for s in summaries if s.name != summary.name],
+                            placeholder="other runs to overlay")
+    return [summary.name, *others]
+
+
 def link(page: str, label: str, run: str | None = None, icon: str | None = None) -> None:
     """A link to another page that keeps the selected run."""
     st.page_link(PAGES[page], label=label, icon=icon, query_params={"run": run} if run else None)

@@ -27,10 +27,7 @@ def render() -> None:
         st.info("No runs yet: start one on the Runs page, then evaluate it with `hitl-evaluate`.",
                 icon=":material/fact_check:")
         return
-    summary = common.pick_run(summaries)
-    others = st.multiselect("Compare with", [s.name for s in summaries if s.name != summary.name],
-                            placeholder="other runs to overlay")
-    names = [summary.name, *others]
+    names = common.pick_runs_to_compare(summaries)
     curves, table = common.evaluation(names)
     missing = [n for n in names if n not in set(curves.run)]
     if missing:

@@ -29,10 +29,7 @@ def render() -> None:
         st.info("No runs yet: start one on the Runs page, and its curves appear here after the first epoch.",
                 icon=":material/monitoring:")
         return
-    summary = common.pick_run(summaries)
-    others = st.multiselect("Compare with", [s.name for s in summaries if s.name != summary.name],
-                            placeholder="other runs to overlay")
-    names = [summary.name, *others]
+    names = common.pick_runs_to_compare(summaries)
     live = any(s.state in LIVE for s in summaries if s.name in names)
     st.fragment(charts, run_every=common.REFRESH_SECONDS if live else None)(names)
 
