@@ -8,7 +8,7 @@ RUNS   ?= checkpoints
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser train serve demo test test-fast bench bench-quick clean
+.PHONY: help setup browser train serve demo test test-fast bench bench-quick bench-penalties clean
 
 ## help: list the targets
 help:
@@ -52,6 +52,10 @@ bench:
 ## bench-quick: a smaller benchmark (about 3 min)
 bench-quick:
 	$(PY) -m bench --quick $(ARGS)
+
+## bench-penalties: what each penalty variant teaches, 3 seeds (about 15 min), into the same results file
+bench-penalties:
+	$(PY) -m bench --only penalties $(ARGS)
 
 ## clean: remove generated data, runs and caches (keeps .venv)
 clean:

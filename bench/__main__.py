@@ -1,6 +1,8 @@
-"""``python -m bench [--quick] [--device cpu|cuda] [--only learning|cost|latency]``: run the benchmarks
-and write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per machine and
-preset). With ``--only``, the other sections of an existing file are kept."""
+"""``python -m bench [--quick] [--device cpu|cuda] [--only learning|cost|latency|penalties]``: run the
+benchmarks and write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per
+machine and preset). With ``--only``, the other sections of an existing file are kept. The
+``penalties`` section (what each penalty variant teaches) runs only when asked for: it would double
+the default run's time."""
 from __future__ import annotations
 
 import argparse
@@ -24,15 +26,18 @@ from .plans import Plan, make_plan
 from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("learning", "cost", "latency")
-KEYS = {"learning": ("learning", "efficiency"), "cost": ("cost", "cosine"), "latency": ("latency",)}
+SECTIONS = ("learning", "cost", "latency", "penalties")
+DEFAULT_SECTIONS = ("learning", "cost", "latency")
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
             "interleaved; random images, corner masks",
     "peak_memory": "peak tensor memory allocated during one step above what was allocated before it "
                    "(CPU: profiler allocation events, not RSS; CUDA: torch.cuda.max_memory_allocated)",
-    "cosine": "parameter-gradient cosine of the rrr penalty against impl exact, model trained briefly (plain)",
+    "cosine": "parameter-gradient cosine (and norm ratio) of rrr/fd against rrr/exact, each model trained "
+              "briefly (plain), train mode",
+    "penalties": "the mask methods once per penalty variant, same seeds; a difference is within noise when it "
+                 "is under twice its standard error",
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
                "to feedback applied / next epoch started",
 }
@@ -50,11 +55,13 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
     if section == "cost":
         return {"cost": cost.run_cost(plan, device, runs_dir, log),
                 "cosine": cost.run_cosine(plan, device, runs_dir, log)}
+    if section == "penalties":
+        return {"penalties": learning.run_penalties(plan, device, runs_dir, log)}
     return {"latency": latency.run_query_latency(plan, device, runs_dir, log)
             + latency.run_resume_latency(plan, device, runs_dir, log)}
 
 
-def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = SECTIONS,
+def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = DEFAULT_SECTIONS,
                    log: Callable[[str], None] = log, save: Callable[[dict], None] = lambda results: None) -> dict:
     """Run the chosen sections in fresh run directories under a temporary folder; the results dict.
 
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
     except ValueError as e:
         p.error(str(e))
-    sections = tuple(s for s in SECTIONS if not args.only or s in args.only)
+    sections = tuple(s for s in SECTIONS if s in args.only) if args.only else DEFAULT_SECTIONS
     name = args.name or device.type + ("-quick" if args.quick else "")
     path = args.results_dir / f"{name}.json"
     plan = make_plan(args.quick, device)

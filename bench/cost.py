@@ -1,11 +1,11 @@
-"""What the penalty costs per training step, and how closely the cheaper impls follow ``exact``.
+"""What each penalty variant costs per training step, and how closely ``rrr/fd`` follows ``exact``.
 
 Cost: the trainer's own ``Trainer.train_step(x, y, idx)`` on one batch, with the feedback set swapped
 between an empty one (the plain step) and one holding masks for a fraction of the batch, so the
-``fd`` probe folded into the main batch, autocast on CUDA and the batch-statistics bookkeeping are
-all part of what is timed. At fraction 0 the feedback set holds one mask for an image outside the
+probes folded into the main batch (``rrr/fd``, ``counterfactual``), autocast on CUDA and the
+batch-statistics bookkeeping are all part of what is timed. At fraction 0 the feedback set holds one mask for an image outside the
 batch: the lookup runs and finds nothing, as in a run whose feedback sits in other batches; no
-penalty runs then, so that row is measured once (impl ``none``). Plain and penalty steps are
+penalty runs then, so that row is measured once (variant ``none``). Plain and penalty steps are
 interleaved, round after round, and medians compared, so a shared machine's changing load hits both.
 
 The images are random noise at the model's size (step time does not depend on content, and the
@@ -29,7 +29,7 @@ from trainer.penalty import get_penalty
 from trainer.train import Trainer
 
 from .machine import peak_memory_mb, timed
-from .plans import PENALTY_IMPLS, Plan, StepSetting
+from .plans import Plan, StepSetting, variant_settings
 
 NOISE_DATASET = "bench-noise"
 NUM_CLASSES = 10
@@ -65,12 +65,13 @@ def noise_dataset():
         DATASETS.pop(NOISE_DATASET, None)
 
 
-def step_trainer(setting: StepSetting, impl: str, device: torch.device, runs_dir: Path) -> Trainer:
+def step_trainer(setting: StepSetting, variant: str, device: torch.device, runs_dir: Path) -> Trainer:
     """A trainer over one batch of noise plus one image outside it (for the 0% case)."""
     cfg = TrainConfig(dataset=NOISE_DATASET, dataset_options={"n_images": setting.batch_size + 1},
                       image_size=setting.image_size, model=setting.model, batch_size=setting.batch_size,
-                      penalty_impl=impl, annotator="none", device=device.type, runs_dir=str(runs_dir),
-                      title=f"cost-{setting.model}-{setting.image_size}-{impl}")
+                      annotator="none", device=device.type, runs_dir=str(runs_dir),
+                      title=f"cost-{setting.model}-{setting.image_size}-{variant.replace('/', '-')}",
+                      **variant_settings(variant))
     return Trainer(cfg, log=_quiet)
 
 
@@ -78,9 +79,9 @@ def annotated_count(fraction: float, batch_size: int) -> int:
     return 0 if fraction == 0 else max(1, round(fraction * batch_size))
 
 
-def measure_steps(setting: StepSetting, impl: str, fractions: tuple[float, ...], plan: Plan,
+def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ...], plan: Plan,
                   device: torch.device, runs_dir: Path) -> list[dict]:
-    trainer = step_trainer(setting, impl, device, runs_dir)
+    trainer = step_trainer(setting, variant, device, runs_dir)
     train, batch = trainer.data.train, setting.batch_size
     idx = torch.arange(batch)
     x, y = train.batch(idx)
@@ -115,7 +116,7 @@ def measure_steps(setting: StepSetting, impl: str, fractions: tuple[float, ...],
         penalty_ms = statistics.median(times[str(f)])
         rows.append({
             "model": setting.model, "image_size": setting.image_size, "batch_size": batch, "device": device.type,
-            "amp": trainer.amp, "impl": impl if n else "none", "feedback_fraction": f,
+            "amp": trainer.amp, "variant": variant if n else "none", "feedback_fraction": f,
             "n_annotated": n, "plain_ms": round(plain_ms, 2), "penalty_ms": round(penalty_ms, 2),
             "ratio": round(penalty_ms / plain_ms, 3), "plain_peak_mb": round(peaks["plain"], 1),
             "penalty_peak_mb": round(peaks[str(f)], 1), "timed_steps": plan.timed_steps,
@@ -127,11 +128,11 @@ def run_cost(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[st
     rows = []
     with noise_dataset():
         for setting in plan.steps:
-            for i, impl in enumerate(plan.step_impls):
+            for i, variant in enumerate(plan.step_variants):
                 fractions = tuple(f for f in plan.feedback_fractions if f > 0 or i == 0)
-                new = measure_steps(setting, impl, fractions, plan, device, runs_dir)
+                new = measure_steps(setting, variant, fractions, plan, device, runs_dir)
                 rows += new
-                log(f"cost {setting.model} {setting.image_size}px batch {setting.batch_size} {impl}: "
+                log(f"cost {setting.model} {setting.image_size}px batch {setting.batch_size} {variant}: "
                     + ", ".join(f"{r['feedback_fraction']:.0%} {r['ratio']:.2f}x" for r in new)
                     + f" (plain {new[0]['plain_ms']:.0f} ms)")
     return rows
@@ -145,28 +146,30 @@ def penalty_gradient(penalty, model: torch.nn.Module, params: list[torch.nn.Para
 
 
 def run_cosine(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list[dict]:
-    """Parameter-gradient cosine of ``jvp`` and ``fd`` against ``exact`` on a model trained briefly
-    (plain), on batches of training images with their ground-truth masks, in train mode as in a step."""
-    setting = plan.cosine
-    cfg = TrainConfig(dataset=setting.dataset, epochs=setting.epochs, train_fraction=setting.train_fraction,
-                      annotator="none", device=device.type, runs_dir=str(runs_dir), title="cosine", track_images=0)
-    trainer = Trainer(cfg, log=_quiet)
-    trainer.fit()
-    model = trainer.model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    train, size = trainer.data.train, plan.cosine_batch_size
-    cosines: dict[str, list[float]] = {impl: [] for impl in PENALTY_IMPLS if impl != "exact"}
-    for b in range(plan.cosine_batches):
-        idx = torch.arange(b * size, (b + 1) * size)
-        x, y = train.batch(idx)
-        x, y, masks = x.to(device), y.to(device), train.masks[idx].float().to(device)
-        grads = {impl: penalty_gradient(get_penalty("rrr", impl), model, params, x, masks, y) for impl in PENALTY_IMPLS}
-        for impl in cosines:
-            cosines[impl].append(F.cosine_similarity(grads[impl], grads["exact"], dim=0).item())
-    rows = [{"model": cfg.model, "dataset": setting.dataset, "image_size": trainer.data.image_size,
-             "device": device.type, "impl": impl, "reference": "exact", "trained_epochs": setting.epochs,
-             "train_fraction": setting.train_fraction, "batch_size": size,
-             "cosine_mean": round(statistics.mean(values), 4), "cosine_min": round(min(values), 4),
-             "cosines": [round(v, 4) for v in values]} for impl, values in cosines.items()]
-    log("cosine vs exact: " + ", ".join(f"{r['impl']} {r['cosine_mean']:.3f}" for r in rows))
+    """Parameter-gradient cosine of ``fd`` against ``exact`` for each model, trained briefly (plain), on
+    batches of training images with their ground-truth masks, in train mode as in a step."""
+    setting, rows = plan.cosine, []
+    for model_name in plan.cosine_models:
+        cfg = TrainConfig(dataset=setting.dataset, epochs=setting.epochs, train_fraction=setting.train_fraction,
+                          model=model_name, annotator="none", device=device.type, runs_dir=str(runs_dir),
+                          title=f"cosine-{model_name}", track_images=0)
+        trainer = Trainer(cfg, log=_quiet)
+        trainer.fit()
+        model = trainer.model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        train, size = trainer.data.train, plan.cosine_batch_size
+        cosines, norms = [], []
+        for b in range(plan.cosine_batches):
+            idx = torch.arange(b * size, (b + 1) * size)
+            x, y = train.batch(idx)
+            x, y, masks = x.to(device), y.to(device), train.masks[idx].float().to(device)
+            exact, fd = (penalty_gradient(get_penalty("rrr", impl), model, params, x, masks, y) for impl in ("exact", "fd"))
+            cosines.append(F.cosine_similarity(fd, exact, dim=0).item())
+            norms.append((fd.norm() / exact.norm()).item())
+        rows.append({"model": model_name, "dataset": setting.dataset, "image_size": trainer.data.image_size,
+                     "device": device.type, "impl": "fd", "reference": "exact", "trained_epochs": setting.epochs,
+                     "train_fraction": setting.train_fraction, "batch_size": size,
+                     "cosine_mean": round(statistics.mean(cosines), 4), "cosine_min": round(min(cosines), 4),
+                     "norm_ratio_mean": round(statistics.mean(norms), 4), "cosines": [round(v, 4) for v in cosines]})
+        log(f"cosine fd vs exact, {model_name}: {rows[-1]['cosine_mean']:.4f} (norm ratio {rows[-1]['norm_ratio_mean']:.3f})")
     return rows

@@ -14,6 +14,10 @@ Methods (one full ``Trainer.fit`` each, fresh run directory):
 
 Efficiency: the first N masks of the training set (its order is already random, so the sets are
 nested random subsets) are given up front, then training is plain otherwise.
+
+Penalties: the mask methods again, once per penalty variant (``rrr/exact``, ``rrr/fd``,
+``counterfactual``, …), so that what a cheaper variant teaches is compared with the exact penalty
+on the same seeds.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from trainer.config import TrainConfig
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.train import Trainer
 
-from .plans import Plan, TrainingSetting
+from .plans import Plan, TrainingSetting, variant_settings
 
 MASK_METHODS = ("hitl", "hitl_late", "all_masks")
 EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training; no queries"
@@ -54,15 +58,15 @@ def unavailable(method: str, dataset: str) -> str | None:
     return None
 
 
-def train_config(setting: TrainingSetting, method: str, seed: int, impl: str | None, device: torch.device,
-                 runs_dir: Path, title: str) -> TrainConfig:
-    """The run's configuration; ``impl`` None keeps the trainer's default (methods without masks)."""
+def train_config(setting: TrainingSetting, method: str, seed: int, device: torch.device, runs_dir: Path,
+                 title: str, variant: str | None = None) -> TrainConfig:
+    """The run's configuration; ``variant`` None keeps the trainer's default penalty."""
     cfg = TrainConfig(dataset=setting.dataset, runs_dir=str(runs_dir), title=title, epochs=setting.epochs,
                       train_fraction=setting.train_fraction, queries_per_epoch=setting.queries_per_epoch,
                       annotator="oracle" if method.startswith("hitl") else "none", seed=seed, device=device.type,
                       track_images=0)
-    if impl is not None:
-        cfg.penalty_impl = impl
+    for name, value in variant_settings(variant).items() if variant else ():
+        setattr(cfg, name, value)
     if method == "hitl_late":
         cfg.query_start_epoch = 1
     if method == "sgt":
@@ -91,7 +95,7 @@ def train(cfg: TrainConfig, masks_up_front: slice | None = None) -> dict:
 
 
 def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
-    """Rows for every (data set, method, impl, seed), and the methods skipped with the reason."""
+    """Rows for every (data set, method, seed), and the methods skipped with the reason."""
     rows, skipped = [], []
     for setting in plan.learning:
         for method in plan.methods:
@@ -100,16 +104,32 @@ def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable
                 skipped.append({"section": "learning", "dataset": setting.dataset, "method": method, "reason": reason})
                 log(f"learning {setting.dataset} {method}: skipped: {reason}")
                 continue
-            for impl in plan.learning_impls if method in MASK_METHODS else (None,):
-                for seed in setting.seeds or plan.seeds:
-                    title = f"{setting.dataset}-{method}-{impl or 'none'}-s{seed}"
-                    cfg = train_config(setting, method, seed, impl, device, runs_dir, title)
-                    row = train(cfg, slice(None) if method == "all_masks" else None)
-                    rows.append({"dataset": setting.dataset, "method": method, "impl": impl, "seed": seed,
-                                 "epochs": setting.epochs, **row})
-                    log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
-                        f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
+            for seed in setting.seeds or plan.seeds:
+                title = f"{setting.dataset}-{method}-s{seed}"
+                cfg = train_config(setting, method, seed, device, runs_dir, title)
+                row = train(cfg, slice(None) if method == "all_masks" else None)
+                rows.append({"dataset": setting.dataset, "method": method,
+                             "impl": cfg.penalty_impl if method in MASK_METHODS else None, "seed": seed,
+                             "epochs": setting.epochs, **row})
+                log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
+                    f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
     return rows, skipped
+
+
+def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list:
+    """Rows for every (method, penalty variant, seed) on the plan's penalty setting."""
+    setting, rows = plan.penalty_setting, []
+    for method in plan.penalty_methods:
+        for variant in plan.penalty_variants:
+            for seed in setting.seeds or plan.seeds:
+                title = f"{setting.dataset}-{method}-{variant.replace('/', '-')}-s{seed}"
+                cfg = train_config(setting, method, seed, device, runs_dir, title, variant)
+                row = train(cfg, slice(None) if method == "all_masks" else None)
+                rows.append({"dataset": setting.dataset, "method": method, "variant": variant, "seed": seed,
+                             "epochs": setting.epochs, **row})
+                log(f"penalties {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f} "
+                    f"({row['seconds']:.0f} s)")
+    return rows
 
 
 def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list:
@@ -117,7 +137,7 @@ def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callab
     rows = []
     for count in plan.efficiency_counts:
         title = f"{setting.dataset}-first{count}-s{seed}"
-        cfg = train_config(setting, "plain", seed, plan.learning_impls[0], device, runs_dir, title)
+        cfg = train_config(setting, "plain", seed, device, runs_dir, title)
         row = train(cfg, slice(count))
         rows.append({"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs,
                      "impl": cfg.penalty_impl, "masks_given": count, **row})

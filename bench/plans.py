@@ -10,7 +10,16 @@ import torch
 from trainer.explain import EXPLAINERS
 
 METHODS = ("plain", "hitl", "hitl_late", "all_masks", "sgt", "clean")
-PENALTY_IMPLS = ("exact", "jvp", "fd")
+# What reaches the weights: the rrr penalty by each implementation, and the first-order penalties.
+PENALTY_VARIANTS = ("rrr/exact", "rrr/fd", "gradcam", "counterfactual")
+REFERENCE_VARIANT = "rrr/exact"
+
+
+def variant_settings(variant: str) -> dict:
+    """TrainConfig fields for a variant: ``rrr/fd`` -> penalty rrr, impl fd; ``gradcam`` -> penalty
+    gradcam (its one implementation)."""
+    penalty, _, impl = variant.partition("/")
+    return {"penalty": penalty, **({"penalty_impl": impl} if impl else {})}
 
 
 @dataclass(frozen=True)
@@ -40,18 +49,18 @@ class Plan:
     learning: tuple[TrainingSetting, ...]
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
-    learning_impls: tuple[str, ...]          # penalty impls for the methods that use masks
     # efficiency: the first N training masks given up front, N per entry
     efficiency: TrainingSetting
     efficiency_counts: tuple[int, ...]
-    # cost: Trainer.train_step with masks on a fraction of the batch, per penalty impl
+    # cost: Trainer.train_step with masks on a fraction of the batch, per penalty variant
     steps: tuple[StepSetting, ...]
     feedback_fractions: tuple[float, ...]
-    step_impls: tuple[str, ...]
+    step_variants: tuple[str, ...]
     warmup_steps: int
     timed_steps: int
-    # cosine: parameter gradients of jvp and fd against exact, after brief training
+    # cosine: parameter gradients of fd against exact, per model, after brief training
     cosine: TrainingSetting
+    cosine_models: tuple[str, ...]
     cosine_batches: int
     cosine_batch_size: int
     # latency
@@ -60,6 +69,10 @@ class Plan:
     queries: int
     query_repeats: int
     resume_rounds: int
+    # penalties (not in the default run): what each variant teaches, same runs as learning
+    penalty_setting: TrainingSetting
+    penalty_methods: tuple[str, ...]
+    penalty_variants: tuple[str, ...]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,20 +80,20 @@ class Plan:
 
 def make_plan(quick: bool, device: torch.device) -> Plan:
     cuda = device.type == "cuda"
-    # jvp is the fast exact route on CUDA (double backward is slow there), so both are trained and compared.
-    learning_impls = ("exact", "jvp") if cuda else ("exact",)
     if quick:
         digits = TrainingSetting("decoy-digits", epochs=3, train_fraction=0.6, queries_per_epoch=25)
         return Plan(
             preset="quick",
-            learning=(digits,), methods=METHODS, seeds=(0,), learning_impls=learning_impls,
+            learning=(digits,), methods=METHODS, seeds=(0,),
             efficiency=digits, efficiency_counts=(10, 50),
-            steps=_cuda_steps() if cuda else (StepSetting("hitl_cnn", 64, 40), StepSetting("resnet18", 64, 20)),
-            feedback_fractions=(0.0, 0.1, 1.0), step_impls=PENALTY_IMPLS,
+            steps=_cuda_steps() if cuda else (StepSetting("hitl_cnn", 32, 64), StepSetting("resnet18", 64, 20)),
+            feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
             warmup_steps=3 if cuda else 1, timed_steps=10 if cuda else 3,
-            cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3), cosine_batches=2, cosine_batch_size=32,
+            cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3), cosine_models=("hitl_cnn",),
+            cosine_batches=2, cosine_batch_size=32,
             query_datasets=("decoy-digits",), query_methods=tuple(EXPLAINERS), queries=10, query_repeats=1,
             resume_rounds=2,
+            penalty_setting=digits, penalty_methods=("hitl",), penalty_variants=PENALTY_VARIANTS,
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.
@@ -88,18 +101,22 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
     # Clean training needs all 1,000 images and about 6 epochs to learn the border shape (74% after 4,
     # 99% after 8); one seed keeps the six-epoch runs within the budget.
     lesions = TrainingSetting("synthetic-lesions", epochs=6, train_fraction=1.0, queries_per_epoch=10, seeds=(0,))
-    cpu_steps = (StepSetting("hitl_cnn", 64, 40), StepSetting("resnet18", 64, 40),
-                 StepSetting("hitl_cnn", 224, 10), StepSetting("resnet18", 224, 10))
+    # The demo's own step (hitl_cnn on decoy-digits, 32 px, batch 64), then a timm model at two sizes.
+    cpu_steps = (StepSetting("hitl_cnn", 32, 64), StepSetting("resnet18", 64, 40), StepSetting("resnet18", 224, 10))
     return Plan(
         preset="full",
-        learning=(digits, lesions), methods=METHODS, seeds=(0, 1, 2), learning_impls=learning_impls,
+        learning=(digits, lesions), methods=METHODS, seeds=(0, 1, 2),
         efficiency=digits, efficiency_counts=(10, 25, 50, 100, 200),
         steps=_cuda_steps() if cuda else cpu_steps,
-        feedback_fractions=(0.0, 0.1, 1.0), step_impls=PENALTY_IMPLS,
+        feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
         warmup_steps=3 if cuda else 1, timed_steps=20 if cuda else 4,
-        cosine=TrainingSetting("decoy-digits", epochs=1), cosine_batches=4, cosine_batch_size=32,
+        # the demo's model, a residual network, and the study's own (SiLU, depthwise, squeeze-excite)
+        cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3),
+        cosine_models=("hitl_cnn", "resnet18", "efficientnet_b1"), cosine_batches=4, cosine_batch_size=16,
         query_datasets=("decoy-digits", "synthetic-lesions"), query_methods=tuple(EXPLAINERS), queries=10,
         query_repeats=1, resume_rounds=3,
+        # 4 variants × 2 methods × 3 seeds: about 12 minutes on 2 cores, hence its own section.
+        penalty_setting=digits, penalty_methods=("hitl", "all_masks"), penalty_variants=PENALTY_VARIANTS,
     )
 
 

@@ -12,6 +12,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from .plans import REFERENCE_VARIANT
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -23,6 +25,7 @@ REFERENCES = (
     "Decoy-MNIST (Ross et al. 2017): plain training 51.6% test accuracy, 96.1% with masks on all images.",
 )
 COST_TARGETS = ((0.1, 1.3), (1.0, 3.0))   # (feedback fraction, largest penalty/plain ratio)
+NOISE_ERRORS = 2.0                          # a difference under this many standard errors is noise
 GAP_SHARE, GAIN_POINTS, WRONG_REASON_CUT, MAX_ANNOTATED = 0.8, 0.15, 5.0, 0.10
 
 
@@ -83,6 +86,11 @@ def render_efficiency(results: dict) -> list[str]:
     return out + _table(["annotated", "of train", "test acc %", "wrong-reason", "min val loss"], body) + [""]
 
 
+def _variant(row: dict) -> str:
+    """The cost row's penalty variant (files written before variants had only the rrr impl)."""
+    return row.get("variant") or ("none" if row["impl"] == "none" else f"rrr/{row['impl']}")
+
+
 def render_cost(results: dict) -> list[str]:
     rows = results.get("cost") or []
     if not rows:
@@ -92,10 +100,10 @@ def render_cost(results: dict) -> list[str]:
     body = []
     for r in rows:
         body.append([r["model"], r["image_size"], r["batch_size"], r["device"] + (" amp" if r["amp"] else ""),
-                     r["impl"], f"{r['feedback_fraction']:.0%} ({r['n_annotated']})", f"{r['plain_ms']:.0f}",
+                     _variant(r), f"{r['feedback_fraction']:.0%} ({r['n_annotated']})", f"{r['plain_ms']:.0f}",
                      f"{r['penalty_ms']:.0f}", f"**{r['ratio']:.2f}×**",
                      f"{r['plain_peak_mb']:.0f} → {r['penalty_peak_mb']:.0f}"])
-    return out + _table(["model", "px", "batch", "device", "impl", "annotated", "plain ms", "step ms", "ratio",
+    return out + _table(["model", "px", "batch", "device", "penalty", "annotated", "plain ms", "step ms", "ratio",
                          "peak MB plain → step"], body) + [""]
 
 
@@ -103,10 +111,33 @@ def render_cosine(results: dict) -> list[str]:
     rows = results.get("cosine") or []
     if not rows:
         return []
-    body = [[r["model"], r["dataset"], r["image_size"], r["impl"], f"{r['cosine_mean']:.3f}", f"{r['cosine_min']:.3f}",
-             f"{len(r['cosines'])} × {r['batch_size']}"] for r in rows]
+    body = [[r["model"], r["dataset"], r["image_size"], r["impl"], f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}",
+             f"{r['norm_ratio_mean']:.3f}" if "norm_ratio_mean" in r else "–", f"{len(r['cosines'])} × {r['batch_size']}"]
+            for r in rows]
     return ["#### Penalty gradient against exact", "", results.get("notes", {}).get("cosine", "") + ".", ""] + \
-        _table(["model", "data set", "px", "impl", "cosine (mean)", "cosine (min)", "batches"], body) + [""]
+        _table(["model", "data set", "px", "impl", "cosine (mean)", "cosine (min)", "norm ratio", "batches"], body) + [""]
+
+
+def penalty_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["method"], r["variant"])].append(r)
+    return groups
+
+
+def render_penalties(results: dict) -> list[str]:
+    rows = results.get("penalties") or []
+    if not rows:
+        return []
+    body = []
+    for (dataset, method, variant), group in penalty_groups(rows).items():
+        body.append([dataset, method, variant, len(group), group[0]["epochs"],
+                     f"{_mean([r['n_annotated'] for r in group]):.0f} / {group[0]['n_train']}",
+                     _pm([r["test_acc"] for r in group], 100), _pm([r["test_consistent_acc"] for r in group], 100),
+                     _pm([r["wrong_reason"] for r in group], 1, 3), f"{_mean([r['seconds'] for r in group]):.0f}"])
+    return ["#### What each penalty teaches", "", results.get("notes", {}).get("penalties", "") + ".", ""] + \
+        _table(["data set", "method", "penalty", "seeds", "epochs", "annotated / train", "test acc %",
+                "consistent acc %", "wrong-reason", "seconds"], body) + [""]
 
 
 def render_latency(results: dict) -> list[str]:
@@ -121,15 +152,15 @@ def render_latency(results: dict) -> list[str]:
 def cost_targets(rows: list[dict]) -> list[str]:
     lines = []
     for fraction, limit in COST_TARGETS:
-        by_impl: dict[str, list[dict]] = defaultdict(list)
+        by_variant: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             if r["feedback_fraction"] == fraction:
-                by_impl[r["impl"]].append(r)
-        for impl, group in by_impl.items():
+                by_variant[_variant(r)].append(r)
+        for variant, group in by_variant.items():
             failing = [r for r in group if r["ratio"] > limit]
             verdict = "**holds**" if not failing else f"**fails** for {len(failing)} of {len(group)}"
             worst = max(group, key=lambda r: r["ratio"])
-            lines.append(f"- penalty step ≤ {limit:g}× plain at {fraction:.0%}, impl {impl}: {verdict} "
+            lines.append(f"- penalty step ≤ {limit:g}× plain at {fraction:.0%}, {variant}: {verdict} "
                          f"(worst {worst['ratio']:.2f}×, "
                          f"{worst['model']} {worst['image_size']} px)")
     return lines
@@ -168,6 +199,30 @@ def learning_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _difference(values: list[float], reference: list[float], scale: float, unit: str) -> str:
+    """'within noise' or 'better/worse by …', by the difference of means against its standard error."""
+    delta = _mean(values) - _mean(reference)
+    if len(values) < 2 or len(reference) < 2:
+        return f"{scale * delta:+.{1 if scale > 1 else 3}f}{unit} (one seed: noise unknown)"
+    error = math.sqrt(statistics.variance(values) / len(values) + statistics.variance(reference) / len(reference))
+    noise = "within noise" if abs(delta) <= NOISE_ERRORS * error else "beyond noise"
+    return f"{scale * delta:+.{1 if scale > 1 else 3}f}{unit}, {noise} (±{scale * NOISE_ERRORS * error:.{1 if scale > 1 else 3}f})"
+
+
+def penalty_targets(rows: list[dict]) -> list[str]:
+    """Each variant against the exact penalty: test accuracy and wrong-reason share."""
+    groups, lines = penalty_groups(rows), []
+    for (dataset, method, variant), group in groups.items():
+        reference = groups.get((dataset, method, REFERENCE_VARIANT))
+        if variant == REFERENCE_VARIANT or not reference:
+            continue
+        acc = _difference([r["test_acc"] for r in group], [r["test_acc"] for r in reference], 100, " points")
+        wrong = _difference([r["wrong_reason"] for r in group], [r["wrong_reason"] for r in reference], 1, "")
+        lines.append(f"- {variant} teaches as {REFERENCE_VARIANT} does ({dataset}, {method}): test accuracy {acc}; "
+                     f"wrong-reason share {wrong}")
+    return lines
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -182,11 +237,12 @@ def render_file(path: Path, results: dict) -> str:
            f"{_load(m.get('load_average_end', []))} at the end "
            f"(a shared machine slows every timing; ratios compare interleaved steps); section seconds "
            f"{results.get('seconds', {})}.", ""]
-    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_latency):
+    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_penalties, render_latency):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
-    targets = cost_targets(results.get("cost") or []) + learning_targets(results.get("learning") or [])
+    targets = (cost_targets(results.get("cost") or []) + learning_targets(results.get("learning") or [])
+               + penalty_targets(results.get("penalties") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]
     return "\n".join(out)

@@ -9,24 +9,28 @@ import torch
 
 from bench import report
 from bench.__main__ import run_benchmarks
-from bench.plans import PENALTY_IMPLS, Plan, StepSetting, TrainingSetting
+from bench.plans import PENALTY_VARIANTS, Plan, StepSetting, TrainingSetting
 
+TINY_DIGITS = TrainingSetting("decoy-digits", epochs=2, train_fraction=0.05, queries_per_epoch=3)
 TINY = Plan(
     preset="test",
-    learning=(TrainingSetting("decoy-digits", epochs=2, train_fraction=0.05, queries_per_epoch=3),),
-    methods=("plain", "hitl", "all_masks"), seeds=(0,), learning_impls=("exact",),
+    learning=(TINY_DIGITS,), methods=("plain", "hitl", "all_masks"), seeds=(0,),
     efficiency=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05), efficiency_counts=(5,),
-    steps=(StepSetting("hitl_cnn", 32, 10),), feedback_fractions=(0.0, 0.1, 1.0), step_impls=PENALTY_IMPLS,
+    steps=(StepSetting("hitl_cnn", 32, 10),), feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
     warmup_steps=1, timed_steps=1,
-    cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05), cosine_batches=1, cosine_batch_size=8,
+    cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05), cosine_models=("hitl_cnn",),
+    cosine_batches=1, cosine_batch_size=8,
     query_datasets=("decoy-digits",), query_methods=("gradcam",), queries=2, query_repeats=1,
     resume_rounds=1,
+    penalty_setting=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05, queries_per_epoch=3, seeds=(0, 1)),
+    penalty_methods=("hitl",), penalty_variants=("rrr/exact", "counterfactual"),
 )
 
 
 @pytest.fixture(scope="module")
 def results():
-    return run_benchmarks(TINY, torch.device("cpu"), log=lambda message: None)
+    return run_benchmarks(TINY, torch.device("cpu"), ("learning", "cost", "latency", "penalties"),
+                          log=lambda message: None)
 
 
 def test_every_section_has_its_keys(results):
@@ -40,16 +44,21 @@ def test_every_section_has_its_keys(results):
     assert full["n_annotated"] == full["n_train"]
     assert [r["n_annotated"] for r in results["efficiency"]] == [5]
     cost = results["cost"]
-    assert {(r["impl"], r["feedback_fraction"]) for r in cost} == \
-        {("none", 0.0)} | {(i, f) for i in PENALTY_IMPLS for f in (0.1, 1.0)}
+    assert {(r["variant"], r["feedback_fraction"]) for r in cost} == \
+        {("none", 0.0)} | {(v, f) for v in PENALTY_VARIANTS for f in (0.1, 1.0)}
     for r in cost:
-        assert {"model", "image_size", "device", "impl", "feedback_fraction", "plain_ms", "penalty_ms", "ratio",
+        assert {"model", "image_size", "device", "variant", "feedback_fraction", "plain_ms", "penalty_ms", "ratio",
                 "plain_peak_mb", "penalty_peak_mb"} <= r.keys()
         assert r["ratio"] > 0 and r["penalty_peak_mb"] >= 0
-    whole = {r["impl"]: r for r in cost if r["feedback_fraction"] == 1.0}
-    assert whole["exact"]["penalty_peak_mb"] > whole["exact"]["plain_peak_mb"] > 0  # the extra graph is seen
-    assert {r["impl"] for r in results["cosine"]} == {"jvp", "fd"}
-    assert all(-1 <= r["cosine_mean"] <= 1 for r in results["cosine"])
+    whole = {r["variant"]: r for r in cost if r["feedback_fraction"] == 1.0}
+    assert whole["rrr/exact"]["penalty_peak_mb"] > whole["rrr/exact"]["plain_peak_mb"] > 0  # the extra graph is seen
+    assert whole["counterfactual"]["penalty_peak_mb"] < whole["rrr/exact"]["penalty_peak_mb"]  # first order only
+    assert [(r["model"], r["impl"]) for r in results["cosine"]] == [("hitl_cnn", "fd")]
+    assert results["cosine"][0]["cosine_mean"] >= 0.95
+    penalties = results["penalties"]
+    assert [(r["variant"], r["seed"]) for r in penalties] == \
+        [("rrr/exact", 0), ("rrr/exact", 1), ("counterfactual", 0), ("counterfactual", 1)]
+    assert all(r["n_annotated"] > 0 and 0 <= r["test_acc"] <= 1 for r in penalties)
     latency = {(r["what"], r["method"]) for r in results["latency"]}
     assert latency == {("query_queue", "gradcam"), ("submit_to_applied", None), ("submit_to_resume", None)}
     assert all(r["seconds"] > 0 for r in results["latency"])
@@ -59,8 +68,10 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
     path = tmp_path / "cpu-test.json"
     path.write_text(json.dumps(results))
     markdown = report.render_all([path])
-    for heading in ("Learning outcome", "Step cost", "Latency", "Targets", "Reference figures"):
+    for heading in ("Learning outcome", "Step cost", "What each penalty teaches", "Latency", "Targets",
+                    "Reference figures"):
         assert heading in markdown
+    assert "counterfactual teaches as rrr/exact does (decoy-digits, hitl): test accuracy" in markdown
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
     assert not report.write_readme(markdown, readme) and readme.read_text() == "intro\n"

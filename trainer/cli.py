@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "head's weight inside them (--head attention); counterfactual: the prediction must not change "
                          "when the marked pixels are replaced by noise")
     fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
-                    help="how the rrr gradient is computed: exact (double backpropagation, default), jvp (forward-over-"
-                         "reverse, no double backward), fd (finite differences in the main batch, approximate)")
+                    help="how the rrr gradient is computed: fd (default: a linearised probe copy of each annotated "
+                         "image in the main batch, first order only) or exact (double backpropagation, the reference)")
     fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
     fb.add_argument("--deeplift-baseline", choices=sorted(DEEPLIFT_BASELINES),
                     help="what deeplift compares the image with: a blurred copy (default, as the original tool) "

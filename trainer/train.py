@@ -31,7 +31,7 @@ from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .model import create_classifier, load_weights
-from .penalty import PROBES, USES_RELEVANCE, get_penalty, recorded_batch_stats
+from .penalty import PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
@@ -171,10 +171,10 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """One optimisation step: CE on the batch plus λ × the penalty on its annotated images.
 
-        A penalty with a probe (``fd``) forwards the annotated images' two perturbed copies in place
-        of the images themselves, so the penalty and the cross-entropy share one forward and one
-        backward; the others run their own pass on the annotated images. ``--method sgt`` adds its KL
-        term on the whole batch (trainer/sgt.py)."""
+        A penalty with a probe (``fd``: the image and its linearised probe; ``counterfactual``: the
+        image and its counterfactual) forwards the probe's images in place of the annotated ones, so the
+        penalty and the cross-entropy share one forward and one backward; the others run their own pass
+        on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
         if len(self.feedback):
             rows, masks = self.feedback.lookup(idx, self.relevance)
@@ -182,14 +182,16 @@ class Trainer:
                 probe = self.probe_fn(self.model, x[rows], masks)
         penalised = rows is not None and len(rows) > 0
         stats: dict = {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and probe is None):
+        autocast = self.amp and not (probe is not None and probe.full_precision)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             if probe is None:
                 with recorded_batch_stats(self.model) if self.sgt is not None else nullcontext(stats) as stats:
                     logits = self.model(x)
             else:
                 keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 keep[rows] = False
-                out = self.model(torch.cat([x[keep], probe.inputs]))
+                with probe.context(self.model), full_precision_convolutions(probe.full_precision):
+                    out = self.model(torch.cat([x[keep], probe.inputs]))
                 pen, annotated_logits = probe.finish(out[len(out) - len(probe.inputs):])
                 order = torch.cat([torch.nonzero(keep).flatten(), rows])
                 logits = torch.cat([out[:len(out) - len(probe.inputs)], annotated_logits])[order.argsort()]
