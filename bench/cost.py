@@ -6,7 +6,9 @@ probes folded into the main batch (``rrr/fd``, ``counterfactual``), autocast on 
 batch-statistics bookkeeping are all part of what is timed. At fraction 0 the feedback set holds one mask for an image outside the
 batch: the lookup runs and finds nothing, as in a run whose feedback sits in other batches; no
 penalty runs then, so that row is measured once (variant ``none``). Plain and penalty steps are
-interleaved, round after round, and medians compared, so a shared machine's changing load hits both.
+interleaved, round after round, and medians compared, so a shared machine's changing load hits both;
+rounds go on until there are ``timed_steps`` of them and they have taken ``timed_seconds``, so a
+70 ms step is not judged on four samples.
 
 The images are random noise at the model's size (step time does not depend on content, and the
 generated confounded sets would take gigabytes to build at 224 px); each mask is a corner square a
@@ -15,6 +17,7 @@ fifth of the image wide, like the generated sets' confounder patch.
 from __future__ import annotations
 
 import statistics
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -107,7 +110,8 @@ def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ..
             step()
     peaks = peak_memory_mb(steps, device, lambda: trainer.optimizer.zero_grad(set_to_none=True))  # last warm-up
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(plan.timed_steps):
+    started = time.perf_counter()
+    while len(times["plain"]) < plan.timed_steps or time.perf_counter() - started < plan.timed_seconds:
         for name, step in steps.items():
             times[name].append(timed(step, device))
     plain_ms = statistics.median(times["plain"])
@@ -119,7 +123,7 @@ def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ..
             "amp": trainer.amp, "variant": variant if n else "none", "feedback_fraction": f,
             "n_annotated": n, "plain_ms": round(plain_ms, 2), "penalty_ms": round(penalty_ms, 2),
             "ratio": round(penalty_ms / plain_ms, 3), "plain_peak_mb": round(peaks["plain"], 1),
-            "penalty_peak_mb": round(peaks[str(f)], 1), "timed_steps": plan.timed_steps,
+            "penalty_peak_mb": round(peaks[str(f)], 1), "timed_steps": len(times["plain"]),
         })
     return rows
 

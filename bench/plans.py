@@ -57,7 +57,8 @@ class Plan:
     feedback_fractions: tuple[float, ...]
     step_variants: tuple[str, ...]
     warmup_steps: int
-    timed_steps: int
+    timed_steps: int      # at least this many interleaved rounds,
+    timed_seconds: float  # and more until the rounds have taken this long (cheap steps get many)
     # cosine: parameter gradients of fd against exact, per model, after brief training
     cosine: TrainingSetting
     cosine_models: tuple[str, ...]
@@ -88,7 +89,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             efficiency=digits, efficiency_counts=(10, 50),
             steps=_cuda_steps() if cuda else (StepSetting("hitl_cnn", 32, 64), StepSetting("resnet18", 64, 20)),
             feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
-            warmup_steps=3 if cuda else 1, timed_steps=10 if cuda else 3,
+            warmup_steps=3 if cuda else 1, timed_steps=10 if cuda else 3, timed_seconds=2.0,
             cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3), cosine_models=("hitl_cnn",),
             cosine_batches=2, cosine_batch_size=32,
             query_datasets=("decoy-digits",), query_methods=tuple(EXPLAINERS), queries=10, query_repeats=1,
@@ -109,7 +110,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
         efficiency=digits, efficiency_counts=(10, 25, 50, 100, 200),
         steps=_cuda_steps() if cuda else cpu_steps,
         feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
-        warmup_steps=3 if cuda else 1, timed_steps=20 if cuda else 4,
+        warmup_steps=3 if cuda else 2, timed_steps=20 if cuda else 4, timed_seconds=15.0,
         # the demo's model, a residual network, and the study's own (SiLU, depthwise, squeeze-excite)
         cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.3),
         cosine_models=("hitl_cnn", "resnet18", "efficientnet_b1"), cosine_batches=4, cosine_batch_size=16,

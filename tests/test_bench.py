@@ -17,7 +17,7 @@ TINY = Plan(
     learning=(TINY_DIGITS,), methods=("plain", "hitl", "all_masks"), seeds=(0,),
     efficiency=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05), efficiency_counts=(5,),
     steps=(StepSetting("hitl_cnn", 32, 10),), feedback_fractions=(0.0, 0.1, 1.0), step_variants=PENALTY_VARIANTS,
-    warmup_steps=1, timed_steps=1,
+    warmup_steps=1, timed_steps=1, timed_seconds=0.0,
     cosine=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05), cosine_models=("hitl_cnn",),
     cosine_batches=1, cosine_batch_size=8,
     query_datasets=("decoy-digits",), query_methods=("gradcam",), queries=2, query_repeats=1,
