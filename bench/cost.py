@@ -167,7 +167,9 @@ def run_cosine(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[
             idx = torch.arange(b * size, (b + 1) * size)
             x, y = train.batch(idx)
             x, y, masks = x.to(device), y.to(device), train.masks[idx].float().to(device)
-            exact, fd = (penalty_gradient(get_penalty("rrr", impl), model, params, x, masks, y) for impl in ("exact", "fd"))
+            # float64 sums: in float32 a cosine over millions of parameters can come out above 1
+            exact, fd = (penalty_gradient(get_penalty("rrr", impl), model, params, x, masks, y).double()
+                         for impl in ("exact", "fd"))
             cosines.append(F.cosine_similarity(fd, exact, dim=0).item())
             norms.append((fd.norm() / exact.norm()).item())
         rows.append({"model": model_name, "dataset": setting.dataset, "image_size": trainer.data.image_size,
