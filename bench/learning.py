@@ -91,6 +91,7 @@ def train(cfg: TrainConfig, masks_up_front: slice | None = None) -> dict:
         "min_val_loss": result["best_val_loss"],
         "wrong_reason": result["test_wrong_reason"],
         "seconds": round(time.perf_counter() - t0, 1),
+        "impl": trainer.penalty_impl,
     }
 
 
@@ -108,8 +109,9 @@ def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable
                 title = f"{setting.dataset}-{method}-s{seed}"
                 cfg = train_config(setting, method, seed, device, runs_dir, title)
                 row = train(cfg, slice(None) if method == "all_masks" else None)
+                impl = row.pop("impl")
                 rows.append({"dataset": setting.dataset, "method": method,
-                             "impl": cfg.penalty_impl if method in MASK_METHODS else None, "seed": seed,
+                             "impl": impl if method in MASK_METHODS else None, "seed": seed,
                              "epochs": setting.epochs, **row})
                 log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
                     f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
@@ -140,6 +142,6 @@ def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callab
         cfg = train_config(setting, "plain", seed, device, runs_dir, title)
         row = train(cfg, slice(count))
         rows.append({"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs,
-                     "impl": cfg.penalty_impl, "masks_given": count, **row})
+                     "masks_given": count, **row})
         log(f"efficiency {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}")
     return rows

@@ -25,6 +25,7 @@ REFERENCES = (
     "Decoy-MNIST (Ross et al. 2017): plain training 51.6% test accuracy, 96.1% with masks on all images.",
 )
 COST_TARGETS = ((0.1, 1.3), (1.0, 3.0))   # (feedback fraction, largest penalty/plain ratio)
+COSINE_TARGET = 0.95                      # parameter-gradient cosine of a penalty impl with exact
 NOISE_ERRORS = 2.0                          # a difference under this many standard errors is noise
 GAP_SHARE, GAIN_POINTS, WRONG_REASON_CUT, MAX_ANNOTATED = 0.8, 0.15, 5.0, 0.10
 
@@ -166,6 +167,15 @@ def cost_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def cosine_targets(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    worst = min(rows, key=lambda r: r["cosine_min"])
+    verdict = "**holds**" if worst["cosine_min"] >= COSINE_TARGET else "**fails**"
+    return [f"- {worst['impl']} parameter-gradient cosine with exact ≥ {COSINE_TARGET:g} on every batch: {verdict} "
+            f"(lowest {worst['cosine_min']:.4f}, {worst['model']})"]
+
+
 def learning_targets(rows: list[dict]) -> list[str]:
     groups = learning_groups(rows)
     lines = []
@@ -241,7 +251,8 @@ def render_file(path: Path, results: dict) -> str:
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
-    targets = (cost_targets(results.get("cost") or []) + learning_targets(results.get("learning") or [])
+    targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
+               + learning_targets(results.get("learning") or [])
                + penalty_targets(results.get("penalties") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]

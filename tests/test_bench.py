@@ -72,6 +72,7 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
                     "Reference figures"):
         assert heading in markdown
     assert "counterfactual teaches as rrr/exact does (decoy-digits, hitl): test accuracy" in markdown
+    assert "fd parameter-gradient cosine with exact ≥ 0.95 on every batch: **holds**" in markdown
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
     assert not report.write_readme(markdown, readme) and readme.read_text() == "intro\n"

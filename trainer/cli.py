@@ -158,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "hint: GradCAM fitted to the marks, rewarding relevant regions; attention: the attention "
                          "head's weight inside them (--head attention); counterfactual: the prediction must not change "
                          "when the marked pixels are replaced by noise")
-    fb.add_argument("--penalty-impl", choices=list(PENALTY_IMPLS),
-                    help="how the rrr gradient is computed: fd (default: a linearised probe copy of each annotated "
-                         "image in the main batch, first order only) or exact (double backpropagation, the reference)")
+    fb.add_argument("--penalty-impl", choices=["auto", *PENALTY_IMPLS],
+                    help="how the rrr gradient is computed: fd (a linearised probe copy of each annotated image in "
+                         "the main batch, first order only), exact (double backpropagation, the reference) or auto "
+                         "(default: exact on CPU, fd on CUDA)")
     fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
     fb.add_argument("--deeplift-baseline", choices=sorted(DEEPLIFT_BASELINES),
                     help="what deeplift compares the image with: a blurred copy (default, as the original tool) "

@@ -31,7 +31,8 @@ from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .model import create_classifier, load_weights
-from .penalty import PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats
+from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
+                      resolve_impl)
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
@@ -116,8 +117,9 @@ class Trainer:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
-        self.penalty_fn = get_penalty(cfg.penalty, cfg.penalty_impl)
-        self.probe_fn = PROBES.get((cfg.penalty, cfg.penalty_impl))
+        self.penalty_impl = resolve_impl(cfg.penalty_impl, self.device.type)
+        self.penalty_fn = get_penalty(cfg.penalty, self.penalty_impl)
+        self.probe_fn = PROBES.get((cfg.penalty, self.penalty_impl))
         self.relevance = cfg.penalty in USES_RELEVANCE
         self.sgt = SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
