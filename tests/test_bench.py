@@ -40,6 +40,7 @@ def test_every_section_has_its_keys(results):
     assert [r["method"] for r in results["learning"]] == ["plain", "hitl", "all_masks"]
     for r in results["learning"]:
         assert {"dataset", "method", "seed", "test_acc", "min_val_loss", "wrong_reason", "n_annotated"} <= r.keys()
+    assert [r["impl"] for r in results["learning"]] == [None, "exact", "exact"]  # auto, on CPU
     full = next(r for r in results["learning"] if r["method"] == "all_masks")
     assert full["n_annotated"] == full["n_train"]
     assert [r["n_annotated"] for r in results["efficiency"]] == [5]

@@ -11,7 +11,8 @@ from trainer.config import TrainConfig
 from trainer.data import DataRequest, build_dataset
 from trainer.explain import wrong_reason_share
 from trainer.model import create_classifier
-from trainer.penalty import _ProbeBatchNorm, eval_mode, get_penalty, input_gradient, linearised_probes
+from trainer.penalty import (_ProbeBatchNorm, eval_mode, get_penalty, input_gradient, linearised_probes,
+                             resolve_impl)
 from trainer.train import Trainer
 
 
@@ -114,6 +115,14 @@ def test_probe_batch_norm_backward_is_the_derivative_of_its_forward(affine):
                                             (a, norm.weight, norm.bias))
         else:
             assert torch.autograd.gradcheck(lambda a: _ProbeBatchNorm.apply(a, None, None, norm, 2), (a,))
+
+
+def test_default_impl_is_exact_on_cpu_and_fd_on_cuda(tmp_path):
+    assert resolve_impl("auto", "cpu") == "exact" and resolve_impl("auto", "cuda") == "fd"
+    assert resolve_impl("jvp", "cpu") == "fd"  # runs written before fd replaced jvp
+    trainer = Trainer(TrainConfig(runs_dir=str(tmp_path), title="t", train_fraction=0.1, annotator="none"),
+                      log=lambda *a: None)
+    assert trainer.penalty_impl == "exact" and trainer.probe_fn is None
 
 
 def test_no_penalty_pass_without_feedback(tmp_path, monkeypatch):
