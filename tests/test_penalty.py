@@ -11,8 +11,8 @@ from trainer.config import TrainConfig
 from trainer.data import DataRequest, build_dataset
 from trainer.explain import wrong_reason_share
 from trainer.model import create_classifier
-from trainer.penalty import (_ProbeBatchNorm, eval_mode, get_penalty, input_gradient, linearised_probes,
-                             resolve_impl)
+from trainer.penalty import (_input_stats, _ProbeBatchNorm, eval_mode, get_penalty, input_gradient,
+                             linearised_probes, resolve_impl)
 from trainer.train import Trainer
 
 
@@ -115,6 +115,18 @@ def test_probe_batch_norm_backward_is_the_derivative_of_its_forward(affine):
                                             (a, norm.weight, norm.bias))
         else:
             assert torch.autograd.gradcheck(lambda a: _ProbeBatchNorm.apply(a, None, None, norm, 2), (a,))
+
+
+def test_batch_statistics_match_var_mean_with_a_constant_channel():
+    """The statistics an image's own input gradient is normalised with (batch-norm's kernel, eps 0):
+    a constant channel has variance 0, not ∞."""
+    x = torch.randn(6, 4, 5, 5) * 3 + 1
+    x[:, 2] = 7.0
+    for a in (x, x.to(memory_format=torch.channels_last)):
+        mean, var = _input_stats(a)
+        expected_var, expected_mean = torch.var_mean(x, [0, 2, 3], unbiased=False)
+        assert torch.allclose(mean, expected_mean, atol=1e-6) and torch.allclose(var, expected_var, rtol=1e-5)
+        assert var[2] == 0
 
 
 def test_default_impl_is_exact_on_cpu_and_fd_on_cuda(tmp_path):
