@@ -540,6 +540,8 @@ def resolve_impl(impl: str, device_type: str) -> str:
     if impl == "auto":
         return "fd" if device_type == "cuda" else "exact"
     return IMPL_ALIASES.get(impl, impl)
+
+
 USES_RELEVANCE = ("hint",)            # take relevance maps instead of forbidden masks
 NEEDS_ATTENTION_HEAD = ("attention",)
 
@@ -552,4 +554,5 @@ PROBES: dict[tuple[str, str], Callable[[nn.Module, torch.Tensor, torch.Tensor], 
 
 
 def get_penalty(name: str, impl: str) -> PenaltyFn:
-    return PENALTIES[name][IMPL_ALIASES.get(impl, impl)]
+    """The penalty ``name`` as ``impl`` computes it (a resolved implementation: see ``resolve_impl``)."""
+    return PENALTIES[name][impl]
