@@ -24,19 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from . import protocol
+from . import checkpoint, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
+from .metrics import classification_metrics
 from .model import create_classifier, load_weights
 from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
                       resolve_impl)
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
-CHECKPOINT_FORMAT = 1
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
 
@@ -113,6 +113,12 @@ class Trainer:
         cfg.image_size = self.data.image_size
         self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
                                        cfg.head).to(self.device)
+        if resume:
+            for note in checkpoint.recover(self.run):
+                self.log(note)
+            if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
+                self.log(f"{self.run.path} has no checkpoint yet: starting it from the beginning")
+                resume = False
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -380,8 +386,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, best: bool) -> None:
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
+        checkpoint.save(self.run, {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -392,31 +397,20 @@ class Trainer:
                       "answered": self.state.answered, "applied": self.state.applied},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-        buf = io.BytesIO()
-        torch.save(ckpt, buf)
-        data = buf.getvalue()
-        protocol.atomic_write_bytes(self.run.last_checkpoint, data)
-        if best:
-            protocol.atomic_write_bytes(self.run.best_checkpoint, data)
+        }, best=best)
 
     def _load_checkpoint(self) -> None:
-        path = self.run.last_checkpoint
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--resume: cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-        if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
-            raise ValueError(f"--resume: {path} was written by a newer version (format {ckpt['format']})")
+            ckpt = checkpoint.read(self.run.last_checkpoint, map_location=self.device)
+        except checkpoint.CheckpointError as e:
+            raise ValueError(f"--resume: {e}") from None
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.feedback.load_state_dict(ckpt["feedback"])
         s = ckpt["state"]
         self.state = TrainState(s["epoch"], s["best_val_loss"], s["best_epoch"], s["history"], s["answered"],
-                                s.get("applied", []))
+                                s["applied"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["rng"]["cuda"]])
@@ -482,21 +476,6 @@ def _progress(total: int, desc: str, log):
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, unit="batch")
-
-
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix (rows: true class)."""
-    pred = probs.argmax(1)
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    cm = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes).double()
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp_min(1)
-    recall = tp / cm.sum(1).clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    present = cm.sum(1) > 0
-    return {"loss": loss, "acc": float(tp.sum() / cm.sum().clamp_min(1)),
-            "precision": float(precision[present].mean()), "recall": float(recall[present].mean()),
-            "f1": float(f1[present].mean()), "confusion": cm.long().tolist()}
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
