@@ -158,8 +158,10 @@ class Trainer:
         order = order[~self.feedback.excluded.cpu()[order]]
         extra = max(1, self.cfg.batch_size // 8) if self.cfg.oversample else 0
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
-        bar = _progress(total=math.ceil(len(order) / self.cfg.batch_size), desc=f"epoch {epoch}", log=self.log)
-        for x, y, idx in self.train_batches.epoch(order):
+        total = math.ceil(len(order) / self.cfg.batch_size)
+        bar = _progress(total=total, desc=f"epoch {epoch}")
+        started = time.time()
+        for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
             if extra and len(self.feedback):
                 annotated = self.feedback.indices.cpu()
                 pick = annotated[torch.randint(len(annotated), (extra,), generator=g)]
@@ -171,8 +173,10 @@ class Trainer:
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
             bar.update()
-            self.status(protocol.TRAINING, force=False, phase="training")
+            self.status(protocol.TRAINING, force=False, phase="training",
+                        progress=epoch_progress(done, total, time.time() - started))
         bar.close()
+        self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
         loss, correct, pen, count = totals.tolist()
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
 
@@ -471,7 +475,13 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress(total: int, desc: str, log):
+def epoch_progress(done: int, total: int, elapsed: float) -> dict:
+    """Where the epoch stands, for status.json (the dashboard shows it)."""
+    return {"batches_done": done, "batches_total": total, "elapsed_s": round(elapsed, 1),
+            "eta_s": round(elapsed / done * (total - done), 1) if done else None}
+
+
+def _progress(total: int, desc: str):
     if not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
