@@ -295,7 +295,7 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .model import ModelError
-    from .train import Stopped, install_stop_handlers, run_training
+    from .train import Stopped, describe_os_error, install_stop_handlers, run_training
 
     try:
         cfg, resume = parse_args(argv)
@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_training(cfg, resume=resume)
     except (DataError, ModelError, FileNotFoundError, ValueError) as e:
         print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only or full runs folder, and the like
+        print(f"hitl-train: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Stopped as e:
         print(f"hitl-train: stopped ({e}); resume with: hitl-train --resume -md {cfg.runs_dir} -td {cfg.title}",

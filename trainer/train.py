@@ -134,6 +134,7 @@ class Trainer:
         self.annotator = OracleAnnotator(self.data.train) if cfg.annotator == "oracle" else None
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
+        self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
 
@@ -145,8 +146,18 @@ class Trainer:
             return
         self._last_heartbeat = now
         self._status_fields.update(fields)
-        protocol.write_status(self.run, state, epoch=self.state.epoch, epochs=self.cfg.epochs,
-                              host=socket.gethostname(), **self._status_fields)
+        try:
+            protocol.write_status(self.run, state, epoch=self.state.epoch, epochs=self.cfg.epochs,
+                                  host=socket.gethostname(), **self._status_fields)
+        except OSError as e:  # a read-only or full runs folder: the next write that matters fails the run
+            problem = describe_os_error(e)
+            if problem != self._status_problem:
+                self.log(f"cannot write the status: {problem}; carrying on")
+            self._status_problem = problem
+        else:
+            if self._status_problem:
+                self.log("status written again")
+            self._status_problem = None
 
     # ------------------------------------------------------------------ epoch parts
 
@@ -498,6 +509,13 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for a file-system error: what went wrong and where (never the file's contents)."""
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+    what = e.strerror or type(e).__name__
+    return f"{what}: {where}" if where else what
+
+
 def install_stop_handlers() -> None:
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
@@ -515,5 +533,6 @@ def run_training(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         raise
     except BaseException as e:
         tail = traceback.format_exc().splitlines()[-12:]
-        trainer.status(protocol.FAILED, phase="failed", error=f"{type(e).__name__}: {e}", traceback=tail)
+        error = describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        trainer.status(protocol.FAILED, phase="failed", error=error, traceback=tail)
         raise
