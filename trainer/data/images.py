@@ -6,6 +6,7 @@ PNGs, so that DataLoader workers later decode a few hundred kilobytes per image 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import uuid
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..protocol import atomic_write_bytes
 from .base import DataError, Split
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,8 @@ class ImageStore:
     The cache lives in ``<root>/.hitl-cache/<size>/`` beside the data; where that folder cannot be
     written (a read-only data set) it lives under ``datasets/.cache/`` in this repository. Cache files
     are named by the source's relative path, byte size and modification time, so an edited source is
-    decoded again; they are written to a temporary name and renamed, so a crash never leaves half a file.
+    decoded again; they are written through the project's atomic writer, so a crash never leaves half
+    a file.
     """
 
     def __init__(self, root: Path, size: int):
@@ -151,14 +154,12 @@ class ImageStore:
 
     def _write_cache(self, img: Image.Image, name: str) -> Path:
         target = self._writable_dir() / name
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        png = io.BytesIO()
+        img.save(png, format="PNG", compress_level=1)
         try:
-            img.save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, png.getvalue())
         except OSError as e:
             raise DataError(f"cannot write the image cache {target}: {e}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def _check(self, path: Path) -> _Checked:

@@ -12,12 +12,14 @@ Generated once per setting under ``datasets/<name>/`` and cached; deterministic 
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..protocol import atomic_write_bytes
 from .base import DataError, DataRequest, DataSplits, TensorSplit
 from .splits import stratified_fraction
 
@@ -71,6 +73,9 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cached(name: str, key: str, make) -> dict:
+    """The generated set from ``datasets/<name>/<key>.pt``, made and saved first if absent. Never draws
+    from the global torch generator: the trainer seeds it before building the data and creates the
+    model after, so the initial weights must not depend on whether the cache existed."""
     path = DATA_ROOT / name / f"{key}.pt"
     if path.exists():
         try:
@@ -78,10 +83,9 @@ def _cached(name: str, key: str, make) -> dict:
         except Exception:  # a damaged cache is regenerated, never trusted
             path.unlink(missing_ok=True)
     data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{torch.randint(0, 1 << 30, ()).item()}.tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return data
 
 
