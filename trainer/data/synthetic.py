@@ -93,14 +93,15 @@ def _splits_from(data: dict, request: DataRequest, class_names: list[str], descr
     def split(prefix: str, name: str, images_key: str = "images") -> TensorSplit:
         return TensorSplit(name, data[f"{prefix}_{images_key}"], data[f"{prefix}_labels"], data[f"{prefix}_masks"])
 
+    notes: list[str] = []
     train, val = split("train", "train"), split("val", "val")
-    train = train.subset(stratified_fraction(train.labels, request.train_fraction, request.seed, "train"))
-    val = val.subset(stratified_fraction(val.labels, request.val_fraction, request.seed + 1, "validation"))
+    train = train.subset(stratified_fraction(train.labels, request.train_fraction, request.seed, "train", notes))
+    val = val.subset(stratified_fraction(val.labels, request.val_fraction, request.seed + 1, "validation", notes))
     test = split("test", "test")
     consistent = split("test", "test_consistent", "images_consistent")
     return DataSplits(train=train, val=val, test=test, test_consistent=consistent,
                       class_names=class_names, in_chans=3, image_size=data["image_size"],
-                      description=description)
+                      description=description, notes=notes)
 
 
 def _confounded(request: DataRequest) -> bool:
