@@ -263,7 +263,7 @@ class FileSplit(Split):
         i = int(i)
         try:
             img = load_rgb(self.files[i], self.image_size)
-        except (OSError, ValueError, SyntaxError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {self.sources[i]}: {str(e)[:80]}") from e
         return image_tensor(img), int(self.labels[i]), i
 

@@ -6,8 +6,8 @@ import torch
 from .base import DataError
 
 
-def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, what: str = "split",
-                        notes: list[str] | None = None) -> torch.Tensor:
+def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, what: str,
+                        notes: list[str]) -> torch.Tensor:
     """Indices of a stratified ``fraction`` of ``labels`` (sorted), at least one per class.
 
     A fraction that selects no image is an error rather than a silent fallback to the whole set
@@ -29,7 +29,7 @@ def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int, what: 
     idx = torch.cat(chosen).sort().values if chosen else torch.empty(0, dtype=torch.long)
     if len(idx) == 0:
         raise DataError(f"{what} fraction {fraction} selects no image out of {len(labels)}")
-    if rounded_up and notes is not None:
+    if rounded_up:
         notes.append(f"{what} fraction {fraction:g} of {len(labels)} images rounds to no image in {rounded_up} of "
                      f"{len(chosen)} classes; using {len(idx)} images (at least one of each class)")
     return idx
