@@ -110,6 +110,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
             cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
+        for note in self.data.notes:
+            log(f"warning: {note}")
         cfg.image_size = self.data.image_size
         self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
                                        cfg.head).to(self.device)
