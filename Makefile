@@ -8,7 +8,7 @@ RUNS   ?= checkpoints
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints browser train serve demo test bench bench-quick bench-penalties clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties clean
 
 ## help: list the targets
 help:
@@ -48,6 +48,10 @@ demo:
 ## test: the whole test suite, the browser test included
 test:
 	$(PY) -m pytest -q
+
+## soak: kill -9 tiny runs at random moments (N=10 runs), resume each, count how many end exactly as uninterrupted
+soak:
+	$(PY) tests/soak.py --runs $(or $(N),10) $(ARGS)
 
 ## bench: learning outcome, cost and latency benchmarks (about 21 min on 2 cores)
 bench:
