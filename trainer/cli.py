@@ -3,6 +3,8 @@ so its documented command still works."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -169,13 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
                          "on without feedback for that epoch, and a later answer is applied at the next epoch end")
+    p.add_argument("--options-json", action="store_true", help="print these options as JSON and exit")
     return p
+
+
+def describe_options() -> dict:
+    """The options as data (name, flags, choices, default, help, type, value: none, optional or
+    required) and the default config: what the dashboard builds its form from and checks typed flags
+    against, so it never reads the parser's internals."""
+    defaults = DEFAULTS.to_dict()
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    options = []
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        options.append({
+            "name": action.dest, "flags": list(action.option_strings),
+            "choices": list(action.choices) if action.choices else None, "default": defaults.get(action.dest),
+            "help": action.help, "type": "switch" if action.nargs == 0 else types.get(action.dest, "str"),
+            "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required"})
+    return {"options": options, "defaults": defaults}
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
     """The resolved config and whether to resume. On --resume the run's saved config is the base and
     only the flags given again override it."""
     given = vars(build_parser().parse_args(argv))
+    given.pop("options_json", None)
     resume = given.pop("resume", False)
     task = given.pop("task", None)
     runs_dir = given.get("runs_dir", DEFAULTS.runs_dir)
@@ -230,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     from .model import ModelError
     from .train import Stopped, install_stop_handlers, run_training
 
+    if "--options-json" in (sys.argv[1:] if argv is None else argv):
+        print(json.dumps(describe_options()))
+        return 0
     try:
         cfg, resume = parse_args(argv)
     except CLIError as e:
