@@ -341,6 +341,50 @@ def test_trainer_options_come_from_the_trainer():
     assert options["defaults"]["saliency"] in options["choices"]["saliency"]
 
 
+def test_trainer_describes_its_options_as_data():
+    described = json.loads(subprocess.run([sys.executable, "-m", "trainer", "--options-json"], capture_output=True,
+                                          text=True, timeout=120, check=True).stdout)
+    by_name = {o["name"]: o for o in described["options"]}
+    assert by_name["runs_dir"]["flags"] == ["-md", "--runs-dir"] and by_name["resume"]["value"] == "none"
+    assert by_name["epochs"]["type"] == "int" and by_name["epochs"]["default"] == described["defaults"]["epochs"]
+    assert by_name["pretrained"]["value"] == "optional" and "decoy-digits" in by_name["dataset"]["choices"]
+
+
+def test_started_only_when_the_trainer_runs(tmp_path):
+    """A bad option ends the trainer within seconds: that is an error with its line, not "started";
+    a good run reports running once it writes its status."""
+    bad = launcher.start_run(tmp_path, launcher.RunRequest(
+        title="bad", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random", queries_per_epoch=0,
+        query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none", extra_args=["--lr", "0"]))
+    good = launcher.start_run(tmp_path, launcher.RunRequest(
+        title="good", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random", queries_per_epoch=0,
+        query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none",
+        extra_args=["--train-fraction", "0.05", "--val-fraction", "0.1", "--device", "cpu"]))
+    try:
+        outcome = launcher.await_start(bad, timeout=120)
+        assert (outcome.state, outcome.message) == ("exited", "hitl-train: error: argument --lr: must be positive, got 0")
+        assert launcher.await_start(good, timeout=120).state == "running"
+    finally:
+        if launcher.live_pid(good) is not None:
+            launcher.stop_run(good)
+
+
+def test_only_a_failed_or_stopped_run_can_be_deleted(tmp_path):
+    failed = make_run(tmp_path, "failed", protocol.FAILED, error="ValueError: x")
+    stopped = make_run(tmp_path, "stopped", protocol.STOPPED)
+    training = make_run(tmp_path, "training")
+    finished = make_run(tmp_path, "finished", protocol.FINISHED)
+    for run in (training, finished):
+        with pytest.raises(launcher.LaunchError, match="only a failed or stopped run"):
+            launcher.delete_run(run)
+    launcher.delete_run(failed)
+    launcher.delete_run(stopped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finished", "training"]
+    (tmp_path / "stray").mkdir()
+    with pytest.raises(protocol.ProtocolError, match="not a run folder"):
+        protocol.delete_run(protocol.RunDir(tmp_path / "stray"))
+
+
 def test_serve_binds_localhost_unless_told(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append(argv))
@@ -431,6 +475,35 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     assert root == tmp_path and request.title == "my-run"
     assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
     assert "Started **my-run**" in texts(at.success)
+
+
+def test_runs_form_shows_why_a_trainer_did_not_start(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "start_run", lambda root, request, allowed_roots:
+                        protocol.RunDir(Path(root) / request.title))
+    monkeypatch.setattr(launcher, "await_start", lambda run: launcher.StartOutcome(
+        "exited", "hitl-train: error: argument --lr: must be positive, got 0"))
+    at = app()
+    at.text_input[0].set_value("my-run")
+    at.button(key="FormSubmitter:new-run-Start training").click().run()
+    assert not at.success
+    assert "**my-run** did not start: hitl-train: error: argument --lr" in texts(at.error)
+
+
+def test_runs_page_deletes_a_failed_run_after_asking(app, tmp_path):
+    make_run(tmp_path, "broken", protocol.FAILED, error="ValueError: bad data folder")
+    make_run(tmp_path, "busy")
+    at = app()
+    at.selectbox(key="run").set_value("busy").run()
+    assert not [b for b in at.button if b.key == "delete-busy"]
+    at.selectbox(key="run").set_value("broken").run()
+    at.button(key="delete-broken").click().run()
+    assert "cannot be undone" in texts(at.warning) and (tmp_path / "broken").exists()
+    at.button(key="cancel-delete-broken").click().run()
+    assert (tmp_path / "broken").exists()
+    at.button(key="delete-broken").click().run()
+    at.button(key="confirm-delete-broken").click().run()
+    assert not (tmp_path / "broken").exists()
+    assert list(at.dataframe[0].value.Run) == ["busy"]
 
 
 def test_review_sends_the_drawn_mask(app, tmp_path):

@@ -290,7 +290,12 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
                "changed once sent.")
     if st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
                  key=f"submit-{queue.epoch}"):
-        if answer_book.submit(run, queue, book):
+        try:
+            sent = answer_book.submit(run, queue, book)
+        except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
+            st.error(f"Not sent: {e}. Clear some marks and send again.", icon=":material/error:")
+            return
+        if sent:
             flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
                            "appear here when they are ready.")
         else:

@@ -111,7 +111,7 @@ def delete_panel(summary: run_reader.RunSummary) -> None:
     if not asking:
         if st.button("Delete this run…", key=f"delete-{summary.name}", icon=":material/delete:"):
             st.session_state["confirm-delete"] = summary.name
-            st.rerun(scope="fragment")
+            st.rerun()
         return
     st.warning(f"Delete **{summary.name}** and all its files (checkpoints, metrics, answers)? This cannot be undone.",
                icon=":material/delete_forever:")
@@ -127,7 +127,7 @@ def delete_panel(summary: run_reader.RunSummary) -> None:
         st.toast(f"Deleted {summary.name}", icon=":material/delete:")
     if confirmed or cancelled:
         st.session_state.pop("confirm-delete", None)
-        st.rerun(scope="fragment")
+        st.rerun()
 
 
 def result_line(result: dict) -> str:
