@@ -688,7 +688,12 @@ def read_mask_file(path: Path) -> Any:
     folder: nothing that could block or never end), at most MASK_FILE_MAX_BYTES. FileNotFoundError if
     nothing is there; ProtocolError naming the file for everything else."""
     name = f"{FEEDBACK_DIR}/{path.name}"
-    kind = _file_kind(os.lstat(path).st_mode)
+    try:
+        kind = _file_kind(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None  # nothing there, as feedback_sent sees it
+    except OSError as e:
+        raise ProtocolError(f"{name}: cannot be looked at ({e.strerror or type(e).__name__})") from None
     if kind:
         raise ProtocolError(f"{name}: is {kind}, not a regular file")
     try:
