@@ -205,7 +205,7 @@ def error_line(run: protocol.RunDir) -> str:
 
 def delete_run(run: protocol.RunDir) -> None:
     """Remove a failed or stopped run and all its files."""
-    from .run_reader import summarise
+    from .run_reader import summarise  # run_reader imports this module
 
     state = summarise(run).state
     if live_pid(run) is not None or state not in (protocol.FAILED, protocol.STOPPED):
