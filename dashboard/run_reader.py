@@ -136,10 +136,6 @@ def metrics_frame(runs: list[protocol.RunDir]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def log_tail(run: protocol.RunDir, lines: int = 40) -> str:
-    return protocol.read_log_tail(run, lines)
-
-
 # --------------------------------------------------------------------------- query queue
 
 @dataclass

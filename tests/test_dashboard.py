@@ -281,8 +281,8 @@ def test_learning_readers(tmp_path):
 def test_log_tail_keeps_the_last_lines(tmp_path):
     run = make_run(tmp_path, "logged")
     run.log.write_text("".join(f"line {i}\n" for i in range(100)) + "progress 10%\rprogress 90%")
-    assert run_reader.log_tail(run, lines=3).splitlines() == ["line 99", "progress 10%", "progress 90%"]
-    assert run_reader.log_tail(make_run(tmp_path, "silent")) == ""
+    assert protocol.read_log_tail(run, lines=3).splitlines() == ["line 99", "progress 10%", "progress 90%"]
+    assert protocol.read_log_tail(make_run(tmp_path, "silent")) == ""
 
 
 # --------------------------------------------------------------------------- launcher and server

@@ -201,7 +201,7 @@ def show_trouble(summary: RunSummary) -> None:
 
 
 def log_tail(summary: RunSummary, expanded: bool = False) -> None:
-    text = run_reader.log_tail(summary.run)
+    text = protocol.read_log_tail(summary.run)
     if text:
         with st.expander("End of the trainer's log", expanded=expanded):
             st.code(text, language=None)
