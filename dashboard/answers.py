@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from trainer import protocol
 
 from .masks import Marks
-from .runs import Query, Queue
+from .run_reader import Query, Queue
 
 ACTION_LABELS = {
     protocol.ACTION_MASK: "Mark regions",

@@ -3,6 +3,8 @@ so its documented command still works."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -176,7 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
                          "on without feedback for that epoch, and a later answer is applied at the next epoch end")
+    p.add_argument("--options-json", action="store_true", help="print these options as JSON and exit")
     return p
+
+
+def describe_options() -> dict:
+    """The options as data (name, flags, choices, default, help, type, value: none, optional or
+    required) and the default config: what the dashboard builds its form from and checks typed flags
+    against, so it never reads the parser's internals."""
+    defaults = DEFAULTS.to_dict()
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    options = []
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        options.append({
+            "name": action.dest, "flags": list(action.option_strings),
+            "choices": list(action.choices) if action.choices else None, "default": defaults.get(action.dest),
+            "help": action.help, "type": "switch" if action.nargs == 0 else types.get(action.dest, "str"),
+            "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required"})
+    return {"options": options, "defaults": defaults}
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
@@ -185,6 +206,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
     given again override it."""
     parser = build_parser()
     given = vars(parser.parse_args(argv))
+    given.pop("options_json", None)
     resume = given.pop("resume", False)
     if "config" in given:
         if resume:
@@ -239,7 +261,7 @@ def settings_from_file(path: str, parser: argparse.ArgumentParser) -> dict:
             if value is None:
                 continue
         action = options.get(key)
-        if action is None or action.dest in ("resume", "config", "help"):
+        if action is None or action.dest in ("resume", "config", "options_json", "help"):
             raise CLIError(f"--config {path}: unknown setting {key!r}")
         if isinstance(value, (dict, list)):
             raise CLIError(f"--config {path}: {key} must be a single value, not {type(value).__name__}")
@@ -297,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     from .model import ModelError
     from .train import Stopped, describe_os_error, install_stop_handlers, run_training
 
+    if "--options-json" in (sys.argv[1:] if argv is None else argv):
+        print(json.dumps(describe_options()))
+        return 0
     try:
         cfg, resume = parse_args(argv)
     except CLIError as e:

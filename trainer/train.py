@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -293,12 +292,10 @@ class Trainer:
             for i, index in enumerate(chosen.tolist()):
                 qid = f"q{i:03d}"
                 protocol.write_query_image(self.run, epoch, qid, png_bytes(x[i].cpu()), maps[i])
-                queries.append({
-                    "query_id": qid, "index": index, "true_label": int(labels[index]),
-                    "predicted_label": int(pred[i]), "probabilities": [round(float(p), 6) for p in probs[index]],
-                    "entropy": float(h[i]), "height": int(x.shape[-2]), "width": int(x.shape[-1]),
-                    "already_annotated": bool(self.feedback.position[index] >= 0),
-                })
+                queries.append(protocol.QueryEntry(
+                    query_id=qid, index=index, true_label=int(labels[index]), predicted_label=int(pred[i]),
+                    probabilities=probs[index].tolist(), entropy=float(h[i]), height=int(x.shape[-2]),
+                    width=int(x.shape[-1]), already_annotated=bool(self.feedback.position[index] >= 0)).to_json())
         manifest = {"class_names": self.data.class_names, "saliency": self.cfg.saliency,
                     "sampling": self.cfg.sampling, "entropy_threshold": self.cfg.entropy_threshold,
                     "created_at": time.time(), "queries": queries}
@@ -307,20 +304,21 @@ class Trainer:
 
     def wait_for_feedback(self, epoch: int, manifest: dict) -> list[protocol.QueryFeedback] | None:
         """Block until a valid mask file for ``epoch`` arrives (or the timeout passes: then None).
-        A bad file is moved to feedback/rejected/ with the reason in the status; waiting goes on."""
-        path = self.run.feedback_file(epoch)
+        Whatever else turns up in its place is moved to feedback/rejected/ with the reason in the
+        status, and waiting goes on."""
         deadline = time.time() + self.cfg.feedback_timeout if self.cfg.feedback_timeout > 0 else math.inf
         self.status(protocol.WAITING, phase="waiting", waiting_epoch=epoch, n_queries=len(manifest["queries"]))
-        if self.annotator is not None and not path.exists():
+        if self.annotator is not None and not protocol.feedback_sent(self.run, epoch):
             self.annotator(self.run, epoch)
         while True:
-            if path.exists():
-                try:
-                    answers = protocol.parse_feedback(protocol.read_json(path), manifest)
+            try:
+                answers = protocol.load_feedback(self.run, epoch, manifest)
+            except protocol.ProtocolError as e:
+                self.reject(epoch, str(e))
+            else:
+                if answers is not None:
                     self._status_fields.pop("feedback_error", None)
                     return answers
-                except protocol.ProtocolError as e:
-                    self.reject(path, epoch, str(e))
             if time.time() > deadline:
                 self.log(f"epoch {epoch}: no feedback within {self.cfg.feedback_timeout:g} s; training goes on "
                          f"without it (a later answer to this queue is still applied)")
@@ -328,25 +326,31 @@ class Trainer:
             self.status(protocol.WAITING, force=False)
             time.sleep(0.2)
 
-    def reject(self, path: Path, epoch: int, reason: str) -> None:
-        self.run.rejected_root.mkdir(parents=True, exist_ok=True)
-        kept = self.run.rejected_root / f"epoch_{epoch:03d}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}.json"
-        os.replace(path, kept)
-        self.log(f"epoch {epoch}: mask file rejected: {reason} (kept as {kept.name})")
-        self.status(protocol.WAITING, feedback_error=f"mask file for epoch {epoch} rejected: {reason}")
+    def reject(self, epoch: int, reason: str) -> None:
+        """Refuse the mask file for ``epoch``: kept under feedback/rejected/, the reason in the status."""
+        try:
+            kept = protocol.reject_feedback(self.run, epoch)
+        except FileNotFoundError:
+            return  # gone already: nothing to keep, keep waiting
+        except OSError as e:  # it stays; the same reason is not logged again at every look
+            error = f"{reason}; it cannot be moved aside ({e.strerror or type(e).__name__}): remove it"
+        else:
+            error = f"{reason} (kept as {protocol.FEEDBACK_DIR}/{protocol.REJECTED_DIR}/{kept.name})"
+        if self._status_fields.get("feedback_error") != error:
+            self.log(f"epoch {epoch}: mask file rejected: {error}")
+            self.status(protocol.WAITING, feedback_error=error)
 
     def apply_late_feedback(self) -> None:
         """Answers that arrived after their queue timed out still count."""
         for epoch in protocol.queue_epochs(self.run):
             if epoch in self.state.answered and epoch not in self.state.applied:
-                path = self.run.feedback_file(epoch)
-                if path.exists():
-                    manifest = protocol.read_manifest(self.run, epoch)
-                    try:
-                        answers = protocol.parse_feedback(protocol.read_json(path), manifest)
-                    except protocol.ProtocolError as e:
-                        self.reject(path, epoch, str(e))
-                        continue
+                manifest = protocol.read_manifest(self.run, epoch)
+                try:
+                    answers = protocol.load_feedback(self.run, epoch, manifest)
+                except protocol.ProtocolError as e:
+                    self.reject(epoch, str(e))
+                    continue
+                if answers is not None:
                     self.apply(epoch, answers)
 
     def apply(self, epoch: int, answers: list[protocol.QueryFeedback]) -> None:
@@ -391,14 +395,9 @@ class Trainer:
         maps = explain(self.cfg.saliency, self.model, x, pred, deeplift_baseline=self.cfg.deeplift_baseline)
         rows, masks = self.feedback.lookup(idx.to(self.device))
         share = wrong_reason_share(maps, masks).tolist()
-        out = self.run.tracking_dir(epoch)
-        norm = normalise(maps).cpu().numpy().astype(np.float16)
-        for i, index in enumerate(idx.tolist()):
-            protocol.atomic_save_npy(out / f"{index}.npy", norm[i])
-        lines = [f"{epoch},{index},{s:.6f}" for index, s in zip(idx.tolist(), share)]
-        old = self.run.tracking.read_text().splitlines()[1:] if self.run.tracking.exists() else []
-        old = [ln for ln in old if not ln.startswith(f"{epoch},")]
-        protocol.atomic_write_text(self.run.tracking, "\n".join(["epoch,index,masked_share", *old, *lines]) + "\n")
+        norm = normalise(maps).cpu().numpy()
+        protocol.write_tracking(self.run, epoch, dict(zip(idx.tolist(), share)),
+                                {index: norm[i] for i, index in enumerate(idx.tolist())})
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -453,9 +452,7 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             protocol.write_metrics(self.run, self.state.history)
-            protocol.atomic_write_json(self.run.confusion, {"format": protocol.FORMAT, "epoch": epoch,
-                                                            "class_names": self.data.class_names,
-                                                            "matrix": val["confusion"]})
+            protocol.write_confusion(self.run, epoch, self.data.class_names, val["confusion"])
             self.track_annotated(epoch)
             best = row["val_loss"] < self.state.best_val_loss
             if best:

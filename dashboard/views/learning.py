@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import overlay, runs
+from dashboard import overlay, run_reader
 from dashboard.masks import Geometry
 from dashboard.views import common
 
@@ -17,7 +17,7 @@ MAX_EPOCHS_SHOWN = 6
 def render() -> None:
     st.title("Did it learn?")
     st.caption("Whether the model moved its attention away from what you marked.")
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet: start one on the Runs page and answer its questions on the Review page.",
                 icon=":material/school:")
@@ -93,7 +93,7 @@ def image_history(run, index: int, rows: pd.DataFrame) -> None:
     with st.container(horizontal=True, gap="medium"):
         st.image(overlay.compose(image, geometry, forbidden=mask), width=PICTURE_WIDTH, caption="your marks")
         for row in rows.tail(MAX_EPOCHS_SHOWN).itertuples():
-            saliency = runs.tracked_saliency(run, row.epoch, index, mask.shape)
+            saliency = run_reader.tracked_saliency(run, row.epoch, index, mask.shape)
             caption = f"after epoch {row.epoch}: {row.masked_share:.1%} inside"
             if saliency is None:
                 st.caption(f"{caption} (map missing)", width=PICTURE_WIDTH)

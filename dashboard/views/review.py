@@ -11,10 +11,10 @@ import streamlit as st
 from trainer import protocol
 
 from dashboard import answers as answer_book
-from dashboard import masks, overlay, runs
+from dashboard import masks, overlay, run_reader
 from dashboard.answers import Answer
 from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Tool
-from dashboard.runs import Query, Queue, RunSummary
+from dashboard.run_reader import Query, Queue, RunSummary
 from dashboard.views import canvas, common
 
 TOOL_LABELS = {
@@ -37,7 +37,7 @@ PREVIEW_WIDTH = 220
 
 def render() -> None:
     st.title("Review")
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet. Start a run on the Runs page with **You, on the Review page** as the one who "
                 "answers; after its first epoch the model's questions appear here.", icon=":material/draw:")
@@ -94,7 +94,7 @@ def nothing_waiting(summary: RunSummary) -> None:
         text = "The simulated annotator answers this run's questions; the ones it answered are listed below."
     elif summary.state == protocol.FINISHED:
         text = "This run has finished: it asks nothing more."
-    elif summary.state in (runs.STARTING, protocol.TRAINING):
+    elif summary.state in (run_reader.STARTING, protocol.TRAINING):
         text = ("Nothing to answer right now. The model asks about a few images at the end of an epoch; "
                 "this page shows them as soon as they are ready.")
     else:
@@ -290,7 +290,12 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
                "changed once sent.")
     if st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
                  key=f"submit-{queue.epoch}"):
-        if answer_book.submit(run, queue, book):
+        try:
+            sent = answer_book.submit(run, queue, book)
+        except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
+            st.error(f"Not sent: {e}. Clear some marks and send again.", icon=":material/error:")
+            return
+        if sent:
             flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
                            "appear here when they are ready.")
         else:
@@ -307,7 +312,7 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
 def answered_elsewhere(run: protocol.RunDir) -> None:
     """Say so when answers this page was working on were made moot by answers sent from elsewhere."""
     for epoch in protocol.queue_epochs(run):
-        if book_key(run, epoch) not in st.session_state or not run.feedback_file(epoch).exists():
+        if book_key(run, epoch) not in st.session_state or not protocol.feedback_sent(run, epoch):
             continue
         book = st.session_state.pop(book_key(run, epoch))
         if any(a.touched for a in book.values()):
@@ -317,13 +322,13 @@ def answered_elsewhere(run: protocol.RunDir) -> None:
 
 
 def past_answers(run: protocol.RunDir) -> None:
-    epochs = [e for e in protocol.queue_epochs(run) if run.feedback_file(e).exists()]
+    epochs = [e for e in protocol.queue_epochs(run) if protocol.feedback_sent(run, e)]
     if not epochs:
         return
     with st.expander("Earlier answers"):
         epoch = st.selectbox("Epoch", epochs[::-1], key="past-epoch")
         queue = common.queue(run, epoch)
-        sent = runs.sent_answers(run, epoch)
+        sent = run_reader.sent_answers(run, epoch)
         if queue.error or sent is None:
             st.warning(queue.error or "These answers cannot be read.")
             return

@@ -78,8 +78,10 @@ def _read_table(dataset: str, path: Path, columns: Iterable[str]) -> pd.DataFram
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(f"{dataset}: {path.name} lacks column(s) {', '.join(missing)} "
-                        f"(it has: {describe(list(table.columns), 8)})")
+        # the header is quoted only when it is recognisably this table's: never a line of some other file
+        found = (f"it has: {describe(list(table.columns), 8)}" if set(columns) & set(table.columns)
+                 else "its first line has none of the expected columns")
+        raise DataError(f"{dataset}: {path.name} lacks column(s) {', '.join(missing)} ({found})")
     if table.empty:
         raise DataError(f"{dataset}: {path.name} has no rows")
     return table.fillna("").apply(lambda col: col.str.strip())
