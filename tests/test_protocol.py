@@ -148,3 +148,12 @@ def test_outside_a_relevant_region_counts_as_forbidden():
                           forbidden)
     assert protocol.QueryFeedback("q", 1, protocol.ACTION_SKIP, forbidden=forbidden).must_not_use() is None
     assert protocol.QueryFeedback("q", 1, protocol.ACTION_MASK, forbidden=np.zeros((4, 4), bool)).must_not_use() is None
+
+
+def test_run_files_are_as_readable_as_the_umask_allows(tmp_path):
+    """A trainer and a dashboard running as two users of one lab machine can share a run (umask 022: 0644)."""
+    path = tmp_path / "status.json"
+    protocol.atomic_write_json(path, {"state": "training"})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
+    assert protocol.submit_feedback(protocol.RunDir(tmp_path), 1, "test", [])
+    assert protocol.RunDir(tmp_path).feedback_file(1).stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK

@@ -98,11 +98,21 @@ class ProtocolError(ValueError):
 
 # --------------------------------------------------------------------------- atomic writes
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
+
+
 def _complete_temp(path: Path, data: bytes) -> str:
     """A flushed, fsynced temp file beside ``path`` (same filesystem, so it can be renamed or linked)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from a lab's other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
