@@ -173,9 +173,10 @@ def run_cosine(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[
             cosines.append(F.cosine_similarity(linearised, exact, dim=0).item())
             norms.append((linearised.norm() / exact.norm()).item())
         rows.append({"model": model_name, "dataset": setting.dataset, "image_size": trainer.data.image_size,
-                     "device": device.type, "impl": "linearised", "reference": "exact", "trained_epochs": setting.epochs,
-                     "train_fraction": setting.train_fraction, "batch_size": size,
+                     "device": device.type, "impl": "linearised", "reference": "exact",
+                     "trained_epochs": setting.epochs, "train_fraction": setting.train_fraction, "batch_size": size,
                      "cosine_mean": round(statistics.mean(cosines), 4), "cosine_min": round(min(cosines), 4),
                      "norm_ratio_mean": round(statistics.mean(norms), 4), "cosines": [round(v, 4) for v in cosines]})
-        log(f"cosine linearised vs exact, {model_name}: {rows[-1]['cosine_mean']:.4f} (norm ratio {rows[-1]['norm_ratio_mean']:.3f})")
+        log(f"cosine linearised vs exact, {model_name}: {rows[-1]['cosine_mean']:.4f} "
+            f"(norm ratio {rows[-1]['norm_ratio_mean']:.3f})")
     return rows

@@ -250,8 +250,9 @@ def with_current_names(results: dict) -> dict:
     for section in ("learning", "cost", "cosine", "penalties"):
         results[section] = [{**r, **{k: current(r[k]) for k in ("impl", "variant") if isinstance(r.get(k), str)}}
                             for r in results.get(section) or []]
-    if "cosine" in results.get("notes", {}):
-        results["notes"] = {**results["notes"], "cosine": results["notes"]["cosine"].replace("rrr/fd", "rrr/linearised")}
+    notes = results.get("notes", {})
+    if "cosine" in notes:
+        results["notes"] = {**notes, "cosine": notes["cosine"].replace("rrr/fd", "rrr/linearised")}
     return results
 
 

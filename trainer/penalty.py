@@ -127,8 +127,9 @@ def resolve_impl(impl: str, device_type: str) -> str:
     if impl == "auto":
         return "linearised" if device_type == "cuda" else "exact"
     impl = IMPL_ALIASES.get(impl, impl)
-    if impl not in implementation_names():
-        raise ValueError(f"unknown penalty implementation {impl!r}; choose from auto, {', '.join(implementation_names())}")
+    known = implementation_names()
+    if impl not in known:
+        raise ValueError(f"unknown penalty implementation {impl!r}; choose from auto, {', '.join(known)}")
     return impl
 
 
