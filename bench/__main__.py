@@ -34,7 +34,7 @@ NOTES = {
             "interleaved; random images, corner masks",
     "peak_memory": "peak tensor memory allocated during one step above what was allocated before it "
                    "(CPU: profiler allocation events, not RSS; CUDA: torch.cuda.max_memory_allocated)",
-    "cosine": "parameter-gradient cosine (and norm ratio) of rrr/fd against rrr/exact, each model trained "
+    "cosine": "parameter-gradient cosine (and norm ratio) of rrr/linearised against rrr/exact, each model trained "
               "briefly (plain), train mode",
     "penalties": "the mask methods once per penalty variant, same seeds; a difference is within noise when it "
                  "is under twice its standard error",

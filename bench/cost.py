@@ -1,8 +1,8 @@
-"""What each penalty variant costs per training step, and how closely ``rrr/fd`` follows ``exact``.
+"""What each penalty variant costs per training step, and how closely ``rrr/linearised`` follows ``exact``.
 
 Cost: the trainer's own ``Trainer.train_step(x, y, idx)`` on one batch, with the feedback set swapped
 between an empty one (the plain step) and one holding masks for a fraction of the batch, so the
-probes folded into the main batch (``rrr/fd``, ``counterfactual``), autocast on CUDA and the
+probes folded into the main batch (``rrr/linearised``, ``counterfactual``), autocast on CUDA and the
 batch-statistics bookkeeping are all part of what is timed. At fraction 0 the feedback set holds one mask for an image outside the
 batch: the lookup runs and finds nothing, as in a run whose feedback sits in other batches; no
 penalty runs then, so that row is measured once (variant ``none``). Plain and penalty steps are
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from trainer.config import TrainConfig
 from trainer.data import DATASETS, DataRequest, DataSplits, TensorSplit
 from trainer.feedback import FeedbackSet
-from trainer.penalty import get_penalty
+from trainer.penalty import Penalty, penalty_class
 from trainer.train import Trainer
 
 from .machine import peak_memory_mb, timed
@@ -142,15 +142,15 @@ def run_cost(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[st
     return rows
 
 
-def penalty_gradient(penalty, model: torch.nn.Module, params: list[torch.nn.Parameter], x: torch.Tensor,
-                     masks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def penalty_gradient(penalty: Penalty, params: list[torch.nn.Parameter], x: torch.Tensor, masks: torch.Tensor,
+                     y: torch.Tensor) -> torch.Tensor:
     """∇θ of the mean penalty, flattened (zeros for parameters it does not reach)."""
-    grads = torch.autograd.grad(penalty(model, x, masks, y).mean(), params, allow_unused=True)
+    grads = torch.autograd.grad(penalty(x, masks, y).mean(), params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
 
 def run_cosine(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list[dict]:
-    """Parameter-gradient cosine of ``fd`` against ``exact`` for each model, trained briefly (plain), on
+    """Parameter-gradient cosine of ``linearised`` against ``exact`` for each model, trained briefly (plain), on
     batches of training images with their ground-truth masks, in train mode as in a step."""
     setting, rows = plan.cosine, []
     for model_name in plan.cosine_models:
@@ -168,14 +168,15 @@ def run_cosine(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[
             x, y = train.batch(idx)
             x, y, masks = x.to(device), y.to(device), train.masks[idx].float().to(device)
             # float64 sums: in float32 a cosine over millions of parameters can come out above 1
-            exact, fd = (penalty_gradient(get_penalty("rrr", impl), model, params, x, masks, y).double()
-                         for impl in ("exact", "fd"))
-            cosines.append(F.cosine_similarity(fd, exact, dim=0).item())
-            norms.append((fd.norm() / exact.norm()).item())
+            exact, linearised = (penalty_gradient(penalty_class("rrr", impl)(model), params, x, masks, y).double()
+                                 for impl in ("exact", "linearised"))
+            cosines.append(F.cosine_similarity(linearised, exact, dim=0).item())
+            norms.append((linearised.norm() / exact.norm()).item())
         rows.append({"model": model_name, "dataset": setting.dataset, "image_size": trainer.data.image_size,
-                     "device": device.type, "impl": "fd", "reference": "exact", "trained_epochs": setting.epochs,
-                     "train_fraction": setting.train_fraction, "batch_size": size,
+                     "device": device.type, "impl": "linearised", "reference": "exact",
+                     "trained_epochs": setting.epochs, "train_fraction": setting.train_fraction, "batch_size": size,
                      "cosine_mean": round(statistics.mean(cosines), 4), "cosine_min": round(min(cosines), 4),
                      "norm_ratio_mean": round(statistics.mean(norms), 4), "cosines": [round(v, 4) for v in cosines]})
-        log(f"cosine fd vs exact, {model_name}: {rows[-1]['cosine_mean']:.4f} (norm ratio {rows[-1]['norm_ratio_mean']:.3f})")
+        log(f"cosine linearised vs exact, {model_name}: {rows[-1]['cosine_mean']:.4f} "
+            f"(norm ratio {rows[-1]['norm_ratio_mean']:.3f})")
     return rows

@@ -21,7 +21,7 @@ import torch
 
 from trainer import protocol
 from trainer.config import TrainConfig
-from trainer.explain import NEEDS_ATTENTION_HEAD
+from trainer.explain import EXPLAINERS, create_explainer
 from trainer.train import Trainer
 
 from .plans import Plan
@@ -38,13 +38,14 @@ def run_query_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Cal
     for dataset in plan.query_datasets:
         trainers: dict[str, Trainer] = {}
         for method in plan.query_methods:
-            head = "attention" if method in NEEDS_ATTENTION_HEAD else "pool"
+            head = "attention" if EXPLAINERS[method].needs_attention_head else "pool"
             if head not in trainers:
                 cfg = TrainConfig(dataset=dataset, head=head, queries_per_epoch=plan.queries, annotator="human",
                                   device=device.type, runs_dir=str(runs_dir), title=f"latency-{dataset}-{head}")
                 trainers[head] = Trainer(cfg, log=_quiet)
             trainer = trainers[head]
-            trainer.cfg.saliency = method  # build_queue explains with the configured method
+            trainer.cfg.saliency = method  # the manifest names it
+            trainer.explainer = create_explainer(method, trainer.model, trainer.cfg.deeplift_baseline)
             seconds = []
             for _ in range(plan.query_repeats):
                 epoch = len(protocol.queue_epochs(trainer.run)) + 1  # a fresh queue folder each time

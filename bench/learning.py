@@ -15,7 +15,7 @@ Methods (one full ``Trainer.fit`` each, fresh run directory):
 Efficiency: the first N masks of the training set (its order is already random, so the sets are
 nested random subsets) are given up front, then training is plain otherwise.
 
-Penalties: the mask methods again, once per penalty variant (``rrr/exact``, ``rrr/fd``,
+Penalties: the mask methods again, once per penalty variant (``rrr/exact``, ``rrr/linearised``,
 ``counterfactual``, …), so that what a cheaper variant teaches is compared with the exact penalty
 on the same seeds.
 """

@@ -8,16 +8,28 @@ from dataclasses import dataclass
 import torch
 
 from trainer.explain import EXPLAINERS
+from trainer.penalty import PENALTIES
 
 METHODS = ("plain", "hitl", "hitl_late", "all_masks", "sgt", "clean")
-# What reaches the weights: the rrr penalty by each implementation, and the first-order penalties.
-PENALTY_VARIANTS = ("rrr/exact", "rrr/fd", "gradcam", "counterfactual")
+
+
+def penalty_variants() -> tuple[str, ...]:
+    """What reaches the weights: every registered penalty by each of its implementations (``rrr/exact``,
+    ``rrr/linearised``, ``gradcam``, …), except those the benchmark's runs cannot tell apart or run: the
+    simulated annotator marks forbidden regions only, where a penalty that uses relevance marks is
+    another one squared (``hint`` is ``gradcam`` squared there), and the models have the pool head."""
+    return tuple(f"{name}/{impl}" if cls.implementations else name
+                 for name, cls in PENALTIES.items() if not (cls.uses_relevance or cls.needs_attention_head)
+                 for impl in (cls.implementations or (None,)))
+
+
+PENALTY_VARIANTS = penalty_variants()
 REFERENCE_VARIANT = "rrr/exact"
 
 
 def variant_settings(variant: str) -> dict:
-    """TrainConfig fields for a variant: ``rrr/fd`` -> penalty rrr, impl fd; ``gradcam`` -> penalty
-    gradcam (its one implementation)."""
+    """TrainConfig fields for a variant: ``rrr/linearised`` -> penalty rrr, impl linearised; ``gradcam``
+    -> penalty gradcam (its one implementation)."""
     penalty, _, impl = variant.partition("/")
     return {"penalty": penalty, **({"penalty_impl": impl} if impl else {})}
 
@@ -59,7 +71,7 @@ class Plan:
     warmup_steps: int
     timed_steps: int      # at least this many interleaved rounds,
     timed_seconds: float  # and more until the rounds have taken this long (cheap steps get many)
-    # cosine: parameter gradients of fd against exact, per model, after brief training
+    # cosine: parameter gradients of rrr/linearised against exact, per model, after brief training
     cosine: TrainingSetting
     cosine_models: tuple[str, ...]
     cosine_batches: int

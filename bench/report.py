@@ -12,6 +12,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from trainer.penalty import IMPL_ALIASES
+
 from .plans import REFERENCE_VARIANT
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -237,7 +239,25 @@ def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
 
+def with_current_names(results: dict) -> dict:
+    """Files written before the linearised implementation was named for what it is call it ``fd``
+    (impl ``fd``, variant ``rrr/fd``)."""
+    def current(name: str) -> str:
+        penalty, slash, impl = name.rpartition("/")
+        return penalty + slash + IMPL_ALIASES.get(impl, impl)
+
+    results = dict(results)
+    for section in ("learning", "cost", "cosine", "penalties"):
+        results[section] = [{**r, **{k: current(r[k]) for k in ("impl", "variant") if isinstance(r.get(k), str)}}
+                            for r in results.get(section) or []]
+    notes = results.get("notes", {})
+    if "cosine" in notes:
+        results["notes"] = {**notes, "cosine": notes["cosine"].replace("rrr/fd", "rrr/linearised")}
+    return results
+
+
 def render_file(path: Path, results: dict) -> str:
+    results = with_current_names(results)
     m = results["machine"]
     plan = results.get("plan", {})
     out = [f"### `{path.name}`: {m['cpu_model']}, {m['cpu_cores']} cores, {m['device']}"

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from trainer.cli import CLIError, parse_args
-from trainer.explain import explain
+from trainer.explain import Attention
 from trainer.head import AttentionPool, HeadError
 from trainer.model import ModelError, create_classifier, load_weights
-from trainer.penalty import attention_penalty
+from trainer.penalty import AttentionPenalty
 
 
 def saved(model, path):
@@ -46,7 +46,7 @@ def test_a_new_head_is_average_pooling_so_predictions_do_not_change(pair):
 def test_attention_is_an_explanation_at_image_size(pair):
     _, attended = pair
     x = torch.rand(3, 3, 32, 32)
-    maps = explain("attention", attended, x, torch.zeros(3, dtype=torch.long))
+    maps = Attention(attended).attribute(x, torch.zeros(3, dtype=torch.long))
     assert maps.shape == (3, 32, 32) and (maps >= 0).all()
 
 
@@ -56,7 +56,7 @@ def test_attention_penalty_trains_the_head_and_leaves_the_classifier_alone(pair)
     x = torch.rand(4, 3, 32, 32)
     mask = torch.zeros(4, 32, 32)
     mask[:, :16, :16] = 1  # a quarter of the image: a quarter of the uniform attention
-    pen = attention_penalty(model, x, mask, torch.zeros(4, dtype=torch.long))
+    pen = AttentionPenalty(model)(x, mask, torch.zeros(4, dtype=torch.long))
     assert pen.shape == (4,) and torch.allclose(pen, torch.full((4,), 0.25))
     pen.sum().backward()
     score = model.attention_pool.score

@@ -54,7 +54,7 @@ def test_every_section_has_its_keys(results):
     whole = {r["variant"]: r for r in cost if r["feedback_fraction"] == 1.0}
     assert whole["rrr/exact"]["penalty_peak_mb"] > whole["rrr/exact"]["plain_peak_mb"] > 0  # the extra graph is seen
     assert whole["counterfactual"]["penalty_peak_mb"] < whole["rrr/exact"]["penalty_peak_mb"]  # first order only
-    assert [(r["model"], r["impl"]) for r in results["cosine"]] == [("hitl_cnn", "fd")]
+    assert [(r["model"], r["impl"]) for r in results["cosine"]] == [("hitl_cnn", "linearised")]
     assert results["cosine"][0]["cosine_mean"] >= 0.95
     penalties = results["penalties"]
     assert [(r["variant"], r["seed"]) for r in penalties] == \
@@ -73,7 +73,7 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
                     "Reference figures"):
         assert heading in markdown
     assert "counterfactual teaches as rrr/exact does (decoy-digits, hitl): test accuracy" in markdown
-    assert "fd parameter-gradient cosine with exact ≥ 0.95 on every batch: **holds**" in markdown
+    assert "linearised parameter-gradient cosine with exact ≥ 0.95 on every batch: **holds**" in markdown
     readme = tmp_path / "README.md"
     readme.write_text("intro\n")
     assert not report.write_readme(markdown, readme) and readme.read_text() == "intro\n"

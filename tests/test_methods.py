@@ -8,10 +8,10 @@ import torch
 
 from trainer import protocol
 from trainer.cli import parse_args
-from trainer.explain import explain
+from trainer.explain import DeepLift
 from trainer.feedback import FeedbackSet
 from trainer.model import create_classifier
-from trainer.penalty import PENALTIES, USES_RELEVANCE, hint_penalty
+from trainer.penalty import PENALTIES, Counterfactual, Hint, RightReasons
 
 H = W = 16
 
@@ -63,11 +63,11 @@ def test_hint_rewards_the_relevant_region_through_the_network():
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     relevance = torch.zeros(4, 32, 32)
     relevance[:, 8:24, 8:24] = 1
-    pen = hint_penalty(model, x, relevance, y)
+    pen = Hint(model)(x, relevance, y)
     assert pen.shape == (4,) and ((pen >= 0) & (pen <= 1)).all()
     pen.sum().backward()
     assert model.backbone.features[0].weight.grad.abs().sum() > 0
-    unmarked = hint_penalty(model, x, torch.full((4, 32, 32), -1.0), y)
+    unmarked = Hint(model)(x, torch.full((4, 32, 32), -1.0), y)
     assert torch.equal(unmarked, torch.zeros(4))  # nothing said, nothing asked
 
 
@@ -79,8 +79,8 @@ def test_penalties_in_unit_range_whatever_the_image_size(size):
     forbidden = torch.zeros(3, size, size)
     forbidden[:, : size // 4, : size // 4] = 1
     for name in ("gradcam", "hint"):
-        mask = forbidden if name not in USES_RELEVANCE else torch.where(forbidden.bool(), 0.0, 1.0)
-        value = PENALTIES[name]["exact"](model, x, mask, y)
+        mask = forbidden if not PENALTIES[name].uses_relevance else torch.where(forbidden.bool(), 0.0, 1.0)
+        value = PENALTIES[name](model)(x, mask, y)
         assert ((value >= 0) & (value <= 1)).all(), name
 
 
@@ -88,8 +88,8 @@ def test_deeplift_baselines(tmp_path):
     torch.manual_seed(0)
     model = create_classifier("hitl_cnn", 10, 3).eval()
     x, target = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
-    blur = explain("deeplift", model, x, target)
-    zero = explain("deeplift", model, x, target, deeplift_baseline="zero")
+    blur = DeepLift(model).attribute(x, target)
+    zero = DeepLift(model, baseline="zero").attribute(x, target)
     assert blur.shape == zero.shape == (2, 32, 32) and not torch.allclose(blur, zero)
     with torch.no_grad():  # DeepLIFT's completeness: attributions sum to f(x) − f(baseline)
         gap = (model(x) - model(torch.zeros_like(x))).gather(1, target.view(-1, 1))[:, 0]
@@ -118,12 +118,12 @@ def test_counterfactual_penalty_sees_a_saturated_detector_that_rrr_misses():
     y = torch.zeros(4, dtype=torch.long)
     mask = torch.from_numpy(box(0, 4, 0, 4)).float().expand(4, H, W)
     reader = _CornerReader()
-    assert PENALTIES["rrr"]["exact"](reader, x, mask, y).abs().max() < 1e-8
-    pen = PENALTIES["counterfactual"]["exact"](reader, x, mask, y)
+    assert RightReasons(reader)(x, mask, y).abs().max() < 1e-8
+    pen = Counterfactual(reader)(x, mask, y)
     assert pen.shape == (4,) and (pen > 0.02).all()
     pen.sum().backward()
     assert reader.scale.grad.abs() > 0         # the penalty reaches the weights
     elsewhere = _CornerReader(region=(slice(6, 10), slice(6, 10)))
-    assert torch.equal(PENALTIES["counterfactual"]["exact"](elsewhere, x, mask, y), torch.zeros(4))
-    nothing = PENALTIES["counterfactual"]["exact"](reader, x, torch.zeros(4, H, W), y)
+    assert torch.equal(Counterfactual(elsewhere)(x, mask, y), torch.zeros(4))
+    nothing = Counterfactual(reader)(x, torch.zeros(4, H, W), y)
     assert torch.equal(nothing, torch.zeros(4))

@@ -1,8 +1,6 @@
 """The feedback penalty reaches the weights, and teaches what the mask says."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +8,10 @@ import torch.nn.functional as F
 from trainer.config import TrainConfig
 from trainer.data import DataRequest, build_dataset
 from trainer.explain import wrong_reason_share
+from trainer.inputs import input_gradient
 from trainer.model import create_classifier
-from trainer.penalty import (_input_stats, _ProbeBatchNorm, eval_mode, get_penalty, input_gradient,
-                             linearised_probes, resolve_impl)
+from trainer.modes import eval_mode, input_stats
+from trainer.penalty import penalty_class, resolve_impl
 from trainer.train import Trainer
 
 
@@ -34,87 +33,39 @@ def briefly_trained(digits, steps: int = 30, name: str = "hitl_cnn"):
     return model
 
 
-def parameter_gradient(model, fn, x, mask, y) -> torch.Tensor:
+def parameter_gradient(model, penalty, x, mask, y) -> torch.Tensor:
     model.zero_grad()
-    fn(model, x, mask, y).mean().backward()
+    penalty(x, mask, y).mean().backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("impl", ["exact", "fd"])
+@pytest.mark.parametrize("impl", ["exact", "linearised"])
 def test_penalty_has_a_parameter_gradient(digits, impl):
     model = briefly_trained(digits, steps=5).train()
     x, y = digits.train.batch(torch.arange(8))
     mask = digits.train.masks[:8].float()
-    grad = parameter_gradient(model, get_penalty("rrr", impl), x, mask, y)
+    grad = parameter_gradient(model, penalty_class("rrr", impl)(model), x, mask, y)
     assert grad.abs().sum() > 0 and torch.isfinite(grad).all()
     running = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    get_penalty("rrr", impl)(model, x, mask, y)
+    penalty_class("rrr", impl)(model)(x, mask, y)
     after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(running, after)), "the penalty must not move running statistics"
 
 
 @pytest.mark.parametrize("name,steps", [("hitl_cnn", 30), ("resnet18", 10), ("efficientnet_b0", 10)])
-def test_fd_gives_the_exact_gradient(digits, name, steps):
+def test_linearised_gives_the_exact_gradient(digits, name, steps):
     """The linearised probe follows double backpropagation, in train mode as in a step, on ReLU/max-pool
     networks (where a plain finite difference crosses kinks) and on the study's SiLU/squeeze-excite
     family: the same value, and a parameter gradient of the same direction and length."""
     model = briefly_trained(digits, steps, name).train()
     x, y = digits.train.batch(torch.arange(16))
     mask = digits.train.masks[:16].float()
-    exact = parameter_gradient(model, get_penalty("rrr", "exact"), x, mask, y)
-    fd = parameter_gradient(model, get_penalty("rrr", "fd"), x, mask, y)
-    assert F.cosine_similarity(exact.double(), fd.double(), dim=0) >= 0.9995
-    assert fd.norm() / exact.norm() == pytest.approx(1.0, rel=0.01)
-    values = [get_penalty("rrr", impl)(model, x, mask, y) for impl in ("exact", "fd")]
+    exact = parameter_gradient(model, penalty_class("rrr", "exact")(model), x, mask, y)
+    linearised = parameter_gradient(model, penalty_class("rrr", "linearised")(model), x, mask, y)
+    assert F.cosine_similarity(exact.double(), linearised.double(), dim=0) >= 0.9995
+    assert linearised.norm() / exact.norm() == pytest.approx(1.0, rel=0.01)
+    values = [penalty_class("rrr", impl)(model)(x, mask, y) for impl in ("exact", "linearised")]
     assert torch.allclose(*values, rtol=1e-3)
-
-
-@pytest.mark.parametrize("name", ["hitl_cnn", "efficientnet_b0"])
-def test_fd_probe_follows_the_linearised_network(name):
-    """Through the linearised network a probe's logits are the image's plus J·(probe − image), exactly,
-    even for a step long enough to cross many ReLU and max-pool kinks (hitl_cnn) or to bend every SiLU
-    and squeeze-excite gate (efficientnet)."""
-    torch.manual_seed(0)
-    model = create_classifier(name, 10, 3).eval()
-    x, step = torch.rand(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
-    with torch.autograd.forward_ad.dual_level():
-        dual = model(torch.autograd.forward_ad.make_dual(x, step))
-        tangent = torch.autograd.forward_ad.unpack_dual(dual).tangent
-    with linearised_probes(model, 4):
-        own, probe = model(torch.cat([x, x + step])).chunk(2)
-    scale = tangent.abs().max()
-    assert (probe - own - tangent).abs().max() <= 1e-3 * scale
-    assert (model(x + step) - model(x) - tangent).abs().max() >= 0.1 * scale  # the curvature is there
-
-
-@pytest.mark.parametrize("name", ["hitl_cnn", "efficientnet_b0"])
-def test_probes_leave_the_batch_statistics_alone(name):
-    """In train mode the batch's rows are normalised by the batch's own statistics, probes excluded, and
-    the running statistics move as in a step without probes: the cross-entropy sees a plain batch."""
-    torch.manual_seed(0)
-    plain = create_classifier(name, 10, 3).train()
-    probed = copy.deepcopy(plain)
-    x = torch.rand(8, 3, 32, 32)
-    expected = plain(x)
-    with linearised_probes(probed, 2):
-        got = probed(torch.cat([x, x[-2:] + 10 * torch.randn(2, 3, 32, 32)]))
-    assert torch.allclose(got[:8], expected, atol=1e-5)
-    assert all(torch.allclose(a, b) for a, b in zip(plain.buffers(), probed.buffers()))
-
-
-@pytest.mark.parametrize("affine", [True, False])
-def test_probe_batch_norm_backward_is_the_derivative_of_its_forward(affine):
-    """The hand-written backward (statistics from the batch without its probes, gradient in θ through
-    them) against numerical derivatives, channels-last input included."""
-    norm = torch.nn.BatchNorm2d(3, affine=affine).double().train()
-    for a in (torch.randn(7, 3, 4, 4, dtype=torch.double),
-              torch.randn(7, 3, 4, 4, dtype=torch.double).to(memory_format=torch.channels_last)):
-        a.requires_grad_(True)
-        if affine:
-            assert torch.autograd.gradcheck(lambda a, w, b: _ProbeBatchNorm.apply(a, w, b, norm, 2),
-                                            (a, norm.weight, norm.bias))
-        else:
-            assert torch.autograd.gradcheck(lambda a: _ProbeBatchNorm.apply(a, None, None, norm, 2), (a,))
 
 
 def test_batch_statistics_match_var_mean_with_a_constant_channel():
@@ -123,31 +74,32 @@ def test_batch_statistics_match_var_mean_with_a_constant_channel():
     x = torch.randn(6, 4, 5, 5) * 3 + 1
     x[:, 2] = 7.0
     for a in (x, x.to(memory_format=torch.channels_last)):
-        mean, var = _input_stats(a)
+        mean, var = input_stats(a)
         expected_var, expected_mean = torch.var_mean(x, [0, 2, 3], unbiased=False)
         assert torch.allclose(mean, expected_mean, atol=1e-6) and torch.allclose(var, expected_var, rtol=1e-5)
         assert var[2] == 0
 
 
-def test_default_impl_is_exact_on_cpu_and_fd_on_cuda(tmp_path):
-    assert resolve_impl("auto", "cpu") == "exact" and resolve_impl("auto", "cuda") == "fd"
-    assert resolve_impl("jvp", "cpu") == "fd"  # runs written before fd replaced jvp
+def test_default_impl_is_exact_on_cpu_and_linearised_on_cuda(tmp_path):
+    assert resolve_impl("auto", "cpu") == "exact" and resolve_impl("auto", "cuda") == "linearised"
+    assert resolve_impl("jvp", "cpu") == "linearised"  # runs written before fd replaced jvp
+    assert resolve_impl("fd", "cpu") == "linearised"   # runs written before linearised replaced fd
     trainer = Trainer(TrainConfig(runs_dir=str(tmp_path), title="t", train_fraction=0.1, annotator="none"),
                       log=lambda *a: None)
-    assert trainer.penalty_impl == "exact" and trainer.probe_fn is None
+    assert trainer.penalty_impl == "exact" and not trainer.penalty.has_probe
 
 
 def test_no_penalty_pass_without_feedback(tmp_path, monkeypatch):
     trainer = Trainer(TrainConfig(runs_dir=str(tmp_path), title="t", train_fraction=0.1, annotator="none"),
                       log=lambda *a: None)
     calls = []
-    monkeypatch.setattr(trainer, "penalty_fn", lambda *a: calls.append(1))
+    monkeypatch.setattr(type(trainer.penalty), "__call__", lambda *a: calls.append(1))
     x, y = trainer.data.train.batch(torch.arange(16))
     _, _, pen = trainer.train_step(x, y, torch.arange(16))
     assert calls == [] and pen.item() == 0
 
 
-@pytest.mark.parametrize("penalty,impl", [("rrr", "fd"), ("counterfactual", "fd")])
+@pytest.mark.parametrize("penalty,impl", [("rrr", "linearised"), ("counterfactual", "linearised")])
 def test_a_probe_in_the_batch_gives_what_its_own_pass_gives(tmp_path, penalty, impl):
     """The probe's images ride in the main batch in place of the annotated ones: the penalty and every
     image's logits come out as separate passes give them (eval-mode batch-norm, so batch composition
@@ -161,7 +113,7 @@ def test_a_probe_in_the_batch_gives_what_its_own_pass_gives(tmp_path, penalty, i
     for i in rows.tolist():
         trainer.feedback.add(i, trainer.data.train.masks[i])
     torch.manual_seed(1)
-    expected = trainer.penalty_fn(model, x[rows], trainer.data.train.masks[rows].float(), y[rows])
+    expected = trainer.penalty(x[rows], trainer.data.train.masks[rows].float(), y[rows])
     with torch.no_grad():
         logits = model(x)
     torch.manual_seed(1)
@@ -177,7 +129,7 @@ def plain_run(tmp_path_factory):
     return short_run(tmp_path_factory.mktemp("plain"), None)
 
 
-def short_run(runs_dir, penalty: str | None, impl: str = "fd") -> dict:
+def short_run(runs_dir, penalty: str | None, impl: str = "linearised") -> dict:
     """Three epochs on half of decoy-digits; with a penalty, masks on every training image."""
     cfg = TrainConfig(runs_dir=str(runs_dir), title="run", epochs=3, train_fraction=0.5, annotator="none",
                       penalty_impl=impl)
@@ -194,7 +146,7 @@ def short_run(runs_dir, penalty: str | None, impl: str = "fd") -> dict:
     return result
 
 
-@pytest.mark.parametrize("penalty,impl", [("rrr", "fd"), ("rrr", "exact"), ("counterfactual", "fd")])
+@pytest.mark.parametrize("penalty,impl", [("rrr", "linearised"), ("rrr", "exact"), ("counterfactual", "linearised")])
 def test_masks_move_attribution_out_of_the_masked_region(tmp_path, plain_run, penalty, impl):
     """The same short training with and without masks on every image: with them, a smaller share of the
     input-gradient energy lands on the confounder of held-out images, and accuracy on the decorrelated

@@ -10,7 +10,7 @@ from torch import nn
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
 from trainer.model import create_classifier
-from trainer.penalty import fill_values, masked
+from trainer.inputs import fill_values, masked
 from trainer.sgt import SaliencyGuided, input_saliency, lowest_saliency_mask, parse_fill
 
 

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .explain import DEEPLIFT_BASELINES, EXPLAINERS
     from .head import HEADS
-    from .penalty import PENALTIES, PENALTY_IMPLS
+    from .penalty import IMPL_ALIASES, PENALTIES, implementation_names
     from .sampling import SAMPLERS
     from .sgt import METHODS
 
@@ -160,14 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
                     help=f"penalty weight λ (default {d.penalty_weight})")
     fb.add_argument("--penalty", choices=sorted(PENALTIES),
-                    help="rrr (default): input gradients inside the forbidden marks; gradcam: GradCAM inside them; "
-                         "hint: GradCAM fitted to the marks, rewarding relevant regions; attention: the attention "
-                         "head's weight inside them (--head attention); counterfactual: the prediction must not change "
-                         "when the marked pixels are replaced by noise")
-    fb.add_argument("--penalty-impl", choices=["auto", *PENALTY_IMPLS],
-                    help="how the rrr gradient is computed: fd (a linearised probe copy of each annotated image in "
-                         "the main batch, first order only), exact (double backpropagation, the reference) or auto "
-                         "(default: exact on CPU, fd on CUDA)")
+                    help=f"default {d.penalty}. " + "; ".join(
+                        f"{name}: {cls.summary}" + (" (--head attention)" if cls.needs_attention_head else "")
+                        for name, cls in PENALTIES.items()))
+    fb.add_argument("--penalty-impl", choices=["auto", *implementation_names()], type=lambda s: IMPL_ALIASES.get(s, s),
+                    help="how the rrr gradient is computed: linearised (a probe copy of each annotated image in the "
+                         "main batch through the network linearised at the image, first order only; fd in older "
+                         "runs), exact (double backpropagation, the reference) or auto (default: exact on CPU, "
+                         "linearised on CUDA)")
     fb.add_argument("--saliency", choices=sorted(EXPLAINERS), help=f"explainer for queries (default {d.saliency})")
     fb.add_argument("--deeplift-baseline", choices=sorted(DEEPLIFT_BASELINES),
                     help="what deeplift compares the image with: a blurred copy (default, as the original tool) "
@@ -295,13 +295,13 @@ def _read_config_file(path: Path) -> dict:
 
 def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
     """Combinations that cannot work, refused before any data set is built."""
-    from .explain import NEEDS_ATTENTION_HEAD
-    from .penalty import NEEDS_ATTENTION_HEAD as PENALTIES_NEEDING_HEAD
+    from .explain import EXPLAINERS
+    from .penalty import PENALTIES
 
     if cfg.head != "attention":
-        if cfg.saliency in NEEDS_ATTENTION_HEAD:
+        if EXPLAINERS[cfg.saliency].needs_attention_head:
             raise CLIError(f"--saliency {cfg.saliency} needs --head attention")
-        if cfg.penalty in PENALTIES_NEEDING_HEAD:
+        if PENALTIES[cfg.penalty].needs_attention_head:
             raise CLIError(f"--penalty {cfg.penalty} needs --head attention")
     if cfg.method != "sgt":
         unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]

@@ -24,7 +24,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     penalty_weight: float = 10.0            # --lambda
     penalty: str = "rrr"
-    penalty_impl: str = "auto"              # exact on CPU, fd on CUDA | fd (linearised probe) | exact (double backprop)
+    penalty_impl: str = "auto"              # exact on CPU, linearised on CUDA | linearised (probe; "fd" in old runs) | exact
     saliency: str = "deeplift"
     deeplift_baseline: str = "blur"         # blur (the original tool's) | zero
     method: str = "plain"                   # plain | sgt (saliency-guided training, trainer/sgt.py)

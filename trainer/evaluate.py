@@ -29,9 +29,9 @@ from torch import nn
 from . import checkpoint, protocol
 from .config import TrainConfig
 from .data import DataError, DataRequest, Split, build_dataset
-from .explain import EXPLAINERS, NEEDS_ATTENTION_HEAD, explain, wrong_reason_share
+from .explain import EXPLAINERS, create_explainer, wrong_reason_share
 from .model import ModelError, create_classifier
-from .penalty import fill_values, masked
+from .inputs import fill_values, masked
 from .sgt import RANDOM_FILL, parse_fill
 from .train import gather, pick_device
 
@@ -84,7 +84,7 @@ def evaluate_explainer(model: nn.Module, name: str, x: torch.Tensor, y: torch.Te
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    maps = explain(name, model, x, pred, batch_size, deeplift_baseline=deeplift_baseline).float()
+    maps = create_explainer(name, model, deeplift_baseline, batch_size).attribute(x, pred).float()
     accuracy, probability = removal_curves(model, x, y, pred, maps, fractions, fill, seed, batch_size)
     wrong_reason = None
     if masks is not None and masks.flatten(1).any(1).any():
@@ -127,7 +127,7 @@ def evaluate_run(run: protocol.RunDir, explainers: list[str] | None = None, imag
     for name in explainers:
         if name not in EXPLAINERS:
             raise EvaluationError(f"unknown explainer {name!r}; choose from {', '.join(sorted(EXPLAINERS))}")
-        if name in NEEDS_ATTENTION_HEAD and cfg.head != "attention":
+        if EXPLAINERS[name].needs_attention_head and cfg.head != "attention":
             raise EvaluationError(f"explainer {name} needs a run trained with --head attention")
     data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
                                                   cfg.val_fraction, cfg.dataset_options))

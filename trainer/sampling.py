@@ -2,7 +2,6 @@
 log; the maximum is ln(number of classes))."""
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -40,7 +39,3 @@ SAMPLERS: dict[str, SamplingFn] = {
     "high_entropy": high_entropy,
     "random": random,
 }
-
-
-def max_entropy(num_classes: int) -> float:
-    return math.log(num_classes)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .penalty import batch_stats_as_constants, fill_values, frozen_norm_stats, masked
+from .inputs import fill_values, masked
+from .modes import batch_stats_as_constants, frozen_norm_stats
 
 METHODS = ("plain", "sgt")
 RANDOM_FILL = "random"
@@ -58,7 +59,7 @@ def lowest_saliency_mask(saliency: torch.Tensor, k: int) -> torch.Tensor:
 
 class SaliencyGuided:
     """The extra loss term of one step: λ_kl · KL(p(x) ‖ p(x̃)), gradients through both sides (as the
-    paper). ``stats``: the training batch's batch-norm statistics (trainer/penalty.py), with which the
+    paper). ``stats``: the training batch's batch-norm statistics (trainer/modes.py), with which the
     saliency is taken; the running statistics never see masked images."""
 
     def __init__(self, fraction: float, weight: float, fill: str):

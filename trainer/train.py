@@ -27,12 +27,13 @@ from . import checkpoint, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
-from .explain import explain, normalise, wrong_reason_share
+from .explain import Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .metrics import classification_metrics
 from .model import create_classifier, load_weights
-from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
-                      resolve_impl)
+from .linearised import full_precision_convolutions
+from .modes import recorded_batch_stats
+from .penalty import penalty_class, resolve_impl
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
@@ -125,9 +126,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
         self.penalty_impl = resolve_impl(cfg.penalty_impl, self.device.type)
-        self.penalty_fn = get_penalty(cfg.penalty, self.penalty_impl)
-        self.probe_fn = PROBES.get((cfg.penalty, self.penalty_impl))
-        self.relevance = cfg.penalty in USES_RELEVANCE
+        self.penalty = penalty_class(cfg.penalty, self.penalty_impl)(self.model)
+        self.explainer = create_explainer(cfg.saliency, self.model, cfg.deeplift_baseline)
         self.sgt = SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
         self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
@@ -195,15 +195,15 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """One optimisation step: CE on the batch plus λ × the penalty on its annotated images.
 
-        A penalty with a probe (``fd``: the image and its linearised probe; ``counterfactual``: the
-        image and its counterfactual) forwards the probe's images in place of the annotated ones, so the
-        penalty and the cross-entropy share one forward and one backward; the others run their own pass
-        on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
+        A penalty with a probe (``rrr/linearised``: the image and its linearised probe; ``counterfactual``:
+        the image and its counterfactual) forwards the probe's images in place of the annotated ones, so
+        the penalty and the cross-entropy share one forward and one backward; the others run their own
+        pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
         if len(self.feedback):
-            rows, masks = self.feedback.lookup(idx, self.relevance)
-            if len(rows) and self.probe_fn is not None:
-                probe = self.probe_fn(self.model, x[rows], masks)
+            rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
+            if len(rows) and self.penalty.has_probe:
+                probe = self.penalty.probe(x[rows], masks)
         penalised = rows is not None and len(rows) > 0
         stats: dict = {}
         autocast = self.amp and not (probe is not None and probe.full_precision)
@@ -223,7 +223,7 @@ class Trainer:
             if self.sgt is not None:
                 loss = loss + self.sgt(self.model, x, y, logits, stats)
         if probe is None and penalised:
-            pen = self.penalty_fn(self.model, x[rows], masks, y[rows])
+            pen = self.penalty(x[rows], masks, y[rows])
         if penalised:
             pen = pen.mean()
             loss = loss + self.cfg.penalty_weight * pen
@@ -262,7 +262,7 @@ class Trainer:
         with torch.no_grad():
             self.model.eval()
             pred = self.model(x).argmax(1)
-        maps = explain("saliency", self.model, x, pred)
+        maps = Saliency(self.model).attribute(x, pred)
         keep = masks.flatten(1).any(1)
         return float(wrong_reason_share(maps[keep], masks[keep]).mean()) if keep.any() else math.nan
 
@@ -286,8 +286,7 @@ class Trainer:
             x, _ = gather(self.data.train, chosen)
             x = x.to(self.device)
             pred = probs[chosen].argmax(1)
-            maps = normalise(explain(self.cfg.saliency, self.model, x, pred.to(self.device),
-                                     deeplift_baseline=self.cfg.deeplift_baseline)).cpu().numpy()
+            maps = normalise(self.explainer.attribute(x, pred.to(self.device))).cpu().numpy()
             h = entropy(probs[chosen])
             for i, index in enumerate(chosen.tolist()):
                 qid = f"q{i:03d}"
@@ -392,7 +391,7 @@ class Trainer:
         with torch.no_grad():
             self.model.eval()
             pred = self.model(x).argmax(1)
-        maps = explain(self.cfg.saliency, self.model, x, pred, deeplift_baseline=self.cfg.deeplift_baseline)
+        maps = self.explainer.attribute(x, pred)
         rows, masks = self.feedback.lookup(idx.to(self.device))
         share = wrong_reason_share(maps, masks).tolist()
         norm = normalise(maps).cpu().numpy()

@@ -20,7 +20,7 @@ ANNOTATORS = {
 }
 SAMPLING = {
     "high_entropy": "Most uncertain images first",
-    "low_entropy": "Most confident images first",
+    "low_entropy": "Confidently wrong images first",
     "random": "At random",
 }
 MODELS = ["hitl_cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
