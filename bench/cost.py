@@ -1,7 +1,8 @@
 """What each penalty variant costs per training step, and how closely ``rrr/linearised`` follows ``exact``.
 
-Cost: the trainer's own ``Trainer.train_step(x, y, idx)`` on one batch, with the feedback set swapped
-between an empty one (the plain step) and one holding masks for a fraction of the batch, so the
+Cost: the trainer's own ``Trainer.train_step(x, y, idx)`` on one batch, by Trainers that share one
+model and differ in their feedback set (``build_parts``, then one part replaced): an empty one (the
+plain step) or one holding masks for a fraction of the batch, so the
 probes folded into the main batch (``rrr/linearised``, ``counterfactual``), autocast on CUDA and the
 batch-statistics bookkeeping are all part of what is timed. At fraction 0 the feedback set holds one mask for an image outside the
 batch: the lookup runs and finds nothing, as in a run whose feedback sits in other batches; no
@@ -19,6 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +31,7 @@ from trainer.config import TrainConfig
 from trainer.data import DATASETS, DataRequest, DataSplits, TensorSplit
 from trainer.feedback import FeedbackSet
 from trainer.penalty import Penalty, penalty_class
-from trainer.train import Trainer
+from trainer.train import Trainer, build_parts
 
 from .machine import peak_memory_mb, timed
 from .plans import Plan, StepSetting, variant_settings
@@ -68,14 +70,13 @@ def noise_dataset():
         DATASETS.pop(NOISE_DATASET, None)
 
 
-def step_trainer(setting: StepSetting, variant: str, device: torch.device, runs_dir: Path) -> Trainer:
-    """A trainer over one batch of noise plus one image outside it (for the 0% case)."""
-    cfg = TrainConfig(dataset=NOISE_DATASET, dataset_options={"n_images": setting.batch_size + 1},
+def step_config(setting: StepSetting, variant: str, device: torch.device, runs_dir: Path) -> TrainConfig:
+    """A run over one batch of noise plus one image outside it (for the 0% case)."""
+    return TrainConfig(dataset=NOISE_DATASET, dataset_options={"n_images": setting.batch_size + 1},
                       image_size=setting.image_size, model=setting.model, batch_size=setting.batch_size,
                       annotator="none", device=device.type, runs_dir=str(runs_dir),
                       title=f"cost-{setting.model}-{setting.image_size}-{variant.replace('/', '-')}",
                       **variant_settings(variant))
-    return Trainer(cfg, log=_quiet)
 
 
 def annotated_count(fraction: float, batch_size: int) -> int:
@@ -84,8 +85,9 @@ def annotated_count(fraction: float, batch_size: int) -> int:
 
 def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ...], plan: Plan,
                   device: torch.device, runs_dir: Path) -> list[dict]:
-    trainer = step_trainer(setting, variant, device, runs_dir)
-    train, batch = trainer.data.train, setting.batch_size
+    cfg = step_config(setting, variant, device, runs_dir)
+    parts = build_parts(cfg, _quiet)
+    train, batch = parts.data.train, setting.batch_size
     idx = torch.arange(batch)
     x, y = train.batch(idx)
     x, y, idx = x.to(device), y.to(device), idx.to(device)
@@ -96,19 +98,16 @@ def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ..
             fs.add(i, train.masks[i])
         return fs
 
-    def step_with(fs: FeedbackSet) -> Callable[[], object]:
-        def step():
-            trainer.feedback = fs
-            return trainer.train_step(x, y, idx)
-        return step
-
     counts = {f: annotated_count(f, batch) for f in fractions}
-    steps = {"plain": step_with(feedback([]))}
-    steps.update({str(f): step_with(feedback(list(range(n)) if n else [batch])) for f, n in counts.items()})
+    feedback_sets = {"plain": feedback([]), **{str(f): feedback(list(range(n)) if n else [batch])
+                                              for f, n in counts.items()}}
+    # the trainer's own step, on one model, with each feedback set
+    trainers = {name: Trainer(cfg, log=_quiet, parts=replace(parts, feedback=fs)) for name, fs in feedback_sets.items()}
+    steps = {name: (lambda t=t: t.train_step(x, y, idx)) for name, t in trainers.items()}
     for _ in range(plan.warmup_steps - 1):
         for step in steps.values():
             step()
-    peaks = peak_memory_mb(steps, device, lambda: trainer.optimizer.zero_grad(set_to_none=True))  # last warm-up
+    peaks = peak_memory_mb(steps, device, lambda: parts.model.zero_grad(set_to_none=True))  # last warm-up
     times: dict[str, list[float]] = {name: [] for name in steps}
     started = time.perf_counter()
     while len(times["plain"]) < plan.timed_steps or time.perf_counter() - started < plan.timed_seconds:
@@ -120,7 +119,7 @@ def measure_steps(setting: StepSetting, variant: str, fractions: tuple[float, ..
         penalty_ms = statistics.median(times[str(f)])
         rows.append({
             "model": setting.model, "image_size": setting.image_size, "batch_size": batch, "device": device.type,
-            "amp": trainer.amp, "variant": variant if n else "none", "feedback_fraction": f,
+            "amp": trainers["plain"].amp, "variant": variant if n else "none", "feedback_fraction": f,
             "n_annotated": n, "plain_ms": round(plain_ms, 2), "penalty_ms": round(penalty_ms, 2),
             "ratio": round(penalty_ms / plain_ms, 3), "plain_peak_mb": round(peaks["plain"], 1),
             "penalty_peak_mb": round(peaks[str(f)], 1), "timed_steps": len(times["plain"]),

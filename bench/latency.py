@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +23,7 @@ import torch
 from trainer import protocol
 from trainer.config import TrainConfig
 from trainer.explain import EXPLAINERS, create_explainer
-from trainer.train import Trainer
+from trainer.train import Parts, Trainer, build_parts
 
 from .plans import Plan
 
@@ -36,16 +37,16 @@ def _quiet(*_: object) -> None:
 def run_query_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list[dict]:
     rows = []
     for dataset in plan.query_datasets:
-        trainers: dict[str, Trainer] = {}
+        built: dict[str, tuple[TrainConfig, Parts]] = {}
         for method in plan.query_methods:
             head = "attention" if EXPLAINERS[method].needs_attention_head else "pool"
-            if head not in trainers:
+            if head not in built:
                 cfg = TrainConfig(dataset=dataset, head=head, queries_per_epoch=plan.queries, annotator="human",
                                   device=device.type, runs_dir=str(runs_dir), title=f"latency-{dataset}-{head}")
-                trainers[head] = Trainer(cfg, log=_quiet)
-            trainer = trainers[head]
-            trainer.cfg.saliency = method  # the manifest names it
-            trainer.explainer = create_explainer(method, trainer.model, trainer.cfg.deeplift_baseline)
+                built[head] = cfg, build_parts(cfg, _quiet)
+            cfg, parts = built[head]
+            explainer = create_explainer(method, parts.model, cfg.deeplift_baseline)
+            trainer = Trainer(replace(cfg, saliency=method), log=_quiet, parts=replace(parts, explainer=explainer))
             seconds = []
             for _ in range(plan.query_repeats):
                 epoch = len(protocol.queue_epochs(trainer.run)) + 1  # a fresh queue folder each time
@@ -81,20 +82,21 @@ def run_resume_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Ca
     cfg = TrainConfig(dataset="decoy-digits", train_fraction=0.1, epochs=rounds + 1, queries_per_epoch=plan.queries,
                       query_start_epoch=1, annotator="human", device=device.type, runs_dir=str(runs_dir), title="latency-resume",
                       track_images=0)
-    trainer = Trainer(cfg, log=_quiet)
     applied: dict[int, float] = {}
     resumed: dict[int, float] = {}
-    apply, train_one_epoch = trainer.apply, trainer.train_one_epoch
 
-    def timed_apply(epoch, answers):
-        apply(epoch, answers)
-        applied[epoch] = time.perf_counter()
+    class TimedTrainer(Trainer):
+        """Notes when each mask file is applied and when the next epoch starts."""
 
-    def timed_epoch(epoch):
-        resumed[epoch - 1] = time.perf_counter()
-        return train_one_epoch(epoch)
+        def apply(self, epoch, answers):
+            super().apply(epoch, answers)
+            applied[epoch] = time.perf_counter()
 
-    trainer.apply, trainer.train_one_epoch = timed_apply, timed_epoch
+        def train_one_epoch(self, epoch):
+            resumed[epoch - 1] = time.perf_counter()
+            return super().train_one_epoch(epoch)
+
+    trainer = TimedTrainer(cfg, log=_quiet)
     errors: list[BaseException] = []
 
     def fit():

@@ -21,19 +21,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
-from .explain import Saliency, create_explainer, normalise, wrong_reason_share
+from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .metrics import classification_metrics
 from .model import create_classifier, load_weights
 from .linearised import full_precision_convolutions
 from .modes import recorded_batch_stats
-from .penalty import penalty_class, resolve_impl
+from .penalty import Penalty, penalty_class, resolve_impl
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
@@ -101,20 +102,52 @@ def gather(split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 # --------------------------------------------------------------------------- the trainer
 
+@dataclass
+class Parts:
+    """What a Trainer works with. ``build_parts`` makes them from a config; a benchmark or a test makes a
+    variant by replacing one (``dataclasses.replace(parts, feedback=...)``) rather than patching a Trainer."""
+
+    run: protocol.RunDir
+    device: torch.device
+    data: DataSplits
+    model: nn.Module
+    feedback: FeedbackSet
+    penalty: Penalty
+    explainer: Explainer
+    sgt: SaliencyGuided | None
+    annotator: OracleAnnotator | None
+
+
+def build_parts(cfg: TrainConfig, log=print) -> Parts:
+    """The parts a config names. The seed is set before the data set and the model are built, so the same
+    seed gives the same initial weights. Fills in ``cfg.image_size`` from the data set."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
+                                                  cfg.val_fraction, cfg.dataset_options))
+    for note in data.notes:
+        log(f"warning: {note}")
+    cfg.image_size = data.image_size
+    model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
+    penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
+    return Parts(
+        run=protocol.RunDir(Path(cfg.runs_dir) / cfg.title), device=device, data=data, model=model,
+        feedback=FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device), penalty=penalty,
+        explainer=create_explainer(cfg.saliency, model, cfg.deeplift_baseline),
+        sgt=SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None,
+        annotator=OracleAnnotator(data.train) if cfg.annotator == "oracle" else None)
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+    """The loop over one run directory. ``parts`` default to those ``cfg`` names (``build_parts``)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, parts: Parts | None = None):
         self.cfg, self.log = cfg, log
-        self.run = protocol.RunDir(Path(cfg.runs_dir) / cfg.title)
-        self.device = pick_device(cfg.device)
+        parts = parts or build_parts(cfg, log)
+        self.run, self.device, self.data, self.model = parts.run, parts.device, parts.data, parts.model
+        self.feedback, self.penalty, self.explainer = parts.feedback, parts.penalty, parts.explainer
+        self.sgt, self.annotator = parts.sgt, parts.annotator
         self.amp = self.device.type == "cuda"
-        torch.manual_seed(cfg.seed)
-        self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
-            cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
-        for note in self.data.notes:
-            log(f"warning: {note}")
-        cfg.image_size = self.data.image_size
-        self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
-                                       cfg.head).to(self.device)
         if resume:
             for note in checkpoint.recover(self.run):
                 self.log(note)
@@ -125,19 +158,18 @@ class Trainer:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
-        self.penalty_impl = resolve_impl(cfg.penalty_impl, self.device.type)
-        self.penalty = penalty_class(cfg.penalty, self.penalty_impl)(self.model)
-        self.explainer = create_explainer(cfg.saliency, self.model, cfg.deeplift_baseline)
-        self.sgt = SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
-        self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
         self.state = TrainState()
-        self.annotator = OracleAnnotator(self.data.train) if cfg.annotator == "oracle" else None
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
         self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
+
+    @property
+    def penalty_impl(self) -> str:
+        """The implementation ``--penalty-impl`` resolves to on this device (``auto``: exact or linearised)."""
+        return resolve_impl(self.cfg.penalty_impl, self.device.type)
 
     # ------------------------------------------------------------------ status
 
@@ -433,35 +465,48 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
+        """Ask (before training too, with -se 0), then per epoch: train, validate, record, ask."""
+        self.start()
+        self.query_phase(self.state.epoch)
+        while self.state.epoch < self.cfg.epochs:
+            epoch = self.state.epoch + 1
+            row, confusion = self.train_and_validate(epoch)
+            self.end_epoch(row, confusion)
+            self.query_phase(epoch)
+        return self.finish()
+
+    def start(self) -> None:
         protocol.write_config(self.run, self.cfg.to_dict())
         self.status(protocol.TRAINING, phase="starting", error=None, pid=os.getpid())
         if self.state.epoch:
             self.log(f"resuming {self.run.path} after epoch {self.state.epoch}")
-        self.query_phase(self.state.epoch)
-        while self.state.epoch < self.cfg.epochs:
-            epoch = self.state.epoch + 1
-            t0 = time.time()
-            row = {"epoch": epoch, **self.train_one_epoch(epoch)}
-            self.scheduler.step()
-            val = self.evaluate(self.data.val)
-            row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
-            row.update(wrong_reason=self.wrong_reason(self.data.test or self.data.val),
-                       n_feedback=len(self.feedback), lr=self.optimizer.param_groups[0]["lr"],
-                       seconds=time.time() - t0)
-            self.state.epoch = epoch
-            self.state.history.append(row)
-            protocol.write_metrics(self.run, self.state.history)
-            protocol.write_confusion(self.run, epoch, self.data.class_names, val["confusion"])
-            self.track_annotated(epoch)
-            best = row["val_loss"] < self.state.best_val_loss
-            if best:
-                self.state.best_val_loss, self.state.best_epoch = row["val_loss"], epoch
-            self.save_checkpoint(best=best)
-            self.log(f"epoch {epoch}/{self.cfg.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
-                     f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | penalty {row['penalty']:.3g} | "
-                     f"wrong-reason {row['wrong_reason']:.3f} | feedback {len(self.feedback)} | {row['seconds']:.1f}s")
-            self.query_phase(epoch)
-        return self.finish()
+
+    def train_and_validate(self, epoch: int) -> tuple[dict, list]:
+        """The epoch's metrics row and the validation confusion matrix."""
+        t0 = time.time()
+        row = {"epoch": epoch, **self.train_one_epoch(epoch)}
+        self.scheduler.step()
+        val = self.evaluate(self.data.val)
+        row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
+        row.update(wrong_reason=self.wrong_reason(self.data.test or self.data.val),
+                   n_feedback=len(self.feedback), lr=self.optimizer.param_groups[0]["lr"],
+                   seconds=time.time() - t0)
+        return row, val["confusion"]
+
+    def end_epoch(self, row: dict, confusion: list) -> None:
+        """Metrics, confusion, tracking, then the checkpoint (best by validation loss), then the log line."""
+        epoch = self.state.epoch = row["epoch"]
+        self.state.history.append(row)
+        protocol.write_metrics(self.run, self.state.history)
+        protocol.write_confusion(self.run, epoch, self.data.class_names, confusion)
+        self.track_annotated(epoch)
+        best = row["val_loss"] < self.state.best_val_loss
+        if best:
+            self.state.best_val_loss, self.state.best_epoch = row["val_loss"], epoch
+        self.save_checkpoint(best=best)
+        self.log(f"epoch {epoch}/{self.cfg.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
+                 f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | penalty {row['penalty']:.3g} | "
+                 f"wrong-reason {row['wrong_reason']:.3f} | feedback {len(self.feedback)} | {row['seconds']:.1f}s")
 
     def finish(self) -> dict:
         result = {"best_epoch": self.state.best_epoch, "best_val_loss": self.state.best_val_loss,
