@@ -112,7 +112,9 @@ def soak_one(workdir: Path, title: str, kills: int, window: float, limit: float,
     try:
         args = [*FLAGS, "-md", str(workdir), "-td", title, "--annotator", "human"]
         for attempt in range(kills + 1):
-            proc = start(args if attempt == 0 else ["--resume", "-md", str(workdir), "-td", title], log)
+            # killed before it wrote its config, a run does not exist yet: it is started again, as a user would
+            resume = attempt > 0 and run.exists()
+            proc = start(["--resume", "-md", str(workdir), "-td", title] if resume else args, log)
             at = rng.uniform(0, window) if attempt < kills else limit
             try:
                 code = proc.wait(timeout=at)

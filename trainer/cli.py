@@ -221,7 +221,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
             raise CLIError("--resume needs the run's --title (-td)")
         run = protocol.RunDir(Path(runs_dir) / given["title"])
         if not run.exists():
-            raise CLIError(f"--resume: no run at {run.path}")
+            raise CLIError(f"--resume: no run at {run.path} (a run stopped before it wrote its config.json has "
+                           f"nothing to resume: start it again without --resume)")
         try:
             base = TrainConfig.from_dict(protocol.read_config(run)).to_dict()
         except protocol.ProtocolError as e:
