@@ -60,7 +60,12 @@ def _queue(path: str, epoch: int, stamp: tuple) -> runs.Queue:
 
 
 def queue(run: protocol.RunDir, epoch: int) -> runs.Queue:
-    return _queue(str(run.path), epoch, _folder_stamp(run.queue_dir(epoch)))
+    return _queue(str(run.path), epoch, queue_stamp(run, epoch))
+
+
+def queue_stamp(run: protocol.RunDir, epoch: int) -> tuple:
+    """Changes whenever a file of the queue changes: a cache key for what is drawn from it."""
+    return _folder_stamp(run.queue_dir(epoch))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -13,30 +13,16 @@ from trainer import protocol
 from dashboard import answers as answer_book
 from dashboard import masks, overlay, runs
 from dashboard.answers import Answer
-from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Tool
+from dashboard.masks import Geometry
 from dashboard.runs import Query, Queue, RunSummary
 from dashboard.views import canvas, common
 
-TOOL_LABELS = {
-    masks.GRID: ":material/grid_on: Squares",
-    masks.RECT: ":material/crop_square: Rectangle",
-    masks.BRUSH: ":material/brush: Brush",
-    masks.ERASER: ":material/ink_eraser: Eraser",
-}
-TARGET_LABELS = {FORBIDDEN: ":red[■] must NOT use", RELEVANT: ":green[■] should use"}
-TOOL_HELP = {
-    masks.GRID: "Click a square to mark it, click it again to unmark it.",
-    masks.RECT: "Drag a rectangle.",
-    masks.BRUSH: "Paint with the mouse.",
-    masks.ERASER: "Paint over marks to remove them.",
-}
 SENT_LABELS = {protocol.ACTION_MASK: "marked", protocol.ACTION_SKIP: "skipped",
                protocol.ACTION_WRONG_LABEL: "label flagged as wrong"}
 PREVIEW_WIDTH = 220
 
 
 def render() -> None:
-    st.title("Review")
     summaries = runs.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet. Start a run on the Runs page with **You, on the Review page** as the one who "
@@ -105,9 +91,17 @@ def nothing_waiting(summary: RunSummary) -> None:
 # --------------------------------------------------------------------------- one queue
 
 def book_key(run: protocol.RunDir, epoch: int) -> str:
-    """Where the reviewer's unsent work on a queue is kept: for the browser session, so switching
-    pages or images does not lose it."""
+    """Where the reviewer's unsent work on a queue is kept in the browser session; a draft file
+    beside the run keeps it across reloads and browser crashes."""
     return f"answers-{run.path}-{epoch}"
+
+
+def answer_book_for(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
+    """The session's answers to ``queue``; a fresh session (a reload, another browser) starts from the draft."""
+    key = book_key(run, queue.epoch)
+    if key not in st.session_state:
+        st.session_state[key] = answer_book.load_draft(run, queue)
+    return st.session_state[key]
 
 
 def review_queue(run: protocol.RunDir, queue: Queue) -> None:
@@ -116,15 +110,19 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
     when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
-    st.subheader(f"{when}: the model asks about {len(queue.queries)} images")
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+        st.subheader(f"{when}: the model asks about {len(queue.queries)} images", width="content")
+        with st.popover("How to answer", icon=":material/help:"):
+            st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text "
+                        "label, a border, ...); if you like, mark in **green** what it **should** rely on: under "
+                        "the default penalty everything outside green marks then counts as must-not-use for that "
+                        "image. Or skip the image, or tell the trainer its label is wrong. Your work is kept as a "
+                        "draft beside the run until you send all answers at the bottom.")
     if not queue.epoch:
         st.info("The model has not trained yet, so its saliency says little. Mark what no model should rely on "
                 "(a ruler, a sticker, a text label): marks given now keep it from learning that shortcut at all.",
                 icon=":material/info:")
-    st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text label, "
-                "a border, ...); if you like, mark in **green** what it **should** rely on. Or skip the image, "
-                "or tell the trainer its label is wrong. Send all answers at the bottom.")
-    book = st.session_state.setdefault(book_key(run, queue.epoch), {})
+    book = answer_book_for(run, queue)
     view = display_settings()
     position = pager(queue, book)
     query = queue.queries[position]
@@ -133,7 +131,7 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
             st.error(f"Image {position + 1} cannot be shown: {query.problem}. It will be sent as skipped; "
                      "the other images are not affected.", icon=":material/broken_image:")
         else:
-            query_card(queue.epoch, query, book.setdefault(query.query_id, Answer.for_query(query)), view)
+            query_card(run, queue, query, book, view)
     submit_panel(run, queue, book)
 
 
@@ -142,9 +140,11 @@ def display_settings() -> dict:
         st.subheader("Picture")
         show = st.toggle("Show saliency", True, key="view-saliency", persist_state="session",
                          help="Colour where the model looked: with the first colour scheme, red pushed it "
-                              "towards its answer and blue away from it.")
-        opacity = st.slider("Saliency strength", 0.1, 1.0, 0.7, 0.05, key="view-opacity",
-                            persist_state="session", disabled=not show)
+                              "towards its answer and blue away from it. Hold O (or the Original button) to "
+                              "see the image as it is.")
+        opacity = st.slider("Saliency strength", 0.0, 1.0, 0.6, 0.05, key="view-opacity",
+                            persist_state="session", disabled=not show,
+                            help="0 shows the image as it is; the image fades only as much as the colour grows.")
         colormap = st.selectbox("Colours", list(overlay.COLORMAPS), key="view-colormap",
                                 persist_state="session", disabled=not show)
         suggest = st.toggle("Outline where it looks most", True, key="view-suggest", persist_state="session",
@@ -153,13 +153,17 @@ def display_settings() -> dict:
         st.subheader("Marking")
         cells = st.slider("Grid squares per side", 2, 16, 8, key="view-cells", persist_state="session")
         brush = st.slider("Brush size (image pixels)", 1, 8, 2, key="view-brush", persist_state="session")
-    return {"saliency": show, "opacity": opacity, "colormap": overlay.COLORMAPS[colormap], "suggest": suggest,
+    return {"saliency": show, "opacity": opacity, "colormap": colormap, "suggest": suggest,
             "cells": cells, "brush": brush}
+
+
+def page_key(queue: Queue) -> str:
+    return f"page-{queue.epoch}"
 
 
 def pager(queue: Queue, book: dict[str, Answer]) -> int:
     """Which image is shown; each button tells what its image's answer will be."""
-    key = f"page-{queue.epoch}"
+    key = page_key(queue)
     count = len(queue.queries)
     st.session_state.setdefault(key, 0)
     st.session_state[key] = min(st.session_state[key] or 0, count - 1)
@@ -174,58 +178,117 @@ def pager(queue: Queue, book: dict[str, Answer]) -> int:
         return f"{i + 1} " + {protocol.ACTION_MASK: ":material/check:", protocol.ACTION_SKIP: ":material/remove:",
                               protocol.ACTION_WRONG_LABEL: ":material/flag:"}[answer.action]
 
-    def step(delta: int) -> None:
-        st.session_state[key] = (st.session_state[key] + delta) % count
-
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(-1,), disabled=count < 2)
+        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(queue, -1), disabled=count < 2,
+                  key=f"previous-{queue.epoch}", help="Previous image (← or P)")
         st.segmented_control("Image", list(range(count)), format_func=label, key=key, required=True,
                              label_visibility="collapsed")
-        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(1,), disabled=count < 2)
+        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(queue, 1), disabled=count < 2,
+                  key=f"next-{queue.epoch}", help="Next image (→ or N)")
     return st.session_state[key]
 
 
-def query_card(epoch: int, query: Query, answer: Answer, view: dict) -> None:
-    key = f"{epoch}-{query.query_id}"
-    picture_column, info_column = st.columns([11, 9], gap="large")
+def step(queue: Queue, delta: int) -> None:
+    key = page_key(queue)
+    st.session_state[key] = (st.session_state[key] + delta) % len(queue.queries)
+
+
+def open_next_unanswered(queue: Queue, book: dict[str, Answer]) -> None:
+    """After an image is answered, the next one nobody answered yet opens (in order, wrapping round)."""
+    key = page_key(queue)
+    count = len(queue.queries)
+    here = st.session_state.get(key) or 0
+    for i in range(here + 1, here + count):
+        query = queue.queries[i % count]
+        answer = book.get(query.query_id)
+        if query.problem is None and (answer is None or not answer.touched):
+            st.session_state[key] = i % count
+            return
+
+
+def set_action(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, action: str) -> None:
+    """Record the reviewer's choice for ``query``; a skip or a flag answers the image, so the next one opens."""
+    answer = book[query.query_id]
+    answer.action = action
+    st.session_state[f"action-{queue.epoch}-{query.query_id}"] = action
+    answer_book.save_draft(run, queue.epoch, book)
+    if action != protocol.ACTION_MASK:
+        open_next_unanswered(queue, book)
+
+
+def take_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, drawn: dict | None) -> None:
+    """Take the browser's complete list of marks if it is newer than ours, and keep it in the draft."""
+    if isinstance(drawn, dict) and isinstance(drawn.get("ops"), list) and isinstance(drawn.get("revision"), int):
+        if book[query.query_id].take(drawn["ops"], drawn["revision"]):
+            answer_book.save_draft(run, queue.epoch, book)
+
+
+def canvas_key(queue: Queue, query: Query) -> str:
+    return f"canvas-{queue.epoch}-{query.query_id}"
+
+
+def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
+    take_marks(run, queue, book, query, st.session_state[canvas_key(queue, query)].marks)
+
+
+def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
+    """A hotkey that needs Python: another image, an action, or sending everything."""
+    on_canvas_marks(run, queue, book, query)
+    command = st.session_state[canvas_key(queue, query)].command
+    if command in ("next", "previous"):
+        step(queue, 1 if command == "next" else -1)
+    elif command == "skip":
+        set_action(run, queue, book, query, protocol.ACTION_SKIP)
+    elif command == "wrong_label":
+        set_action(run, queue, book, query, protocol.ACTION_WRONG_LABEL)
+    elif command == "mark":
+        set_action(run, queue, book, query, protocol.ACTION_MASK)
+    elif command == "done":
+        open_next_unanswered(queue, book)
+    elif command == "submit":
+        send_answers(run, queue, book)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _pictures(path: str, epoch: int, query_id: str, stamp: tuple, saliency: bool, opacity: float,
+              colormap: str) -> tuple[str, str]:
+    """The picture with its saliency overlay and the image as it is, as data URLs at image size (the
+    browser enlarges them without smoothing)."""
+    queue = common.queue(protocol.RunDir(path), epoch)
+    query = next(q for q in queue.queries if q.query_id == query_id)
+    geometry = Geometry(query.height, query.width, query.height, query.width)
+    picture = overlay.compose(query.image, geometry, query.saliency if saliency else None, opacity=opacity,
+                              colormap=overlay.COLORMAPS[colormap])
+    return overlay.data_url(picture), overlay.data_url(overlay.compose(query.image, geometry))
+
+
+def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> dict:
+    """What the browser's canvas needs for one image; the marks only initialise it (see mark_canvas.js)."""
+    answer = book[query.query_id]
+    picture, original = _pictures(str(run.path), queue.epoch, query.query_id, common.queue_stamp(run, queue.epoch),
+                                  view["saliency"], view["opacity"], view["colormap"])
+    suggested = (masks.suggested_cells(query.saliency, view["cells"])
+                 if view["suggest"] and query.saliency is not None else [])
+    return {"doc": f"{run.path}|{queue.epoch}|{query.query_id}", "width": query.width, "height": query.height,
+            "display_width": Geometry.fit(query.height, query.width).canvas_width, "picture": picture, "original": original, "ops": answer.ops,
+            "revision": answer.revision, "cells": view["cells"], "brush": view["brush"],
+            "suggested": [list(c) for c in suggested], "readonly": answer.action != protocol.ACTION_MASK,
+            "unsent": any(a.touched for a in book.values())}
+
+
+def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> None:
+    answer = book.setdefault(query.query_id, Answer.for_query(query))
+    picture_column, info_column = st.columns([3, 2], gap="medium")
     with info_column:
+        action_choice(run, queue, book, query)
         query_facts(query)
-        action_choice(key, answer)
     with picture_column:
-        tool = Tool(mode=st.session_state.get("tool-mode", masks.GRID),
-                    target=st.session_state.get("tool-target", FORBIDDEN), cells=view["cells"], brush=view["brush"])
-        geometry = Geometry.fit(query.height, query.width)
-        suggested = (masks.suggested_cells(query.saliency, tool.cells)
-                     if view["suggest"] and query.saliency is not None else [])
-        picture = overlay.compose(
-            query.image, geometry, query.saliency if view["saliency"] else None, opacity=view["opacity"],
-            colormap=view["colormap"], forbidden=answer.marks.forbidden, relevant=answer.marks.relevant,
-            cells=tool.cells, grid_lines=tool.mode == masks.GRID, suggested=suggested)
         if query.warning:
             st.warning(query.warning.capitalize() + ".", icon=":material/warning:")
-        if answer.action != protocol.ACTION_MASK:
-            st.image(picture, width=geometry.canvas_width)
-            st.caption("Marks are not sent for this image. Choose **Mark regions** to draw.")
-            return
-        with st.container(horizontal=True):
-            st.segmented_control("Tool", list(TOOL_LABELS), format_func=TOOL_LABELS.get, key="tool-mode",
-                                 default=masks.GRID, required=True, persist_state="session")
-            st.segmented_control("Mark what the model", list(TARGET_LABELS), format_func=TARGET_LABELS.get,
-                                 key="tool-target", default=FORBIDDEN, required=True, persist_state="session",
-                                 disabled=tool.mode == masks.ERASER)
-        st.caption(TOOL_HELP[tool.mode])
-        marks = canvas.draw_mask(answer.marks, tool, picture, geometry, key=f"canvas-{key}-{answer.version}")
-        if answer.change(marks):
-            st.rerun()
-        with st.container(horizontal=True):
-            st.button("Undo", icon=":material/undo:", key=f"undo-{key}", on_click=answer.undo,
-                      disabled=not answer.history)
-            st.button("Clear", icon=":material/delete:", key=f"clear-{key}", on_click=answer.clear,
-                      disabled=answer.marks.is_empty())
-            st.button("Mark the yellow squares", icon=":material/select_all:", key=f"suggest-{key}",
-                      disabled=not suggested, on_click=lambda: answer.change(answer.marks.paint(
-                          masks.cells_region(query.height, query.width, tool.cells, suggested), FORBIDDEN)),
-                      help="Mark the outlined squares as what the model must not use.")
+        args = (run, queue, book, query)
+        drawn = canvas.draw_marks(canvas_data(run, queue, query, book, view), key=canvas_key(queue, query),
+                                  on_marks=lambda: on_canvas_marks(*args), on_command=lambda: on_canvas_command(*args))
+        take_marks(run, queue, book, query, drawn)
         marks_summary(answer)
 
 
@@ -258,48 +321,59 @@ def probability_chart(query: Query) -> go.Figure:
     return figure
 
 
-def action_choice(key: str, answer: Answer) -> None:
+def action_choice(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
     actions = list(answer_book.ACTION_LABELS)
-
-    def changed() -> None:
-        answer.action = st.session_state[f"action-{key}"]
-
+    answer = book[query.query_id]
+    key = f"action-{queue.epoch}-{query.query_id}"
     st.radio("Your answer", actions, index=actions.index(answer.action), format_func=answer_book.ACTION_LABELS.get,
-             key=f"action-{key}", on_change=changed, horizontal=True,
-             help="Images whose label you flag as wrong are left out of training from now on.")
+             key=key, on_change=lambda: set_action(run, queue, book, query, st.session_state[key]), horizontal=True,
+             help="Keys: M mark regions, S skip, W the label is wrong. Images whose label you flag as wrong are "
+                  "left out of training from now on.")
     if answer.action == protocol.ACTION_WRONG_LABEL:
         st.caption(":material/flag: The trainer leaves this image out of training from now on.")
 
 
 def marks_summary(answer: Answer) -> None:
-    total = answer.marks.forbidden.size
+    marks = answer.marks
+    total = marks.forbidden.size
     parts = [f"{name}: {int(m.sum())} pixels ({m.sum() / total:.0%})"
-             for name, m in (("must not use", answer.marks.forbidden), ("should use", answer.marks.relevant))
-             if m.any()]
+             for name, m in (("must not use", marks.forbidden), ("should use", marks.relevant)) if m.any()]
     st.caption("Marked " + " · ".join(parts) if parts else
                "Nothing marked yet: unmarked images are sent as skipped.")
+    if marks.relevant.any():
+        st.caption(":green[■] Green marks: under the default penalty everything outside them "
+                   f"({(~marks.relevant).sum() / total:.0%} of the image) counts as must-not-use, so the model is "
+                   "taught to look inside them.")
 
 
 def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
-    st.subheader("Send your answers")
     n = answer_book.counts(queue, book)
-    st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
-                f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
-                f"(sent as skipped)")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
+                  key=f"submit-{queue.epoch}", on_click=send_answers, args=(run, queue, book),
+                  help="Ctrl+Enter. Answers cannot be changed once sent.")
+        st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
+                    f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
+                    f"(sent as skipped)")
     st.caption("Images whose label you flag as wrong are left out of training from now on. Answers cannot be "
                "changed once sent.")
-    if st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
-                 key=f"submit-{queue.epoch}"):
-        if answer_book.submit(run, queue, book):
-            flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
-                           "appear here when they are ready.")
-        else:
-            flash = (False, f"Answers for epoch {queue.epoch} had already been sent (from another tab or by "
-                            "someone else), so yours were not sent: the first answers stand. They are shown "
-                            "under **Earlier answers**.")
-        st.session_state.pop(book_key(run, queue.epoch), None)
-        st.session_state["review-flash"] = flash
-        st.rerun()
+
+
+def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
+    """Write the mask file (button or Ctrl+Enter); the outcome shows after the page reloads."""
+    for query in queue.queries:  # the canvas's last marks, whichever callback Streamlit runs first
+        state = st.session_state.get(canvas_key(queue, query))
+        if state is not None and query.query_id in book:
+            take_marks(run, queue, book, query, state.marks)
+    if answer_book.submit(run, queue, book):
+        flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
+                       "appear here when they are ready.")
+    else:
+        flash = (False, f"Answers for epoch {queue.epoch} had already been sent (from another tab or by "
+                        "someone else), so yours were not sent: the first answers stand. They are shown "
+                        "under **Earlier answers**.")
+    st.session_state.pop(book_key(run, queue.epoch), None)
+    st.session_state["review-flash"] = flash
 
 
 # --------------------------------------------------------------------------- earlier answers
