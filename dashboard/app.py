@@ -11,6 +11,8 @@ import streamlit as st
 
 from dashboard.views.common import PAGES
 
+FAVICON = Path(__file__).resolve().parent / "components" / "favicon.png"
+
 
 def runs_dir_from_args(argv: list[str]) -> Path:
     """The runs folder: ``--runs-dir`` after ``--``, else $HITL_RUNS_DIR, else ./checkpoints."""
@@ -20,7 +22,10 @@ def runs_dir_from_args(argv: list[str]) -> Path:
     return Path(args.runs_dir).resolve()
 
 
-st.set_page_config(page_title="Human-in-the-loop trainer", page_icon=":material/model_training:", layout="wide")
+# a local icon: a Material icon name here makes the browser fetch the favicon from fonts.gstatic.com
+st.set_page_config(page_title="Human-in-the-loop trainer", page_icon=str(FAVICON), layout="wide")
+# less empty space above the page, so the review image and its tools fit a 1280×800 screen
+st.html("<style>[data-testid=stMainBlockContainer] { padding-top: 3rem; }</style>")
 st.session_state["runs_dir"] = str(runs_dir_from_args(sys.argv[1:]))
 st.navigation([
     st.Page(PAGES["runs"], title="Runs", icon=":material/list_alt:", default=True),

@@ -456,7 +456,7 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
 def test_review_sends_the_drawn_mask(app, tmp_path):
     run = waiting_run(tmp_path)
     at = app("review")
-    assert "Epoch 1: the model asks about 2 images" in texts(at.subheader)
+    assert "Epoch 1: the model asks about 2 images" in texts(at.markdown)
     assert "must not use: 128 pixels" in texts(at.caption)
     at.button(key="submit-1").click().run()
     assert "Answers for epoch 1 sent" in texts(at.success)
@@ -523,7 +523,7 @@ def test_review_says_when_the_trainer_died_waiting(app, tmp_path, monkeypatch):
     at = app("review")
     assert "stopped responding" in texts(at.warning)
     assert "You can still answer" in texts(at.info)
-    assert "Epoch 1" in texts(at.subheader)
+    assert "Epoch 1" in texts(at.markdown)
     at.button(key="resume-waiting").click().run()
     assert [r.name for r in resumed] == ["waiting"]
 

@@ -40,15 +40,18 @@ export default function (component) {
 }
 
 class MarkCanvas {
-  constructor(root) {
-    this.root = root;
+  constructor(parent) {
+    // the parent may be a shadow root: everything lives in a wrapper element of ours
+    const root = (this.root = document.createElement("div"));
+    root.className = "mark-canvas";
+    parent.appendChild(root);
     root.innerHTML = `
       <div class="bar" role="toolbar">
         ${TOOLS.map(([id, name, key, help]) =>
-          `<button data-tool="${id}" title="${help} (${key})">${name} <kbd>${key}</kbd></button>`).join("")}
+          `<button data-tool="${id}" title="${help} (${key})">${name}</button>`).join("")}
         <span class="gap"></span>
         ${TARGETS.map(([id, name, key, help]) =>
-          `<button data-target="${id}" title="${help} (${key})"><i class="swatch ${id}"></i>${name} <kbd>${key}</kbd></button>`).join("")}
+          `<button data-target="${id}" title="${help} (${key})"><i class="swatch ${id}"></i>${name}</button>`).join("")}
       </div>
       <div class="stage"><canvas tabindex="0" aria-label="the image: draw on it"></canvas></div>
       <div class="bar">
@@ -96,7 +99,7 @@ class MarkCanvas {
     this.zoom = Math.max(1, Math.ceil(data.display_width / this.w));
     this.canvas.width = this.w * this.zoom;
     this.canvas.height = this.h * this.zoom;
-    this.canvas.style.maxWidth = `${data.display_width}px`;
+    this.canvas.style.maxWidth = `min(100%, ${data.display_width}px)`;
     this.root.classList.toggle("readonly", !!data.readonly);
     for (const which of ["picture", "original"]) {
       if (this.pictures[which]?.src !== data[which]) {
@@ -108,6 +111,16 @@ class MarkCanvas {
     }
     this.relabel();
     this.refreshBar();
+    requestAnimationFrame(() => this.fit());
+  }
+
+  fit() {
+    // as large as the window allows: the image and the tools below it visible without scrolling
+    const main = document.querySelector("[data-testid=stMain]");
+    const canvasBox = this.canvas.getBoundingClientRect();
+    const top = canvasBox.top + (main ? main.scrollTop : window.scrollY);
+    const below = this.root.getBoundingClientRect().bottom - canvasBox.bottom;
+    this.canvas.style.maxHeight = `${Math.max(200, Math.floor(window.innerHeight - top - below - 12))}px`;
   }
 
   // ------------------------------------------------------------------ tools
@@ -411,6 +424,7 @@ if (!window.__hitlMarkCanvasListeners) {
   document.addEventListener("keyup", (e) => {
     if (e.key.toLowerCase() === "o") live()?.setOriginal(false);
   });
+  window.addEventListener("resize", () => live()?.fit());
   window.addEventListener("beforeunload", (e) => {
     if (live()?.unsent) {
       e.preventDefault();

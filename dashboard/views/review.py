@@ -111,7 +111,7 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
         return
     when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
     with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-        st.subheader(f"{when}: the model asks about {len(queue.queries)} images", width="content")
+        st.markdown(f"**{when}: the model asks about {len(queue.queries)} images**", width="content")
         with st.popover("How to answer", icon=":material/help:"):
             st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text "
                         "label, a border, ...); if you like, mark in **green** what it **should** rely on: under "
