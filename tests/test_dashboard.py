@@ -559,6 +559,24 @@ def test_learning_page_shows_marks_and_saliency(app, tmp_path):
     assert at.dataframe[0].value.Now.tolist() == [0.2]
 
 
+def test_learning_page_measures_green_marks_by_the_share_inside_them(app, tmp_path):
+    run = waiting_run(tmp_path)
+    green = square(0, 16, 0, 32)  # the top half: what the model should use
+    protocol.submit_feedback(run, 1, "human", [protocol.QueryFeedback("q000", 100, "mask", relevant=green)])
+    # the trainer's share inside its penalty mask (everything outside green) falls from 0.75 to 0.25
+    protocol.atomic_write_text(run.tracking, "epoch,index,masked_share\n2,100,0.75\n3,100,0.25\n")
+    for epoch, inside in ((2, 0.25), (3, 0.75)):
+        saliency = np.where(green, inside / 16, (1 - inside) / 16).astype(np.float16)
+        protocol.atomic_save_npy(run.tracking_dir(epoch) / "100.npy", saliency)
+    at = app("learning")
+    table = at.dataframe[0].value
+    assert table.Marks.tolist() == ["should use"]
+    assert np.allclose(table["At first"], 0.25, atol=1e-3) and np.allclose(table.Now, 0.75, atol=1e-3)
+    assert table["As meant"].tolist() == [True]
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "average, green marks: inside (should go up)" in [trace["name"] for trace in figure["data"]]
+
+
 def test_learning_page_before_any_feedback(app, tmp_path):
     make_run(tmp_path, "fresh")
     assert "Nothing to show yet" in texts(app("learning").info)

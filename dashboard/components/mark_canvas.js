@@ -91,6 +91,7 @@ class MarkCanvas {
     this.send = setStateValue;
     this.trigger = setTriggerValue;
     this.data = data;
+    this.canvas.dataset.doc = data.doc;  // which image this is, for tests and tools
     const kept = STORE.marks.get(data.doc);
     this.marks = kept && kept.revision >= data.revision ? kept : { ops: [...data.ops], revision: data.revision };
     STORE.marks.set(data.doc, this.marks);
@@ -120,7 +121,7 @@ class MarkCanvas {
     const canvasBox = this.canvas.getBoundingClientRect();
     const top = canvasBox.top + (main ? main.scrollTop : window.scrollY);
     const below = this.root.getBoundingClientRect().bottom - canvasBox.bottom;
-    this.canvas.style.maxHeight = `${Math.max(200, Math.floor(window.innerHeight - top - below - 12))}px`;
+    this.canvas.style.maxHeight = `${Math.max(320, Math.floor(window.innerHeight - top - below - 12))}px`;
   }
 
   // ------------------------------------------------------------------ tools

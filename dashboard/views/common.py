@@ -83,7 +83,12 @@ def _feedback_masks(path: str, stamp: tuple) -> dict:
 
 
 def feedback_masks(run: protocol.RunDir) -> dict:
-    return _feedback_masks(str(run.path), _folder_stamp(run.feedback_root))
+    return _feedback_masks(str(run.path), feedback_stamp(run))
+
+
+def feedback_stamp(run: protocol.RunDir) -> tuple:
+    """Changes whenever a mask file is added or replaced: a cache key for what is read from them."""
+    return _folder_stamp(run.feedback_root)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -104,7 +104,18 @@ def answer_book_for(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
     return st.session_state[key]
 
 
+NARROW_LAYOUT_CSS = """<style>
+/* the image picker wraps instead of running off a narrow window */
+[class*="st-key-page-"] [data-baseweb="button-group"], [class*="st-key-page-"] > div { flex-wrap: wrap; }
+/* where the image column would get narrower than the image wants, the facts move below it */
+[data-testid="stHorizontalBlock"]:has(.st-key-review-picture) { flex-wrap: wrap; }
+[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 3 1 400px; }
+[data-testid="stColumn"]:has(.st-key-review-facts) { min-width: 240px; flex: 2 1 240px; }
+</style>"""
+
+
 def review_queue(run: protocol.RunDir, queue: Queue) -> None:
+    st.html(NARROW_LAYOUT_CSS)
     if queue.error:
         st.error(f"This run's questions cannot be shown: {queue.error}. The trainer cannot go on without "
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
@@ -279,10 +290,7 @@ def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str
 def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> None:
     answer = book.setdefault(query.query_id, Answer.for_query(query))
     picture_column, info_column = st.columns([3, 2], gap="medium")
-    with info_column:
-        action_choice(run, queue, book, query)
-        query_facts(query)
-    with picture_column:
+    with picture_column.container(key="review-picture"):
         if query.warning:
             st.warning(query.warning.capitalize() + ".", icon=":material/warning:")
         args = (run, queue, book, query)
@@ -290,6 +298,9 @@ def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str,
                                   on_marks=lambda: on_canvas_marks(*args), on_command=lambda: on_canvas_command(*args))
         take_marks(run, queue, book, query, drawn)
         marks_summary(answer)
+    with info_column.container(key="review-facts"):
+        action_choice(run, queue, book, query)
+        query_facts(query)
 
 
 def query_facts(query: Query) -> None:
