@@ -534,6 +534,18 @@ def test_review_without_questions(app, tmp_path):
     assert "Nothing to answer right now" in texts(at.info)
 
 
+def test_progress_inside_the_epoch_shows_while_training(app, tmp_path):
+    make_run(tmp_path, "busy", progress={"batches_done": 120, "batches_total": 400, "elapsed_s": 35.0,
+                                         "eta_s": 82.0})
+    at = app("review")
+    assert at.get("progress")[0].proto.text == ("Training this epoch: batch 120 of 400 (30%) · 35 seconds so far · "
+                                                "about 82 seconds left")
+    table = app().dataframe[0].value
+    assert table["This epoch"].tolist() == ["batch 120 of 400 (30%) · 35 seconds so far · about 82 seconds left"]
+    make_run(tmp_path, "busy", progress={"batches_done": "many"})  # an unreadable field is left out
+    assert not app("review").get("progress")
+
+
 def test_metrics_page_overlays_runs(app, tmp_path):
     make_run(tmp_path, "first", protocol.FINISHED, epochs_done=3)
     make_run(tmp_path, "second", protocol.FINISHED, epochs_done=2)

@@ -182,6 +182,28 @@ def ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
+# --------------------------------------------------------------------------- progress inside an epoch
+
+def epoch_progress(run: protocol.RunDir) -> tuple[float, str] | None:
+    """How far the trainer is through the epoch it is training, as a fraction and in words, from the
+    ``progress`` the trainer keeps in its status; None when it is not training or says nothing usable
+    (older trainers do not write it)."""
+    status = protocol.read_status(run)
+    progress = status.get("progress")
+    if status.get("state") != protocol.TRAINING or not isinstance(progress, dict):
+        return None
+    done, total = progress.get("batches_done"), progress.get("batches_total")
+    if not isinstance(done, int) or not isinstance(total, int) or total <= 0 or not 0 <= done <= total:
+        return None
+    elapsed, eta = progress.get("elapsed_s"), progress.get("eta_s")
+    parts = [f"batch {done} of {total} ({done / total:.0%})"]
+    if isinstance(elapsed, (int, float)) and not _missing(elapsed):
+        parts.append(f"{ago(elapsed)} so far")
+    if isinstance(eta, (int, float)) and not _missing(eta):
+        parts.append(f"about {ago(eta)} left")
+    return done / total, " · ".join(parts)
+
+
 # --------------------------------------------------------------------------- runs in trouble
 
 def show_trouble(summary: RunSummary) -> None:

@@ -86,6 +86,17 @@ def nothing_waiting(summary: RunSummary) -> None:
     else:
         text = "Nothing waiting for an answer in this run."
     st.info(text, icon=":material/hourglass_top:" if summary.state == protocol.TRAINING else ":material/info:")
+    if summary.state == protocol.TRAINING:
+        training_progress(summary.name)
+
+
+@st.fragment(run_every=common.REFRESH_SECONDS)
+def training_progress(name: str) -> None:
+    """The trainer's progress through the current epoch, refreshed while the reviewer waits."""
+    progress = common.epoch_progress(common.run_dir(name))
+    if progress is not None:
+        fraction, text = progress
+        st.progress(fraction, text=f"Training this epoch: {text}")
 
 
 # --------------------------------------------------------------------------- one queue
