@@ -216,7 +216,12 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         send.scroll_into_view_if_needed()
         assert within(send.bounding_box(), 900, 900)
 
+        last_page = page.get_by_role("button", name="10", exact=True)
+        last_page.scroll_into_view_if_needed()
+        assert within(last_page.bounding_box(), 900, 900)
+
         page.set_viewport_size({"width": 1280, "height": 800})
+        page.evaluate("document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")
         time.sleep(1.5)
         page.screenshot(path=str(SCREENSHOTS / "review-1280x800.png"))
         snapshot(page, "review")

@@ -117,7 +117,7 @@ def answer_book_for(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
 
 NARROW_LAYOUT_CSS = """<style>
 /* the image picker wraps instead of running off a narrow window */
-[class*="st-key-page-"] [data-baseweb="button-group"], [class*="st-key-page-"] > div { flex-wrap: wrap; }
+[class*="st-key-page-"] [data-testid="stButtonGroup"] > div { flex-wrap: wrap; row-gap: 4px; }
 /* where the image column would get narrower than the image wants, the facts move below it */
 [data-testid="stHorizontalBlock"]:has(.st-key-review-picture) { flex-wrap: wrap; }
 [data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 3 1 400px; }
