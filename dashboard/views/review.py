@@ -3,9 +3,9 @@ looked at, marks what it must not rely on (and optionally what it should), skips
 its label, and sends everything in one mask file; the trainer then continues."""
 from __future__ import annotations
 
+import html
 import math
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from trainer import protocol
@@ -120,8 +120,8 @@ NARROW_LAYOUT_CSS = """<style>
 [class*="st-key-page-"] [data-testid="stButtonGroup"] > div { flex-wrap: wrap; row-gap: 4px; }
 /* where the image column would get narrower than the image wants, the facts move below it */
 [data-testid="stHorizontalBlock"]:has(.st-key-review-picture) { flex-wrap: wrap; }
-[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 3 1 400px; }
-[data-testid="stColumn"]:has(.st-key-review-facts) { min-width: 240px; flex: 2 1 240px; }
+[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 2 1 400px; }
+[data-testid="stColumn"]:has(.st-key-review-facts) { min-width: 240px; flex: 1 1 240px; }
 </style>"""
 
 
@@ -300,7 +300,7 @@ def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str
 
 def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> None:
     answer = book.setdefault(query.query_id, Answer.for_query(query))
-    picture_column, info_column = st.columns([3, 2], gap="medium")
+    picture_column, info_column = st.columns([2, 1], gap="medium")
     with picture_column.container(key="review-picture"):
         if query.warning:
             st.warning(query.warning.capitalize() + ".", icon=":material/warning:")
@@ -326,21 +326,35 @@ def query_facts(query: Query) -> None:
         most = math.log(len(query.probabilities)) if len(query.probabilities) > 1 else 1.0
         st.caption(f"Uncertainty (entropy): {query.entropy:.2f} of at most {most:.2f}"
                    + (" · you answered about this image before" if query.already_annotated else ""))
-        st.plotly_chart(probability_chart(query), key=f"probabilities-{query.query_id}",
-                        config={"displayModeBar": False})
+        st.html(probability_bars(query))
 
 
-def probability_chart(query: Query) -> go.Figure:
-    names = [query.label(i) for i in range(len(query.probabilities))]
-    colors = ["#1f77b4" if i == query.true_label else ("#d62728" if i == query.predicted_label else "#b0b7c3")
-              for i in range(len(names))]
-    figure = go.Figure(go.Bar(x=query.probabilities, y=names, orientation="h", marker_color=colors,
-                              hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    figure.update_layout(height=min(360, 60 + 22 * len(names)), margin=dict(l=10, r=10, t=30, b=10),
-                         title=dict(text="Class probabilities (blue: the label, red: a wrong answer)",
-                                    font=dict(size=13)),
-                         xaxis=dict(range=[0, 1], tickformat=".0%"), yaxis=dict(type="category", autorange="reversed"))
-    return figure
+PROBABILITY_ROWS = 8
+PROBABILITY_COLORS = {"label": "#1f77b4", "wrong": "#d62728", "other": "#b0b7c3"}
+
+
+def probability_bars(query: Query) -> str:
+    """The most probable classes (and the label) as plain HTML bars: light enough that the page does
+    not wait for a charting library (a Plotly chart here cost the first render about a second)."""
+    order = sorted(range(len(query.probabilities)), key=lambda i: -query.probabilities[i])[:PROBABILITY_ROWS]
+    if query.true_label not in order and query.true_label < len(query.probabilities):
+        order.append(query.true_label)
+    rows = []
+    for i in order:
+        p = query.probabilities[i]
+        kind = "label" if i == query.true_label else "wrong" if i == query.predicted_label else "other"
+        rows.append(f'<div style="display:flex;align-items:center;gap:6px;font-size:13px;line-height:20px">'
+                    f'<span style="flex:0 0 5.5em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap">'
+                    f'{html.escape(query.label(i))}</span>'
+                    f'<span style="flex:1;background:rgba(128,128,128,0.12);height:12px;border-radius:2px">'
+                    f'<span style="display:block;height:12px;border-radius:2px;width:{100 * p:.1f}%;'
+                    f'background:{PROBABILITY_COLORS[kind]}"></span></span>'
+                    f'<span style="flex:0 0 3em;text-align:right">{p:.0%}</span></div>')
+    more = len(query.probabilities) - len(order)
+    title = ('<div style="font-size:13px;font-weight:600;margin-bottom:4px">Class probabilities '
+             '(blue: the label, red: a wrong answer)</div>')
+    tail = f'<div style="font-size:12px;opacity:0.7">and {more} less likely classes</div>' if more > 0 else ""
+    return title + "".join(rows) + tail
 
 
 def action_choice(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
