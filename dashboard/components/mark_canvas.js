@@ -344,7 +344,10 @@ class MarkCanvas {
   }
 
   command(name) {
-    this.trigger("command", name);
+    // the image it is meant for and a number used once: Python acts on each key press exactly once,
+    // and only for the image it was pressed on
+    STORE.sequence = (STORE.sequence || Date.now()) + 1;
+    this.trigger("command", { name, doc: this.data.doc, sequence: STORE.sequence });
     return true;
   }
 }

@@ -253,10 +253,22 @@ def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer],
     take_marks(run, queue, book, query, st.session_state[canvas_key(queue, query)].marks)
 
 
+def canvas_doc(run: protocol.RunDir, queue: Queue, query: Query) -> str:
+    """Which image a canvas shows, as the browser names it back in its commands."""
+    return f"{run.path}|{queue.epoch}|{query.query_id}"
+
+
 def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
-    """A hotkey that needs Python: another image, an action, or sending everything."""
+    """A hotkey that needs Python: another image, an action, or sending everything. Each key press
+    is acted on once, and only for the image it was pressed on."""
     on_canvas_marks(run, queue, book, query)
-    command = st.session_state[canvas_key(queue, query)].command
+    sent = st.session_state[canvas_key(queue, query)].command
+    if not isinstance(sent, dict) or sent.get("doc") != canvas_doc(run, queue, query):
+        return
+    if sent.get("sequence") == st.session_state.get("canvas-last-command"):
+        return
+    st.session_state["canvas-last-command"] = sent.get("sequence")
+    command = sent.get("name")
     if command in ("next", "previous"):
         step(queue, 1 if command == "next" else -1)
     elif command == "skip":
@@ -291,7 +303,7 @@ def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str
                                   view["saliency"], view["opacity"], view["colormap"])
     suggested = (masks.suggested_cells(query.saliency, view["cells"])
                  if view["suggest"] and query.saliency is not None else [])
-    return {"doc": f"{run.path}|{queue.epoch}|{query.query_id}", "width": query.width, "height": query.height,
+    return {"doc": canvas_doc(run, queue, query), "width": query.width, "height": query.height,
             "display_width": Geometry.fit(query.height, query.width).canvas_width, "picture": picture, "original": original, "ops": answer.ops,
             "revision": answer.revision, "cells": view["cells"], "brush": view["brush"],
             "suggested": [list(c) for c in suggested], "readonly": answer.action != protocol.ACTION_MASK,

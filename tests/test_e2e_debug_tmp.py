@@ -1,0 +1,298 @@
+"""End to end in a real headless Chromium: a tiny human-in-the-loop run asking about 10 images, the
+dashboard served by Streamlit, marks drawn with the mouse and the keyboard on the review canvas (fast,
+as a hurried reviewer draws), a reload in the middle, and the trainer finishing with exactly those
+marks. Screenshots of every page go to test-artifacts/, the review page's at 1280×800 and 900×900 to
+docs/screenshots/."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from dashboard import launcher, serve
+from trainer import protocol
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+SIDE = 32  # decoy-digits images are 32×32
+CANVAS = "canvas[aria-label]"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def snapshot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main block, so grow the window to fit."""
+    height = page.evaluate("Math.max(...Array.from(document.querySelectorAll("
+                           "'[data-testid=stMain], [data-testid=stMainBlockContainer]')).map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": 1400, "height": min(max(height, 900), 3000)})
+    time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def open_page(page, url: str, ready_text: str) -> None:
+    page.goto(url)
+    page.get_by_text(ready_text).first.wait_for(timeout=60_000)
+    time.sleep(1.5)  # charts and images finish drawing
+
+
+def square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((SIDE, SIDE), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+class Canvas:
+    """The review canvas on the page, addressed in image pixels."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def box(self) -> dict:
+        return self.page.locator(CANVAS).first.bounding_box()
+
+    def at(self, x: float, y: float) -> tuple[float, float]:
+        box = self.box()
+        return box["x"] + x * box["width"] / SIDE, box["y"] + y * box["height"] / SIDE
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 4) -> None:
+        mouse = self.page.mouse
+        mouse.move(*self.at(*start))
+        mouse.down()
+        mouse.move(*self.at(*end), steps=steps)
+        mouse.up()
+
+    def click(self, x: float, y: float) -> None:
+        self.page.mouse.click(*self.at(x, y))
+
+
+def draft_answer(run: protocol.RunDir, query_id: str) -> dict:
+    return ((protocol.read_draft(run, 1) or {}).get("answers") or {}).get(query_id) or {}
+
+
+def showing(page, query_id: str) -> None:
+    page.locator(f'{CANVAS}[data-doc$="|{query_id}"]').wait_for(timeout=20_000)
+
+
+def marked_pixels(page, count: int) -> None:
+    page.get_by_text(f"must not use: {count} pixels").wait_for(timeout=20_000)
+
+
+def within(box: dict, width: int, height: int) -> bool:
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+
+
+@pytest.fixture
+def chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: the end-to-end test drives Debian's chromium; `make browser` installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
+    ARTIFACTS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    runs_dir = tmp_path / "runs"
+    run = launcher.start_run(runs_dir, launcher.RunRequest(
+        title="e2e", dataset="decoy-digits", model="hitl_cnn", epochs=2, sampling="high_entropy",
+        queries_per_epoch=10, query_start_epoch=1, penalty_weight=10, saliency="saliency", annotator="human",
+        extra_args=["--train-fraction", "0.25", "--val-fraction", "0.25", "--device", "cpu"]))
+    port = free_port()
+    server_log = open(ARTIFACTS / "streamlit.log", "w")
+    server = subprocess.Popen(serve.streamlit_command("127.0.0.1", port, runs_dir), stdout=server_log,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    requests: list[str] = []
+    try:
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        page.on("request", lambda r: requests.append(r.url))
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.type), d.accept()))
+        wait_for(lambda: _reachable(port), 60, "the dashboard to listen")
+        # opened before the first queue exists: the page's watcher shows it when it arrives
+        page.goto(f"{base}/review?run=e2e")
+        page.locator(CANVAS).first.wait_for(timeout=120_000)
+        manifest = protocol.read_manifest(run, 1)
+        ids = [q["query_id"] for q in manifest["queries"]]
+        assert len(ids) == 10 and (manifest["queries"][0]["height"], manifest["queries"][0]["width"]) == (SIDE, SIDE)
+        print_first_render(chromium, f"{base}/review?run=e2e")
+        import threading
+        def watcher():
+            last = None
+            while not run.feedback_file(1).exists():
+                d = protocol.read_draft(run, 1) or {}
+                now = {k: (v.get("action"), len(v.get("ops", []))) for k, v in (d.get("answers") or {}).items()}
+                if now != last:
+                    print(round(time.time() % 1000, 2), now, flush=True)
+                    last = now
+                time.sleep(0.05)
+        threading.Thread(target=watcher, daemon=True).start()
+
+        # 6: at 1280×800 the image and its tools are visible without scrolling
+        canvas = Canvas(page)
+        for element in (page.locator(CANVAS).first, page.get_by_role("button", name="Squares", exact=True),
+                        page.get_by_role("button", name="Undo Z", exact=True), page.get_by_role("button", name="Next", exact=True)):
+            assert within(element.bounding_box(), 1280, 800), element
+        assert canvas.box()["height"] >= 300
+
+        # image 1: a rectangle (R), then a click into the top-right corner, where the old library's
+        # toolbar used to catch clicks
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("r")
+        canvas.drag((4.3, 5.3), (12.3, 9.3))
+        marked_pixels(page, 32)
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("g")
+        canvas.click(31.5, 0.5)
+        marked_pixels(page, 48)
+
+        # image 2 (→): five brush strokes 0.1 s apart
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("ArrowRight")
+        showing(page, ids[1])
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("b")
+        stroke_rows = [2.5, 8.5, 14.5, 20.5, 26.5]
+        for y in stroke_rows:
+            canvas.drag((3.5, y), (12.5, y))
+            time.sleep(0.1)
+        wait_for(lambda: len(draft_answer(run, ids[1]).get("ops", [])) == 5, 20, "five strokes in the draft")
+
+        # image 3: four grid clicks 0.2 s apart
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("ArrowRight")
+        showing(page, ids[2])
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("g")
+        for x, y in ((6, 6), (26, 6), (6, 26), (26, 26)):
+            canvas.click(x, y)
+            time.sleep(0.2)
+        wait_for(lambda: len(draft_answer(run, ids[2]).get("ops", [])) == 4, 20, "four clicks in the draft")
+
+        # image 4: S skips it and opens the next unanswered one, where W flags the label
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("ArrowRight")
+        showing(page, ids[3])
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("s")
+        wait_for(lambda: draft_answer(run, ids[3]).get("action") == "skip", 20, "the skip in the draft")
+        showing(page, ids[4])
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("w")
+        wait_for(lambda: draft_answer(run, ids[4]).get("action") == "wrong_label", 20, "the flag in the draft")
+
+        # image 6 opened by itself: a rectangle, then a reload; the page asks first, the draft keeps it
+        showing(page, ids[5])
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("r")
+        canvas.drag((20.3, 20.3), (24.3, 24.3))
+        wait_for(lambda: draft_answer(run, ids[5]).get("ops"), 20, "image 6's rectangle in the draft")
+        page.reload()
+        showing(page, ids[0])
+        assert dialogs == ["beforeunload"]
+        marked_pixels(page, 48)  # image 1 again, its marks restored from the draft
+        assert not run.feedback_file(1).exists()
+
+        # 6: at 900 px wide everything is reachable: the image's bottom-right square and the send button
+        page.set_viewport_size({"width": 900, "height": 900})
+        time.sleep(1.5)
+        page.screenshot(path=str(SCREENSHOTS / "review-900x900.png"))
+        page.locator(CANVAS).first.scroll_into_view_if_needed()
+        box = canvas.box()
+        assert box["x"] + box["width"] <= 900 and box["width"] >= 250
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("g")
+        canvas.click(31, 31)
+        marked_pixels(page, 64)
+        send = page.get_by_role("button", name="Send answers for epoch 1")
+        send.scroll_into_view_if_needed()
+        assert within(send.bounding_box(), 900, 900)
+
+        last_page = page.locator(".st-key-page-1 button").last
+        last_page.scroll_into_view_if_needed()
+        assert within(last_page.bounding_box(), 900, 900)
+
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.evaluate("document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")
+        time.sleep(1.5)
+        page.screenshot(path=str(SCREENSHOTS / "review-1280x800.png"))
+        snapshot(page, "review")
+
+        print("KEY", round(time.time() % 1000, 2), flush=True); page.keyboard.press("Control+Enter")
+        page.get_by_text("Answers for epoch 1 sent").wait_for(timeout=20_000)
+        sent = protocol.parse_feedback(protocol.read_json(run.feedback_file(1)), manifest)
+        print("SENT", [a.action for a in sent], flush=True)
+        assert [a.action for a in sent] == ["mask"] * 3 + ["skip", "wrong_label", "mask"] + ["skip"] * 4
+        assert np.array_equal(sent[0].forbidden, square(5, 9, 4, 12) | square(0, 4, 28, 32) | square(28, 32, 28, 32))
+        strokes = sent[1].forbidden
+        for y in stroke_rows:  # every stroke arrived, each where it was drawn
+            assert strokes[int(y), 4:12].all(), f"the stroke along row {int(y)} is missing"
+        assert np.array_equal(strokes.any(axis=1), np.isin(np.arange(SIDE), [r + d for r in (2, 8, 14, 20, 26)
+                                                                             for d in (-1, 0, 1)]))
+        assert np.array_equal(sent[2].forbidden, square(4, 8, 4, 8) | square(4, 8, 24, 28) | square(24, 28, 4, 8)
+                              | square(24, 28, 24, 28))
+        assert np.array_equal(sent[5].forbidden, square(20, 24, 20, 24))
+        assert not run.draft_file(1).exists()
+
+        wait_for(lambda: protocol.read_status(run)["state"] == protocol.FINISHED, 180, "the trainer to finish")
+        assert protocol.read_metrics(run)[-1]["n_feedback"] == 4
+        assert not run.rejected_root.exists()
+
+        open_page(page, f"{base}/?run=e2e", "Finished. Best epoch")
+        snapshot(page, "runs")
+        open_page(page, f"{base}/metrics?run=e2e", "Confusion matrix of e2e")
+        snapshot(page, "metrics")
+        open_page(page, f"{base}/learning?run=e2e", f"Image {sent[0].index}")
+        snapshot(page, "learning")
+        assert not page.locator("[data-testid=stException]").count()
+
+        # 11: nothing on any page came from anywhere but this machine
+        outside = {u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                   and urlparse(u).hostname not in ("127.0.0.1", "localhost")}
+        assert not outside, f"the page fetched from the internet: {sorted(outside)[:5]}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        server_log.close()
+        if launcher.live_pid(run) is not None:
+            launcher.stop_run(run)
+
+
+def print_first_render(chromium, url: str) -> None:
+    """Issue 16's target is at most 2 s on this machine for 10 queries; measured and printed, not asserted
+    (a shared CI machine's timing would make the test flaky)."""
+    fresh = chromium.new_page(viewport={"width": 1280, "height": 800})
+    start = time.perf_counter()
+    fresh.goto(url)
+    fresh.get_by_text("Run", exact=True).first.wait_for(timeout=60_000)
+    app_shown = time.perf_counter() - start
+    fresh.get_by_text("Keys:").first.wait_for(timeout=60_000)
+    fresh.get_by_text("Class probabilities").first.wait_for(timeout=60_000)
+    print(f"\nfirst render of the Review page with 10 queries in a fresh tab: {time.perf_counter() - start:.2f} s "
+          f"(Streamlit's own page frame after {app_shown:.2f} s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)")
+    fresh.close()
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
