@@ -1,8 +1,8 @@
 """End to end in a real headless Chromium: a tiny human-in-the-loop run asking about 10 images, the
 dashboard served by Streamlit, marks drawn with the mouse and the keyboard on the review canvas (fast,
 as a hurried reviewer draws), a reload in the middle, and the trainer finishing with exactly those
-marks. Screenshots of every page go to test-artifacts/, the review page's at 1280×800 and 900×900 to
-docs/screenshots/."""
+marks. Screenshots of every page go to test-artifacts/ (the review page's also at 1280×800 and 900×900,
+the ones in docs/screenshots/)."""
 from __future__ import annotations
 
 import os
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SIDE = 32  # decoy-digits images are 32×32
 CANVAS = "canvas[aria-label]"
 
@@ -121,7 +119,6 @@ def chromium():
 
 def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
     ARTIFACTS.mkdir(exist_ok=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     runs_dir = tmp_path / "runs"
     run = launcher.start_run(runs_dir, launcher.RunRequest(
         title="e2e", dataset="decoy-digits", model="hitl_cnn", epochs=2, sampling="high_entropy",
@@ -205,7 +202,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         # 6: at 900 px wide everything is reachable: the image's bottom-right square and the send button
         page.set_viewport_size({"width": 900, "height": 900})
         time.sleep(1.5)
-        page.screenshot(path=str(SCREENSHOTS / "review-900x900.png"))
+        page.screenshot(path=str(ARTIFACTS / "review-900x900.png"))
         page.locator(CANVAS).first.scroll_into_view_if_needed()
         box = canvas.box()
         assert box["x"] + box["width"] <= 900 and box["width"] >= 250
@@ -223,7 +220,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         page.set_viewport_size({"width": 1280, "height": 800})
         page.evaluate("document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")
         time.sleep(1.5)
-        page.screenshot(path=str(SCREENSHOTS / "review-1280x800.png"))
+        page.screenshot(path=str(ARTIFACTS / "review-1280x800.png"))
         snapshot(page, "review")
 
         page.keyboard.press("Control+Enter")
