@@ -117,6 +117,7 @@ class MarkCanvas {
 
   fit() {
     // as large as the window allows: the image and the tools below it visible without scrolling
+    if (this.drag) return;  // never resize under the pointer
     const main = document.querySelector("[data-testid=stMain]");
     const canvasBox = this.canvas.getBoundingClientRect();
     const top = canvasBox.top + (main ? main.scrollTop : window.scrollY);
