@@ -163,7 +163,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         # image 2 (→): five brush strokes 0.1 s apart
         page.keyboard.press("ArrowRight")
         showing(page, ids[1])
-        page.keyboard.press("b")
+        page.get_by_role("button", name="Brush", exact=True).click()  # the toolbar works as well as the keys
         stroke_rows = [2.5, 8.5, 14.5, 20.5, 26.5]
         for y in stroke_rows:
             canvas.drag((3.5, y), (12.5, y))
@@ -173,7 +173,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         # image 3: four grid clicks 0.2 s apart
         page.keyboard.press("ArrowRight")
         showing(page, ids[2])
-        page.keyboard.press("g")
+        page.get_by_role("button", name="Squares", exact=True).click()
         for x, y in ((6, 6), (26, 6), (6, 26), (26, 26)):
             canvas.click(x, y)
             time.sleep(0.2)

@@ -430,6 +430,7 @@ if (!window.__hitlMarkCanvasListeners) {
     if (e.key.toLowerCase() === "o") live()?.setOriginal(false);
   });
   window.addEventListener("resize", () => live()?.fit());
+  window.addEventListener("blur", () => live()?.setOriginal(false));  // a key released elsewhere
   window.addEventListener("beforeunload", (e) => {
     if (live()?.unsent) {
       e.preventDefault();
