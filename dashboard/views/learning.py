@@ -113,7 +113,8 @@ def image_table(tracking: pd.DataFrame) -> int | None:
         change = shares[-1] - shares[0]
         rows.append({"Image": int(index), "Marks": kind, "First epoch": int(group.epoch.iloc[0]),
                      "At first": shares[0], "Now": shares[-1], "Change": change,
-                     "As meant": (change < 0) if kind == RED else (change > 0), "Trend": shares})
+                     "As meant": None if len(shares) < 2 else bool(change < 0) if kind == RED else bool(change > 0),
+                     "Trend": shares})
     table = pd.DataFrame(rows)
     table = table.assign(order=np.where(table.Marks == RED, table.Change, -table.Change)).sort_values(
         "order", ignore_index=True).drop(columns="order")
@@ -126,7 +127,7 @@ def image_table(tracking: pd.DataFrame) -> int | None:
                                  help="must not use: the share inside red marks should go down; should use: "
                                       "the share inside green marks should go up"),
                              "As meant": st.column_config.CheckboxColumn(
-                                 help="Whether the share moved the way the marks ask"),
+                                 help="Whether the share moved the way the marks ask (empty after one epoch)"),
                              "At first": st.column_config.NumberColumn(format="percent"),
                              "Now": st.column_config.NumberColumn(format="percent"),
                              "Change": st.column_config.NumberColumn(format="percent"),
