@@ -469,10 +469,10 @@ def test_review_flags_a_wrong_label_and_skips(app, tmp_path):
     run = waiting_run(tmp_path)
     at = app("review")
     at.radio(key="action-1-q000").set_value("wrong_label").run()
-    assert at.segmented_control(key="page-1").value == 1  # the next unanswered image opens
-    at.segmented_control(key="page-1").set_value(0).run()
+    assert at.segmented_control[0].value == 1  # the next unanswered image opens
+    at.segmented_control[0].set_value(0).run()
     assert "leaves this image out of training" in texts(at.caption)
-    at.segmented_control(key="page-1").set_value(1).run()
+    at.segmented_control[0].set_value(1).run()
     at.radio(key="action-1-q001").set_value("skip").run()
     assert "**0** marked · **1** skipped · **1** with a wrong label · **0** not marked" in texts(at.markdown)
     at.button(key="submit-1").click().run()

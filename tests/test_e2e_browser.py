@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dashboard import launcher, serve
 from trainer import protocol
@@ -66,13 +67,23 @@ def square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 
 class Canvas:
-    """The review canvas on the page, addressed in image pixels."""
+    """The review canvas of one image, addressed in image pixels. While the page reruns, the previous
+    image's canvas may still be in the page for a moment: everything here names its image."""
 
-    def __init__(self, page):
+    def __init__(self, page, query_id: str):
         self.page = page
+        self.element = page.locator(f'{CANVAS}[data-doc$="|{query_id}"]')
 
     def box(self) -> dict:
-        return self.page.locator(CANVAS).first.bounding_box()
+        return self.element.bounding_box()
+
+    def tool(self, tool: str) -> None:
+        """Pick a tool (grid, rect, brush, eraser) with the canvas's own toolbar."""
+        self.page.locator(f'.mark-canvas:has({CANVAS}[data-doc="{self.element_doc()}"]) '
+                          f'button[data-tool={tool}]').click()
+
+    def element_doc(self) -> str:
+        return self.element.get_attribute("data-doc")
 
     def at(self, x: float, y: float) -> tuple[float, float]:
         box = self.box()
@@ -88,13 +99,21 @@ class Canvas:
     def click(self, x: float, y: float) -> None:
         self.page.mouse.click(*self.at(x, y))
 
+    def pixel(self, x: int, y: int) -> list[int]:
+        """The colour the canvas shows at the centre of image pixel (x, y)."""
+        return self.element.evaluate(
+            f"c => Array.from(c.getContext('2d').getImageData(Math.floor(c.width * {x + 0.5} / {SIDE}), "
+            f"Math.floor(c.height * {y + 0.5} / {SIDE}), 1, 1).data.slice(0, 3))")
+
 
 def draft_answer(run: protocol.RunDir, query_id: str) -> dict:
     return ((protocol.read_draft(run, 1) or {}).get("answers") or {}).get(query_id) or {}
 
 
-def showing(page, query_id: str) -> None:
-    page.locator(f'{CANVAS}[data-doc$="|{query_id}"]').wait_for(timeout=20_000)
+def showing(page, query_id: str) -> Canvas:
+    canvas = Canvas(page, query_id)
+    canvas.element.wait_for(timeout=20_000)
+    return canvas
 
 
 def marked_pixels(page, count: int) -> None:
@@ -145,8 +164,8 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         print_first_render(chromium, f"{base}/review?run=e2e")
 
         # 6: at 1280×800 the image and its tools are visible without scrolling
-        canvas = Canvas(page)
-        for element in (page.locator(CANVAS).first, page.get_by_role("button", name="Squares", exact=True),
+        canvas = showing(page, ids[0])
+        for element in (canvas.element, page.get_by_role("button", name="Squares", exact=True),
                         page.get_by_role("button", name="Undo Z", exact=True), page.get_by_role("button", name="Next", exact=True)):
             assert within(element.bounding_box(), 1280, 800), element
         assert canvas.box()["height"] >= 300
@@ -156,14 +175,22 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         page.keyboard.press("r")
         canvas.drag((4.3, 5.3), (12.3, 9.3))
         marked_pixels(page, 32)
+        # 3: holding O shows the image as it is, without saliency or marks, pixel for pixel
+        image = np.asarray(Image.open(protocol.query_image_path(run, 1, ids[0])).convert("RGB"))
+        page.keyboard.down("o")
+        time.sleep(0.3)
+        assert canvas.pixel(8, 6) == image[6, 8].tolist()
+        page.keyboard.up("o")
+        time.sleep(0.3)
+        assert canvas.pixel(8, 6) != image[6, 8].tolist()  # the mark is back on top
         page.keyboard.press("g")
         canvas.click(31.5, 0.5)
         marked_pixels(page, 48)
 
         # image 2 (→): five brush strokes 0.1 s apart
         page.keyboard.press("ArrowRight")
-        showing(page, ids[1])
-        page.get_by_role("button", name="Brush", exact=True).click()  # the toolbar works as well as the keys
+        canvas = showing(page, ids[1])
+        canvas.tool("brush")  # the toolbar works as well as the keys
         stroke_rows = [2.5, 8.5, 14.5, 20.5, 26.5]
         for y in stroke_rows:
             canvas.drag((3.5, y), (12.5, y))
@@ -172,8 +199,8 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
 
         # image 3: four grid clicks 0.2 s apart
         page.keyboard.press("ArrowRight")
-        showing(page, ids[2])
-        page.get_by_role("button", name="Squares", exact=True).click()
+        canvas = showing(page, ids[2])
+        canvas.tool("grid")
         for x, y in ((6, 6), (26, 6), (6, 26), (26, 26)):
             canvas.click(x, y)
             time.sleep(0.2)
@@ -189,12 +216,12 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         wait_for(lambda: draft_answer(run, ids[4]).get("action") == "wrong_label", 20, "the flag in the draft")
 
         # image 6 opened by itself: a rectangle, then a reload; the page asks first, the draft keeps it
-        showing(page, ids[5])
+        canvas = showing(page, ids[5])
         page.keyboard.press("r")
         canvas.drag((20.3, 20.3), (24.3, 24.3))
         wait_for(lambda: draft_answer(run, ids[5]).get("ops"), 20, "image 6's rectangle in the draft")
         page.reload()
-        showing(page, ids[0])
+        canvas = showing(page, ids[0])
         assert dialogs == ["beforeunload"]
         marked_pixels(page, 48)  # image 1 again, its marks restored from the draft
         assert not run.feedback_file(1).exists()
@@ -203,7 +230,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         page.set_viewport_size({"width": 900, "height": 900})
         time.sleep(1.5)
         page.screenshot(path=str(ARTIFACTS / "review-900x900.png"))
-        page.locator(CANVAS).first.scroll_into_view_if_needed()
+        canvas.element.scroll_into_view_if_needed()
         box = canvas.box()
         assert box["x"] + box["width"] <= 900 and box["width"] >= 250
         page.keyboard.press("g")
@@ -213,7 +240,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         send.scroll_into_view_if_needed()
         assert within(send.bounding_box(), 900, 900)
 
-        last_page = page.locator(".st-key-page-1 button").last
+        last_page = page.locator("[class*=st-key-page-1] button").last
         last_page.scroll_into_view_if_needed()
         assert within(last_page.bounding_box(), 900, 900)
 

@@ -35,8 +35,11 @@ export default function (component) {
   const { parentElement, data } = component;
   let view = parentElement.__hitlView;
   if (!view) view = parentElement.__hitlView = new MarkCanvas(parentElement);
+  const opened = view.data?.doc !== data.doc;
   view.update(data, component.setStateValue, component.setTriggerValue);
-  STORE.active = view;
+  // keys go to the image opened last: while the page reruns, the previous image's element may
+  // linger (and be updated) until Streamlit removes it
+  if (opened || !STORE.active?.root.isConnected) STORE.active = view;
 }
 
 class MarkCanvas {

@@ -180,15 +180,27 @@ def display_settings() -> dict:
 
 
 def page_key(queue: Queue) -> str:
-    return f"page-{queue.epoch}"
+    """The key of the image picker. Whenever Python opens another image (Previous, Next, a hotkey, the
+    next unanswered one) the picker starts a new generation showing it, so a value the browser still
+    holds for the old picker, sent with a rerun that overtook the last, cannot open the old image again."""
+    generation = st.session_state.get(f"page-generation-{queue.epoch}", 0)
+    return f"page-{queue.epoch}" + (f"-{generation}" if generation else "")
+
+
+def current_image(queue: Queue) -> int:
+    return min(st.session_state.get(f"image-{queue.epoch}", 0), len(queue.queries) - 1)
+
+
+def open_image(queue: Queue, position: int) -> None:
+    st.session_state[f"image-{queue.epoch}"] = position
+    generation = f"page-generation-{queue.epoch}"
+    st.session_state[generation] = st.session_state.get(generation, 0) + 1
 
 
 def pager(queue: Queue, book: dict[str, Answer]) -> int:
     """Which image is shown; each button tells what its image's answer will be."""
     key = page_key(queue)
     count = len(queue.queries)
-    st.session_state.setdefault(key, 0)
-    st.session_state[key] = min(st.session_state[key] or 0, count - 1)
 
     def label(i: int) -> str:
         query = queue.queries[i]
@@ -200,39 +212,51 @@ def pager(queue: Queue, book: dict[str, Answer]) -> int:
         return f"{i + 1} " + {protocol.ACTION_MASK: ":material/check:", protocol.ACTION_SKIP: ":material/remove:",
                               protocol.ACTION_WRONG_LABEL: ":material/flag:"}[answer.action]
 
+    def picked() -> None:
+        if key == page_key(queue):  # not a stale value of a picker Python has replaced
+            st.session_state[f"image-{queue.epoch}"] = st.session_state[key]
+
     with st.container(horizontal=True, vertical_alignment="center"):
         st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(queue, -1), disabled=count < 2,
                   key=f"previous-{queue.epoch}", help="Previous image (← or P)")
         st.segmented_control("Image", list(range(count)), format_func=label, key=key, required=True,
-                             label_visibility="collapsed")
+                             default=current_image(queue), on_change=picked, label_visibility="collapsed")
         st.button("Next", icon=":material/chevron_right:", on_click=step, args=(queue, 1), disabled=count < 2,
                   key=f"next-{queue.epoch}", help="Next image (→ or N)")
-    return st.session_state[key]
+    return current_image(queue)
 
 
 def step(queue: Queue, delta: int) -> None:
-    key = page_key(queue)
-    st.session_state[key] = (st.session_state[key] + delta) % len(queue.queries)
+    open_image(queue, (current_image(queue) + delta) % len(queue.queries))
 
 
 def open_next_unanswered(queue: Queue, book: dict[str, Answer]) -> None:
     """After an image is answered, the next one nobody answered yet opens (in order, wrapping round)."""
-    key = page_key(queue)
     count = len(queue.queries)
-    here = st.session_state.get(key) or 0
+    here = current_image(queue)
     for i in range(here + 1, here + count):
         query = queue.queries[i % count]
         answer = book.get(query.query_id)
         if query.problem is None and (answer is None or not answer.touched):
-            st.session_state[key] = i % count
+            open_image(queue, i % count)
             return
 
 
-def set_action(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, action: str) -> None:
+def action_key(queue: Queue, query: Query) -> str:
+    """The key of ``query``'s answer buttons. A hotkey that changes the answer starts a new generation
+    of the widget (shown with the new answer), so a value the browser still holds for the old one,
+    sent with a rerun that overtook the last, cannot undo the hotkey (see ``action_choice``)."""
+    generation = st.session_state.get(f"action-generation-{queue.epoch}-{query.query_id}", 0)
+    return f"action-{queue.epoch}-{query.query_id}" + (f"-{generation}" if generation else "")
+
+
+def set_action(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, action: str,
+               by_key: bool = False) -> None:
     """Record the reviewer's choice for ``query``; a skip or a flag answers the image, so the next one opens."""
-    answer = book[query.query_id]
-    answer.action = action
-    st.session_state[f"action-{queue.epoch}-{query.query_id}"] = action
+    book[query.query_id].action = action
+    if by_key:
+        generation = f"action-generation-{queue.epoch}-{query.query_id}"
+        st.session_state[generation] = st.session_state.get(generation, 0) + 1
     answer_book.save_draft(run, queue.epoch, book)
     if action != protocol.ACTION_MASK:
         open_next_unanswered(queue, book)
@@ -272,11 +296,11 @@ def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer
     if command in ("next", "previous"):
         step(queue, 1 if command == "next" else -1)
     elif command == "skip":
-        set_action(run, queue, book, query, protocol.ACTION_SKIP)
+        set_action(run, queue, book, query, protocol.ACTION_SKIP, by_key=True)
     elif command == "wrong_label":
-        set_action(run, queue, book, query, protocol.ACTION_WRONG_LABEL)
+        set_action(run, queue, book, query, protocol.ACTION_WRONG_LABEL, by_key=True)
     elif command == "mark":
-        set_action(run, queue, book, query, protocol.ACTION_MASK)
+        set_action(run, queue, book, query, protocol.ACTION_MASK, by_key=True)
     elif command == "done":
         open_next_unanswered(queue, book)
     elif command == "submit":
@@ -372,9 +396,14 @@ def probability_bars(query: Query) -> str:
 def action_choice(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
     actions = list(answer_book.ACTION_LABELS)
     answer = book[query.query_id]
-    key = f"action-{queue.epoch}-{query.query_id}"
+    key = action_key(queue, query)
+
+    def chosen() -> None:
+        if key == action_key(queue, query):  # not a stale value of a generation a hotkey replaced
+            set_action(run, queue, book, query, st.session_state[key])
+
     st.radio("Your answer", actions, index=actions.index(answer.action), format_func=answer_book.ACTION_LABELS.get,
-             key=key, on_change=lambda: set_action(run, queue, book, query, st.session_state[key]), horizontal=True,
+             key=key, on_change=chosen, horizontal=True,
              help="Keys: M mark regions, S skip, W the label is wrong. Images whose label you flag as wrong are "
                   "left out of training from now on.")
     if answer.action == protocol.ACTION_WRONG_LABEL:
