@@ -8,18 +8,22 @@ RUNS   ?= checkpoints
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser train serve demo test test-fast bench bench-quick bench-penalties clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties clean
 
 ## help: list the targets
 help:
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
-## setup: create .venv and install the project, its dependencies and the test browser
+## setup: create .venv and install the project, its dependencies (the versions in constraints.txt) and the test browser
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
 	@$(MAKE) --no-print-directory browser
+
+## constraints: record the installed versions in constraints.txt (after a dependency change and a passing make test)
+constraints:
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 ## browser: install Debian's chromium for the end-to-end test (needs root or sudo; skipped if present)
 browser:
@@ -44,6 +48,10 @@ demo:
 ## test: the whole test suite, the browser test included
 test:
 	$(PY) -m pytest -q
+
+## soak: kill -9 tiny runs at random moments (N=10 runs), resume each, count how many end exactly as uninterrupted
+soak:
+	$(PY) tests/soak.py --runs $(or $(N),10) $(ARGS)
 
 ## bench: learning outcome, cost and latency benchmarks (about 21 min on 2 cores)
 bench:

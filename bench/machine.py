@@ -5,7 +5,9 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +71,20 @@ def timed(step: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+@contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 points at /dev/null inside: C++ logging bypasses Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_mb(steps: dict[str, Callable[[], object]], device: torch.device,
                    before_each: Callable[[], object] = lambda: None) -> dict[str, float]:
     """For each step, the peak of tensor memory allocated during it above what was allocated when it
@@ -91,11 +107,17 @@ def peak_memory_mb(steps: dict[str, Callable[[], object]], device: torch.device,
             torch.cuda.synchronize(device)
             peaks[name] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
         return peaks
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with native_stderr_silenced():  # kineto prints "USDT: ... profiler_start/stop" lines on every start/stop
+        prof.start()
+    try:
         for name, step in steps.items():
             before_each()
             with record_function(f"bench:{name}"):
                 step()
+    finally:
+        with native_stderr_silenced():
+            prof.stop()
     events = prof.profiler.kineto_results.events()
     ranges = {e.name()[len("bench:"):]: (e.start_ns(), e.start_ns() + e.duration_ns())
               for e in events if e.name().startswith("bench:")}

@@ -11,7 +11,7 @@ from functools import lru_cache
 from trainer import protocol
 
 from .masks import Marks, apply_ops
-from .runs import Query, Queue
+from .run_reader import Query, Queue
 
 ACTION_LABELS = {
     protocol.ACTION_MASK: "Mark regions",

@@ -1,7 +1,12 @@
-"""Start, stop and resume the trainer as a subprocess of its own session, so it outlives page reloads
-and even the dashboard. The trainer writes its pid into status.json; until it does (torch import and
-data set loading take a few seconds), ``launch.json`` - the one file the dashboard writes besides
-``feedback/`` - holds the pid, so a run that dies before its first status still shows up with its log.
+"""Start, stop, resume and delete trainer runs from a page. The trainer runs as a subprocess of its
+own session, so it outlives page reloads and even the dashboard. The trainer writes its pid into
+status.json; until it does (torch import and data set loading take a few seconds), the launch record
+(``launch.json``, the one file the dashboard writes besides ``feedback/``) holds the pid, so a run that
+dies before its first status still shows up with its log.
+
+A page may be open to anyone who can reach the dashboard, so what it may ask of the trainer is
+limited: the run name and runs folder come from the form alone, and a path typed on the page must lie
+inside one of the folders the dashboard was started with (``hitl-serve --allow-root``).
 """
 from __future__ import annotations
 
@@ -19,17 +24,19 @@ from pathlib import Path
 
 from trainer import protocol
 
-LAUNCH_FILE = "launch.json"
 TITLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 LIVE_STATES = (protocol.TRAINING, protocol.WAITING)
+DATASETS_ROOT = Path(__file__).resolve().parents[1] / "datasets"
 
-# Asks the trainer's own argument parser and config for the form's menus and defaults, in a child
-# process: the choices live in the trainer's registries (torch modules), and the dashboard stays torch-free.
-_OPTIONS_SCRIPT = (
-    "import json; from trainer.cli import build_parser; from trainer.config import TrainConfig; "
-    "print(json.dumps({'choices': {a.dest: list(a.choices) for a in build_parser()._actions if a.choices}, "
-    "'defaults': TrainConfig().to_dict()}))"
-)
+# Trainer options a page may not set, and why (the form, or a button, sets them).
+FORM_ONLY = {
+    "runs_dir": "the runs folder is the dashboard's",
+    "title": "the run name comes from the Run name field",
+    "resume": "resume a run with its Resume button",
+    "options_json": "it is not a training option",
+}
+PATH_OPTIONS = ("data_dir", "init_from")  # confined to the allowed folders
+_NUMBER = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?$")
 
 _children: list[subprocess.Popen] = []
 
@@ -80,31 +87,130 @@ def parse_extra_args(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def trainer_options() -> dict[str, dict]:
-    """``choices``: the trainer's menus (data sets, sampling, saliency methods, ...) by option name;
-    ``defaults``: its default config. Asked once per dashboard process (importing torch takes seconds)."""
+def trainer_options() -> dict:
+    """``options``: the trainer's own description of its options (``hitl-train --options-json``);
+    ``choices``: its menus (data sets, sampling, saliency methods, ...) by option name; ``defaults``: its
+    default config. Asked once per dashboard process (importing torch takes seconds)."""
     try:
-        done = subprocess.run([sys.executable, "-c", _OPTIONS_SCRIPT], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "trainer", "--options-json"], capture_output=True, text=True,
                               timeout=120, check=True)
-        return json.loads(done.stdout)
+        described = json.loads(done.stdout)
     except (subprocess.SubprocessError, json.JSONDecodeError) as e:
         detail = getattr(e, "stderr", "") or str(e)
         raise LaunchError(f"could not ask the trainer for its options: {detail.strip()[-500:]}") from None
+    return {"options": described["options"], "defaults": described["defaults"],
+            "choices": {o["name"]: o["choices"] for o in described["options"] if o["choices"]}}
 
 
-def start_run(runs_dir: Path | str, request: RunRequest) -> protocol.RunDir:
-    """Create the run folder and start the trainer in it; its output goes to trainer.log."""
+def default_allowed_roots(runs_dir: Path | str) -> list[Path]:
+    """Where typed paths may point unless the dashboard was told otherwise: the project's data sets
+    and the runs folder (another run's checkpoint for --init-from)."""
+    return [DATASETS_ROOT, Path(runs_dir)]
+
+
+def confine(path_text: str, allowed_roots: list[Path], what: str) -> None:
+    """Refuse a typed path that leads (through links too) outside every allowed folder."""
+    real = Path(os.path.realpath(path_text))
+    for root in allowed_roots:
+        root = Path(os.path.realpath(root))
+        if real == root or root in real.parents:
+            return
+    raise LaunchError(f"{what} {path_text!r} is outside the folders this dashboard may read "
+                      f"({', '.join(str(r) for r in allowed_roots)}; `hitl-serve --allow-root` adds one)")
+
+
+def check_extra_args(args: list[str], options: list[dict], allowed_roots: list[Path]) -> None:
+    """Accept only the trainer's own flags, spelled in full, that a page may set; typed paths confined.
+    A token that starts with "-" is always taken as a flag, as the trainer's parser does."""
+    by_flag = {flag: o for o in options for flag in o["flags"]}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        flag, has_value, value = token.partition("=")
+        if not token.startswith("-") or _NUMBER.match(token):
+            raise LaunchError(f"{token!r} in the trainer options is not a flag (a value goes right after its flag)")
+        option = by_flag.get(flag)
+        if option is None:
+            raise LaunchError(f"{flag} is not an option of the trainer (give each flag in full, as "
+                              f"`python -m trainer --help` lists it)")
+        if option["name"] in FORM_ONLY:
+            raise LaunchError(f"{flag} cannot be given here: {FORM_ONLY[option['name']]}")
+        if not has_value and option["value"] != "none":
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is not None and (not following.startswith("-") or _NUMBER.match(following)):
+                value, has_value = following, "="
+                i += 1
+            elif option["value"] == "required":
+                raise LaunchError(f"{flag} needs a value")
+        if option["name"] in PATH_OPTIONS and has_value:
+            confine(value, allowed_roots, flag)
+        i += 1
+
+
+def start_run(runs_dir: Path | str, request: RunRequest, allowed_roots: list[Path] | None = None) -> protocol.RunDir:
+    """Create the run folder and start the trainer in it; its output goes to trainer.log. Nothing is
+    created when the request is refused."""
     if not TITLE_PATTERN.match(request.title):
         raise LaunchError("the run name may use letters, digits, '.', '_' and '-' (no spaces or slashes), "
                           "starting with a letter or digit")
     runs_dir = Path(runs_dir).resolve()
+    roots = default_allowed_roots(runs_dir) if allowed_roots is None else allowed_roots
+    if request.data_dir.strip():
+        confine(request.data_dir.strip(), roots, "the data folder")
+    if request.extra_args:
+        check_extra_args(request.extra_args, trainer_options()["options"], roots)
     run = protocol.RunDir(runs_dir / request.title)
     try:
         run.path.mkdir(parents=True)
     except FileExistsError:
         raise LaunchError(f"a run named {request.title!r} already exists; choose another name") from None
-    _spawn(run, request.trainer_args(runs_dir), log_mode="w")
+    _spawn(run, request.trainer_args(runs_dir), append_log=False)
     return run
+
+
+@dataclass
+class StartOutcome:
+    """How a just-started trainer is doing: ``running`` (it wrote its status), ``starting`` (still
+    loading), or ``exited`` with the error line of its log."""
+
+    state: str
+    message: str = ""
+
+
+def await_start(run: protocol.RunDir, timeout: float = 15.0, poll: float = 0.2) -> StartOutcome:
+    """Wait until the trainer started in ``run`` reports a status or exits, at most ``timeout`` seconds:
+    a bad option ends it within seconds, and a page must not say "started" for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        launch = protocol.read_launch(run)
+        status = protocol.read_status(run)
+        if launch is not None and not launch_is_newer(launch, status):
+            if status.get("state") == protocol.FAILED:
+                return StartOutcome("exited", str(status.get("error") or error_line(run)))
+            return StartOutcome("running")
+        if launch is None or not launch_alive(launch):
+            _reap()
+            return StartOutcome("exited", error_line(run))
+        if time.monotonic() > deadline:
+            return StartOutcome("starting")
+        time.sleep(poll)
+
+
+def error_line(run: protocol.RunDir) -> str:
+    """The trainer's one-line error from its log (the last line when it printed none)."""
+    lines = [ln for ln in protocol.read_log_tail(run, 40).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("hitl-train: error:")]
+    return (errors or lines or ["the trainer exited without a message"])[-1]
+
+
+def delete_run(run: protocol.RunDir) -> None:
+    """Remove a failed or stopped run and all its files."""
+    from .run_reader import summarise  # run_reader imports this module
+
+    state = summarise(run).state
+    if live_pid(run) is not None or state not in (protocol.FAILED, protocol.STOPPED):
+        raise LaunchError(f"{run.name} is {state.replace('_', ' ')}: only a failed or stopped run can be deleted")
+    protocol.delete_run(run)
 
 
 def resume_run(run: protocol.RunDir) -> None:
@@ -114,7 +220,7 @@ def resume_run(run: protocol.RunDir) -> None:
     if not run.last_checkpoint.exists():
         raise LaunchError(f"{run.name} has no checkpoint to resume from (it ended before its first epoch "
                           f"finished); start a new run instead")
-    _spawn(run, ["--resume", "--runs-dir", str(run.path.parent.resolve()), "--title", run.name], log_mode="a")
+    _spawn(run, ["--resume", "--runs-dir", str(run.path.parent.resolve()), "--title", run.name], append_log=True)
 
 
 def stop_run(run: protocol.RunDir) -> None:
@@ -122,9 +228,9 @@ def stop_run(run: protocol.RunDir) -> None:
     pid = live_pid(run)
     if pid is None:
         raise LaunchError(f"{run.name} is not running")
-    launch = read_launch(run)
+    launch = protocol.read_launch(run)
     if launch is not None and launch.get("pid") == pid:
-        protocol.atomic_write_json(run.path / LAUNCH_FILE, {**launch, "stop_requested_at": time.time()})
+        protocol.mark_stop_requested(run, launch)
     os.kill(pid, signal.SIGTERM)
     _reap()
 
@@ -136,24 +242,16 @@ def live_pid(run: protocol.RunDir) -> int | None:
         pid = status.get("pid")
         if isinstance(pid, int) and protocol.pid_alive(pid):
             return pid
-    launch = read_launch(run)
+    launch = protocol.read_launch(run)
     if launch is not None and launch_is_newer(launch, status) and launch_alive(launch):
         return launch["pid"]
     return None
 
 
-def read_launch(run: protocol.RunDir) -> dict | None:
-    """The last launch record of a run started from the dashboard; None if there is none or it is unreadable."""
-    try:
-        launch = protocol.read_json(run.path / LAUNCH_FILE)
-    except (FileNotFoundError, protocol.ProtocolError):
-        return None
-    return launch if isinstance(launch, dict) and isinstance(launch.get("pid"), int) else None
-
-
 def launch_is_newer(launch: dict, status: dict) -> bool:
     """True while the trainer started by this launch has not written a status yet."""
-    return float(launch.get("started_at", 0)) > float(status.get("heartbeat", 0) or 0)
+    started, heartbeat = launch.get("started_at"), status.get("heartbeat")
+    return (started if isinstance(started, (int, float)) else 0) > (heartbeat if isinstance(heartbeat, (int, float)) else 0)
 
 
 def launch_alive(launch: dict) -> bool:
@@ -164,18 +262,16 @@ def _is_local(host: str | None) -> bool:
     return not host or host == os.uname().nodename
 
 
-def _spawn(run: protocol.RunDir, args: list[str], log_mode: str) -> None:
+def _spawn(run: protocol.RunDir, args: list[str], append_log: bool) -> None:
     argv = [sys.executable, "-m", "trainer", *args]
     _reap()
-    with open(run.log, log_mode, encoding="utf-8") as log:
+    with protocol.open_log(run, append=append_log) as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     _children.append(child)
-    protocol.atomic_write_json(run.path / LAUNCH_FILE, {
-        "format": protocol.FORMAT, "pid": child.pid, "host": os.uname().nodename, "argv": argv,
-        "started_at": time.time()})
+    protocol.write_launch(run, child.pid, argv)
 
 
 def _reap() -> None:

@@ -6,13 +6,31 @@ from the pixels alone that each image carries its own label (joined by id, not b
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from trainer.data import DataError, DataRequest, build_dataset
+
+SIZE = 32  # the target size the tests ask for
 SMALL = (40, 30)  # below 2× a 32-px target: read directly
 LARGE = (100, 80)  # above 2× a 32-px target: resized once and cached
+
+
+def request(data_dir, **kw) -> DataRequest:
+    return DataRequest(data_dir=str(data_dir), image_size=kw.pop("image_size", SIZE), seed=kw.pop("seed", 0), **kw)
+
+
+def error_of(name: str, data_dir, **kw) -> str:
+    """The one-line DataError that building ``name`` from ``data_dir`` raises."""
+    with pytest.raises(DataError) as caught:
+        build_dataset(name, request(data_dir, **kw))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
 
 
 def level(label: int) -> int:
@@ -39,6 +57,20 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     """Cut a file short, as an interrupted download or copy would."""
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def corrupt_data_stream(path: Path) -> Path:
+    """Damage the compressed pixels in the middle of a PNG's first IDAT chunk, keeping the file's size,
+    its end marker and its modification time: only a full decode can tell."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8:start - 4], "big")
+    middle = start + length // 3
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    times = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
     return path
 
 

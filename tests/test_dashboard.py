@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard import answers, launcher, masks, overlay, runs, serve
+from dashboard import answers, launcher, masks, overlay, run_reader, serve
 from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Marks
 from trainer import protocol
 
@@ -194,7 +194,7 @@ def test_summaries_name_every_state(tmp_path):
     make_run(tmp_path, "failed", protocol.FAILED, error="RuntimeError: out of memory", traceback=["line 1", "line 2"])
     make_run(tmp_path, "finished", protocol.FINISHED, epochs_done=4, result={"best_epoch": 4, "test_acc": 0.9})
     (tmp_path / "not-a-run").mkdir()
-    by_name = {s.name: s for s in runs.list_summaries(tmp_path)}
+    by_name = {s.name: s for s in run_reader.list_summaries(tmp_path)}
     assert set(by_name) == {"training", "stale", "failed", "finished"}
     assert by_name["training"].state == protocol.TRAINING and by_name["training"].can_stop
     assert by_name["stale"].state == protocol.STALE and by_name["stale"].heartbeat_age > 3000
@@ -205,7 +205,7 @@ def test_summaries_name_every_state(tmp_path):
     assert finished.best_val_loss == pytest.approx(2.2 / 4) and finished.best_val_acc == pytest.approx(1.0)
     assert not stale.last_checkpoint.exists() and not by_name["stale"].can_resume
     stale.last_checkpoint.write_bytes(b"checkpoint")
-    assert runs.summarise(stale).can_resume
+    assert run_reader.summarise(stale).can_resume
 
 
 def test_a_run_started_from_the_dashboard_shows_before_the_trainer_reports(tmp_path):
@@ -214,10 +214,10 @@ def test_a_run_started_from_the_dashboard_shows_before_the_trainer_reports(tmp_p
         for name, pid, extra in (("starting", sleeper.pid, {}), ("died", 2 ** 22 + 7, {}),
                                  ("stopped", 2 ** 22 + 7, {"stop_requested_at": time.time()})):
             (tmp_path / name).mkdir()
-            protocol.atomic_write_json(tmp_path / name / launcher.LAUNCH_FILE,
+            protocol.atomic_write_json(tmp_path / name / protocol.LAUNCH_FILE,
                                        {"pid": pid, "host": os.uname().nodename, "started_at": time.time(), **extra})
-        by_name = {s.name: s for s in runs.list_summaries(tmp_path)}
-        assert by_name["starting"].state == runs.STARTING
+        by_name = {s.name: s for s in run_reader.list_summaries(tmp_path)}
+        assert by_name["starting"].state == run_reader.STARTING
         assert by_name["died"].state == protocol.FAILED and "log" in by_name["died"].error
         assert by_name["stopped"].state == protocol.STOPPED
     finally:
@@ -229,19 +229,19 @@ def test_queue_with_broken_files_keeps_the_rest_usable(tmp_path):
     run = waiting_run(tmp_path, n=3)
     protocol.query_image_path(run, 1, "q001").unlink()
     protocol.query_saliency_path(run, 1, "q002").write_bytes(b"not numpy")
-    queue = runs.load_queue(run, 1)
+    queue = run_reader.load_queue(run, 1)
     assert queue.error is None and len(queue.queries) == 3
     good, missing, no_map = queue.queries
     assert good.image.shape == (H, W, 3) and good.saliency.shape == (H, W) and not good.problem
     assert "q001.png is missing" in missing.problem
     assert no_map.image is not None and no_map.saliency is None and "saliency map" in no_map.warning
     (run.queue_dir(1) / protocol.MANIFEST_FILE).write_text("{ not json")
-    assert "cannot be read" in runs.load_queue(run, 1).error
+    assert "cannot be read" in run_reader.load_queue(run, 1).error
 
 
 def test_answers_become_a_mask_file_the_trainer_accepts_once(tmp_path):
     run = waiting_run(tmp_path, n=4)
-    queue = runs.load_queue(run, 1)
+    queue = run_reader.load_queue(run, 1)
     marked = answers.Answer.for_query(queue.queries[0])
     marked.take([rect(3, 2, 9, 6), rect(20, 20, 30, 30, target=RELEVANT)], revision=1)
     flagged = answers.Answer.for_query(queue.queries[1])
@@ -268,7 +268,7 @@ def test_an_older_list_of_marks_never_replaces_a_newer_one():
 
 def test_drafts_keep_unsent_work_beside_the_run_and_never_as_the_mask_file(tmp_path):
     run = waiting_run(tmp_path)
-    queue = runs.load_queue(run, 1)
+    queue = run_reader.load_queue(run, 1)
     book = {"q000": answers.Answer(H, W, ops=[rect(4, 8, 20, 16)], revision=3),
             "q001": answers.Answer(H, W, action=protocol.ACTION_SKIP)}
     answers.save_draft(run, 1, book)
@@ -290,21 +290,21 @@ def test_learning_readers(tmp_path):
         protocol.QueryFeedback("q001", 101, "mask", relevant=square(0, 16, 0, 32))])
     protocol.atomic_write_text(run.tracking, "epoch,index,masked_share\n2,100,0.5\n2,101,0.2\n3,100,0.1\n3,10")
     protocol.atomic_save_npy(run.tracking_dir(2) / "100.npy", np.ones((H, W), np.float16))
-    tracking = runs.read_tracking(run)
+    tracking = run_reader.read_tracking(run)
     assert tracking.to_dict("list") == {"epoch": [2, 3, 2], "index": [100, 100, 101], "masked_share": [0.5, 0.1, 0.2]}
-    masks_by_index = runs.feedback_masks(run)
+    masks_by_index = run_reader.feedback_masks(run)
     assert np.array_equal(masks_by_index[100], square(0, 4, 0, 4))
     assert np.array_equal(masks_by_index[101], square(16, 32, 0, 32))  # outside "should use"
-    assert set(runs.query_images(run)) == {100, 101}
-    assert runs.tracked_saliency(run, 2, 100, (H, W)).dtype == np.float32
-    assert runs.tracked_saliency(run, 3, 100, (H, W)) is None
+    assert set(run_reader.query_images(run)) == {100, 101}
+    assert run_reader.tracked_saliency(run, 2, 100, (H, W)).dtype == np.float32
+    assert run_reader.tracked_saliency(run, 3, 100, (H, W)) is None
 
 
 def test_log_tail_keeps_the_last_lines(tmp_path):
     run = make_run(tmp_path, "logged")
     run.log.write_text("".join(f"line {i}\n" for i in range(100)) + "progress 10%\rprogress 90%")
-    assert runs.log_tail(run, lines=3).splitlines() == ["line 99", "progress 10%", "progress 90%"]
-    assert runs.log_tail(make_run(tmp_path, "silent")) == ""
+    assert protocol.read_log_tail(run, lines=3).splitlines() == ["line 99", "progress 10%", "progress 90%"]
+    assert protocol.read_log_tail(make_run(tmp_path, "silent")) == ""
 
 
 # --------------------------------------------------------------------------- launcher and server
@@ -363,11 +363,56 @@ def test_trainer_options_come_from_the_trainer():
     assert options["defaults"]["saliency"] in options["choices"]["saliency"]
 
 
+def test_trainer_describes_its_options_as_data():
+    described = json.loads(subprocess.run([sys.executable, "-m", "trainer", "--options-json"], capture_output=True,
+                                          text=True, timeout=120, check=True).stdout)
+    by_name = {o["name"]: o for o in described["options"]}
+    assert by_name["runs_dir"]["flags"] == ["-md", "--runs-dir"] and by_name["resume"]["value"] == "none"
+    assert by_name["epochs"]["type"] == "int" and by_name["epochs"]["default"] == described["defaults"]["epochs"]
+    assert by_name["pretrained"]["value"] == "optional" and "decoy-digits" in by_name["dataset"]["choices"]
+
+
+def test_started_only_when_the_trainer_runs(tmp_path):
+    """A bad option ends the trainer within seconds: that is an error with its line, not "started";
+    a good run reports running once it writes its status."""
+    bad = launcher.start_run(tmp_path, launcher.RunRequest(
+        title="bad", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random", queries_per_epoch=0,
+        query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none", extra_args=["--lr", "0"]))
+    good = launcher.start_run(tmp_path, launcher.RunRequest(
+        title="good", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random", queries_per_epoch=0,
+        query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none",
+        extra_args=["--train-fraction", "0.05", "--val-fraction", "0.1", "--device", "cpu"]))
+    try:
+        outcome = launcher.await_start(bad, timeout=120)
+        assert (outcome.state, outcome.message) == ("exited", "hitl-train: error: argument --lr: must be positive, got 0")
+        assert launcher.await_start(good, timeout=120).state == "running"
+    finally:
+        if launcher.live_pid(good) is not None:
+            launcher.stop_run(good)
+
+
+def test_only_a_failed_or_stopped_run_can_be_deleted(tmp_path):
+    failed = make_run(tmp_path, "failed", protocol.FAILED, error="ValueError: x")
+    stopped = make_run(tmp_path, "stopped", protocol.STOPPED)
+    training = make_run(tmp_path, "training")
+    finished = make_run(tmp_path, "finished", protocol.FINISHED)
+    for run in (training, finished):
+        with pytest.raises(launcher.LaunchError, match="only a failed or stopped run"):
+            launcher.delete_run(run)
+    launcher.delete_run(failed)
+    launcher.delete_run(stopped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["finished", "training"]
+    (tmp_path / "stray").mkdir()
+    with pytest.raises(protocol.ProtocolError, match="not a run folder"):
+        protocol.delete_run(protocol.RunDir(tmp_path / "stray"))
+
+
 def test_serve_binds_localhost_unless_told(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append(argv))
+    monkeypatch.delenv(serve.TOKEN_ENV, raising=False)
     serve.main(["--runs-dir", str(tmp_path)])
-    serve.main(["--host", "0.0.0.0", "--port", "9000"])
+    serve.main(["--host", "0.0.0.0", "--port", "9000", "--token", "s3cret"])
     local, shared = calls
     assert local[local.index("--server.address") + 1] == "127.0.0.1"
     assert local[local.index("--server.port") + 1] == "8501"
@@ -440,8 +485,9 @@ def test_runs_page_lists_runs_and_their_trouble(app, tmp_path, monkeypatch):
 
 def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(launcher, "start_run", lambda root, request: started.append((root, request))
+    monkeypatch.setattr(launcher, "start_run", lambda root, request, allowed_roots: started.append((root, request))
                         or protocol.RunDir(Path(root) / request.title))
+    monkeypatch.setattr(launcher, "await_start", lambda run: launcher.StartOutcome("running"))
     at = app()
     at.text_input[0].set_value("my-run")
     at.number_input[0].set_value(3)
@@ -451,6 +497,35 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     assert root == tmp_path and request.title == "my-run"
     assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
     assert "Started **my-run**" in texts(at.success)
+
+
+def test_runs_form_shows_why_a_trainer_did_not_start(app, tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "start_run", lambda root, request, allowed_roots:
+                        protocol.RunDir(Path(root) / request.title))
+    monkeypatch.setattr(launcher, "await_start", lambda run: launcher.StartOutcome(
+        "exited", "hitl-train: error: argument --lr: must be positive, got 0"))
+    at = app()
+    at.text_input[0].set_value("my-run")
+    at.button(key="FormSubmitter:new-run-Start training").click().run()
+    assert not at.success
+    assert "**my-run** did not start: hitl-train: error: argument --lr" in texts(at.error)
+
+
+def test_runs_page_deletes_a_failed_run_after_asking(app, tmp_path):
+    make_run(tmp_path, "broken", protocol.FAILED, error="ValueError: bad data folder")
+    make_run(tmp_path, "busy")
+    at = app()
+    at.selectbox(key="run").set_value("busy").run()
+    assert not [b for b in at.button if b.key == "delete-busy"]
+    at.selectbox(key="run").set_value("broken").run()
+    at.button(key="delete-broken").click().run()
+    assert "cannot be undone" in texts(at.warning) and (tmp_path / "broken").exists()
+    at.button(key="cancel-delete-broken").click().run()
+    assert (tmp_path / "broken").exists()
+    at.button(key="delete-broken").click().run()
+    at.button(key="confirm-delete-broken").click().run()
+    assert not (tmp_path / "broken").exists()
+    assert list(at.dataframe[0].value.Run) == ["busy"]
 
 
 def test_review_sends_the_drawn_mask(app, tmp_path):

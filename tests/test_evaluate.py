@@ -141,11 +141,11 @@ def test_evaluation_page_overlays_runs_and_says_how_to_evaluate(tmp_path, monkey
 
 
 def test_broken_evaluation_files_are_skipped(tmp_path):
-    from dashboard import runs
+    from dashboard import run_reader
 
     good, broken = protocol.RunDir(tmp_path / "good"), protocol.RunDir(tmp_path / "broken")
     protocol.write_evaluation(good, evaluation_doc("good", 0.3))
     protocol.atomic_write_text(broken.evaluation, "{not json")
-    curves, summary = runs.evaluation_frames([good, broken, protocol.RunDir(tmp_path / "none")])
+    curves, summary = run_reader.evaluation_frames([good, broken, protocol.RunDir(tmp_path / "none")])
     assert set(curves.run) == {"good"} and len(curves) == 6
     assert summary.half_removed.tolist() == pytest.approx([0.6, 0.6])

@@ -103,3 +103,57 @@ def test_bad_mask_files_are_refused_with_the_reason(tmp_path, doc, reason):
     manifest = make_manifest(protocol.RunDir(tmp_path / "r"))
     with pytest.raises(protocol.ProtocolError, match=reason):
         protocol.parse_feedback(doc, manifest)
+
+
+def test_confusion_tracking_and_launch_round_trip(tmp_path):
+    run = protocol.RunDir(tmp_path / "r")
+    assert protocol.read_confusion(run) is None and protocol.read_tracking(run) == []
+    protocol.write_confusion(run, 2, ["a", "b"], [[3, 1], [0, 4]])
+    assert protocol.read_confusion(run) == {"epoch": 2, "class_names": ["a", "b"], "matrix": [[3, 1], [0, 4]]}
+    saliency = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
+    protocol.write_tracking(run, 1, {10: 0.5, 11: 0.25}, {10: saliency, 11: saliency})
+    protocol.write_tracking(run, 2, {10: 0.125}, {10: saliency})
+    protocol.write_tracking(run, 2, {10: 0.0625}, {10: -saliency})  # a resumed run writes epoch 2 again
+    assert protocol.read_tracking(run) == [(1, 10, 0.5), (1, 11, 0.25), (2, 10, 0.0625)]
+    back = protocol.read_saliency(run.tracking_map(2, 10), (8, 8))
+    assert back.dtype == np.float32 and np.allclose(back, -saliency, atol=1e-3)
+    assert protocol.read_saliency(run.tracking_map(2, 10), (4, 4)) is None
+    with open(run.tracking, "a") as f:
+        f.write("3,10")  # a half-written last line is skipped
+    assert len(protocol.read_tracking(run)) == 3
+    protocol.write_launch(run, 1234, ["python", "-m", "trainer"])
+    launch = protocol.read_launch(run)
+    assert launch["pid"] == 1234 and run.is_run() and not run.exists()
+    protocol.mark_stop_requested(run, launch)
+    assert protocol.read_launch(run)["stop_requested_at"] >= launch["started_at"]
+
+
+def test_query_entries_round_trip_and_name_what_is_missing(tmp_path):
+    entry = protocol.QueryEntry("q000", 7, 1, 0, [0.25, 0.75], 0.56, 8, 8, already_annotated=True)
+    assert protocol.QueryEntry.from_json(json.loads(json.dumps(entry.to_json()))) == entry
+    broken = entry.to_json()
+    del broken["height"]
+    with pytest.raises(protocol.ProtocolError, match="no height"):
+        protocol.QueryEntry.from_json(broken)
+
+
+def test_outside_a_relevant_region_counts_as_forbidden():
+    forbidden = np.zeros((4, 4), bool)
+    forbidden[0, 0] = True
+    relevant = np.zeros((4, 4), bool)
+    relevant[2:, 2:] = True
+    answer = protocol.QueryFeedback("q", 1, protocol.ACTION_MASK, forbidden=forbidden, relevant=relevant)
+    assert np.array_equal(answer.must_not_use(), ~relevant)
+    assert np.array_equal(protocol.QueryFeedback("q", 1, protocol.ACTION_MASK, forbidden=forbidden).must_not_use(),
+                          forbidden)
+    assert protocol.QueryFeedback("q", 1, protocol.ACTION_SKIP, forbidden=forbidden).must_not_use() is None
+    assert protocol.QueryFeedback("q", 1, protocol.ACTION_MASK, forbidden=np.zeros((4, 4), bool)).must_not_use() is None
+
+
+def test_run_files_are_as_readable_as_the_umask_allows(tmp_path):
+    """A trainer and a dashboard running as two users of one lab machine can share a run (umask 022: 0644)."""
+    path = tmp_path / "status.json"
+    protocol.atomic_write_json(path, {"state": "training"})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
+    assert protocol.submit_feedback(protocol.RunDir(tmp_path), 1, "test", [])
+    assert protocol.RunDir(tmp_path).feedback_file(1).stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK

@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fixtures_real import (LARGE, level, make_aptos, make_csv, make_folder, make_isic, make_nci, truncate,
-                           write_csv, write_image)
+from fixtures_real import (LARGE, SIZE, error_of, level, make_aptos, make_csv, make_folder, make_isic, make_nci,
+                           request, truncate, write_csv, write_image)
 from trainer.data import DATASETS, DataError, DataRequest, build_dataset
 from trainer.data.images import FileSplit, describe
-
-SIZE = 32
-
-
-def request(data_dir, **kw) -> DataRequest:
-    return DataRequest(data_dir=str(data_dir), image_size=kw.pop("image_size", SIZE), seed=kw.pop("seed", 0), **kw)
-
 
 def assert_labels_match_pixels(split: FileSplit, class_of_level) -> None:
     """Every image's grey level is the one written for its own label (pairing by id, not position)."""
@@ -31,14 +23,6 @@ def assert_labels_match_pixels(split: FileSplit, class_of_level) -> None:
 
 def grade_of(value: int) -> int:
     return round((value - 30) / 40)
-
-
-def error_of(name: str, data_dir, **kw) -> str:
-    with pytest.raises(DataError) as caught:
-        build_dataset(name, request(data_dir, **kw))
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 # --------------------------------------------------------------------------- registry and common rules

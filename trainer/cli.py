@@ -3,6 +3,8 @@ so its documented command still works."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-md", "--runs-dir", help=f"where runs live (default {d.runs_dir}/)")
     run.add_argument("-td", "--title", help="run name: the folder under --runs-dir (default: dataset and time)")
     run.add_argument("--resume", action="store_true", help="continue the run --title from its last checkpoint")
+    run.add_argument("--config", metavar="FILE",
+                     help="settings from a YAML, TOML or JSON file (a run's config.json works as it is); flags given "
+                          "as well override it; the run name and runs folder come from flags only")
     run.add_argument("-E", "--epochs", type=_positive(int), help=f"default {d.epochs}")
     run.add_argument("--seed", type=int, help=f"default {d.seed}")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
@@ -126,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "trained model and fine-tune it")
     model.add_argument("--batch-size", type=_positive(int), help=f"default {d.batch_size}")
     model.add_argument("--lr", type=_positive(float), help=f"default {d.lr}")
+    model.add_argument("--weight-decay", type=_non_negative(float), help=f"AdamW weight decay (default {d.weight_decay:g})")
 
     method = p.add_argument_group("saliency-guided training")
     method.add_argument("--method", choices=list(METHODS),
@@ -166,18 +172,49 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--deeplift-baseline", choices=sorted(DEEPLIFT_BASELINES),
                     help="what deeplift compares the image with: a blurred copy (default, as the original tool) "
                          "or black")
+    fb.add_argument("--track-images", type=_non_negative(int),
+                    help=f"annotated images whose saliency is saved after every epoch for the Learning page "
+                         f"(default {d.track_images})")
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
                          "on without feedback for that epoch, and a later answer is applied at the next epoch end")
+    p.add_argument("--options-json", action="store_true", help="print these options as JSON and exit")
     return p
 
 
+def describe_options() -> dict:
+    """The options as data (name, flags, choices, default, help, type, value: none, optional or
+    required) and the default config: what the dashboard builds its form from and checks typed flags
+    against, so it never reads the parser's internals."""
+    defaults = DEFAULTS.to_dict()
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    options = []
+    for action in build_parser()._actions:
+        if action.dest == "help":
+            continue
+        options.append({
+            "name": action.dest, "flags": list(action.option_strings),
+            "choices": list(action.choices) if action.choices else None, "default": defaults.get(action.dest),
+            "help": action.help, "type": "switch" if action.nargs == 0 else types.get(action.dest, "str"),
+            "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required"})
+    return {"options": options, "defaults": defaults}
+
+
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
-    """The resolved config and whether to resume. On --resume the run's saved config is the base and
-    only the flags given again override it."""
-    given = vars(build_parser().parse_args(argv))
+    """The resolved config and whether to resume. The base is the defaults, overridden by ``--config``'s
+    file, overridden by the flags; on --resume the run's saved config is the base and only the flags
+    given again override it."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    given.pop("options_json", None)
     resume = given.pop("resume", False)
-    task = given.pop("task", None)
+    if "config" in given:
+        if resume:
+            raise CLIError("--config and --resume cannot be combined: a resumed run keeps its own config")
+        from_file = settings_from_file(given.pop("config"), parser)
+    else:
+        from_file = {}
+    task = given.pop("task", from_file.pop("task", None))
     runs_dir = given.get("runs_dir", DEFAULTS.runs_dir)
     if resume:
         if "title" not in given:
@@ -191,7 +228,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
             raise CLIError(f"--resume: {e}") from None
     else:
         base = DEFAULTS.to_dict()
-    cfg = TrainConfig.from_dict({**base, **given})
+    cfg = TrainConfig.from_dict({**base, **from_file, **given})
     if task is not None:
         cfg.dataset_options = {**cfg.dataset_options, "task": task}
     if not cfg.title:
@@ -202,6 +239,58 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         raise CLIError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
     check_methods(cfg, given, base if resume else None)
     return cfg, resume
+
+
+# Keys of a config file that are not settings of the experiment: a run's own name and folder.
+NOT_FROM_CONFIG_FILES = ("format", "title", "runs_dir")
+
+
+def settings_from_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The settings in a YAML/JSON or TOML file, checked by the same parser as the flags (so a wrong value
+    is refused exactly as on the command line, with the file named)."""
+    doc = _read_config_file(Path(path))
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens: list[str] = []
+    for key, value in doc.items():
+        if key in NOT_FROM_CONFIG_FILES or value is None:
+            continue
+        if key == "dataset_options":
+            if not isinstance(value, dict) or set(value) - {"task"}:
+                raise CLIError(f"--config {path}: dataset_options may only hold task")
+            key, value = "task", value.get("task")
+            if value is None:
+                continue
+        action = options.get(key)
+        if action is None or action.dest in ("resume", "config", "options_json", "help"):
+            raise CLIError(f"--config {path}: unknown setting {key!r}")
+        if isinstance(value, (dict, list)):
+            raise CLIError(f"--config {path}: {key} must be a single value, not {type(value).__name__}")
+        tokens += [action.option_strings[-1], str(value).lower() if isinstance(value, bool) else str(value)]
+    try:
+        return vars(parser.parse_args(tokens))
+    except CLIError as e:
+        raise CLIError(f"--config {path}: {e}") from None
+
+
+def _read_config_file(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"--config: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+            doc = tomllib.loads(text)
+        else:  # YAML, and JSON as its subset
+            import yaml
+            doc = yaml.safe_load(text)
+    except Exception as e:
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CLIError(f"--config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML or JSON'} "
+                       f"({detail})") from None
+    if not isinstance(doc, dict):
+        raise CLIError(f"--config {path}: expected a mapping of setting names to values")
+    return {str(k).replace("-", "_"): v for k, v in doc.items()}
 
 
 def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
@@ -228,8 +317,11 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .model import ModelError
-    from .train import Stopped, install_stop_handlers, run_training
+    from .train import Stopped, describe_os_error, install_stop_handlers, run_training
 
+    if "--options-json" in (sys.argv[1:] if argv is None else argv):
+        print(json.dumps(describe_options()))
+        return 0
     try:
         cfg, resume = parse_args(argv)
     except CLIError as e:
@@ -240,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_training(cfg, resume=resume)
     except (DataError, ModelError, FileNotFoundError, ValueError) as e:
         print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only or full runs folder, and the like
+        print(f"hitl-train: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Stopped as e:
         print(f"hitl-train: stopped ({e}); resume with: hitl-train --resume -md {cfg.runs_dir} -td {cfg.title}",

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import protocol
+from . import checkpoint, protocol
 from .config import TrainConfig
 from .data import DataError, DataRequest, Split, build_dataset
 from .explain import EXPLAINERS, NEEDS_ATTENTION_HEAD, explain, wrong_reason_share
@@ -100,13 +100,13 @@ def evaluate_explainer(model: nn.Module, name: str, x: torch.Tensor, y: torch.Te
 def load_model(run: protocol.RunDir, cfg: TrainConfig, num_classes: int, in_chans: int, which: str,
                device: torch.device) -> tuple[nn.Module, int]:
     """The run's model with the weights of its ``best`` or ``last`` checkpoint, and that epoch."""
-    path = run.best_checkpoint if which == "best" else run.last_checkpoint
-    if not path.exists():
-        raise EvaluationError(f"{run.path} has no {path.name} yet (it saves one after its first epoch)")
+    if not run.last_checkpoint.exists():
+        raise EvaluationError(f"{run.path} has no checkpoint yet (it saves one after its first epoch)")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise EvaluationError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        ckpt = checkpoint.read(checkpoint.best_path(run) if which == "best" else run.last_checkpoint,
+                               map_location=device)
+    except checkpoint.CheckpointError as e:
+        raise EvaluationError(str(e)) from None
     model = create_classifier(cfg.model, num_classes, in_chans, pretrained=False, head=cfg.head).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), int(ckpt["state"]["epoch"])

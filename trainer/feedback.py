@@ -52,26 +52,20 @@ class FeedbackSet:
             self.add(index, masks[index])
 
     def apply(self, answers: list[protocol.QueryFeedback]) -> dict:
-        """Add one mask file's answers; returns counts for the log. Pixels outside a "relevant"
-        region count as forbidden, so both kinds of feedback use one penalty."""
+        """Add one mask file's answers; returns counts for the log."""
         counts = {"masked": 0, "skipped": 0, "excluded": 0}
         for a in answers:
             if a.action == protocol.ACTION_WRONG_LABEL:
                 self.excluded[a.index] = True
                 counts["excluded"] += 1
                 continue
-            mask = torch.zeros(self.shape, dtype=torch.bool)
-            relevant = None
-            if a.action == protocol.ACTION_MASK and a.forbidden is not None:
-                mask |= torch.from_numpy(a.forbidden)
-            if a.action == protocol.ACTION_MASK and a.relevant is not None and a.relevant.any():
-                relevant = torch.from_numpy(a.relevant)
-                mask |= ~relevant
-            if mask.any():
-                self.add(a.index, mask, relevant)
-                counts["masked"] += 1
-            else:
+            mask = a.must_not_use()
+            if mask is None:
                 counts["skipped"] += 1
+                continue
+            relevant = torch.from_numpy(a.relevant) if a.relevant is not None and a.relevant.any() else None
+            self.add(a.index, torch.from_numpy(mask), relevant)
+            counts["masked"] += 1
         return counts
 
     def lookup(self, idx: torch.Tensor, relevance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from timm.models import register_model
 
+from . import checkpoint
 from .head import AttentionPool, HeadError
 
 
@@ -136,12 +137,9 @@ def load_weights(model: Classifier, path: str | os.PathLike) -> None:
     """``--init-from``: start from another run's checkpoint (or a bare state dict). Only the attention
     pool may be missing from it (it starts as average pooling, so the loaded model predicts as before)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"--init-from: cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise ModelError(f"--init-from: {path} holds no model weights")
+        state = checkpoint.read_weights(path)
+    except checkpoint.CheckpointError as e:
+        raise ModelError(f"--init-from: {e}") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches: another architecture or number of classes

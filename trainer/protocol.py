@@ -20,6 +20,7 @@ Layout of ``<runs_dir>/<run>/`` (see docs/run-directory.md):
     feedback/rejected/          mask files the trainer refused, kept verbatim   (trainer)
     plots/                      the original tool's two PNG plots               (trainer)
     evaluation.json             faithfulness of the explanations                (hitl-evaluate)
+    launch.json                 how the dashboard started (and asked to stop) a trainer  (dashboard)
     trainer.log                 stdout/stderr of a trainer started by the dashboard
 """
 from __future__ import annotations
@@ -29,8 +30,13 @@ import io
 import json
 import math
 import os
+import reprlib
+import shutil
+import stat
 import tempfile
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,6 +60,13 @@ PLOTS_DIR = "plots"
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "trainer.log"
 EVALUATION_FILE = "evaluation.json"
+LAUNCH_FILE = "launch.json"
+TRACKING_COLUMNS = ("epoch", "index", "masked_share")
+
+# Limits on a mask file, which anyone who can write feedback/ may put there: above them it is refused
+# unread. 16 MiB holds 500 brush-marked 224x224 answers several times over; a run-length list never
+# needs more runs than the image has pixels, plus one.
+MASK_FILE_MAX_BYTES = 16 * 1024 * 1024
 
 # Trainer states. "stale" is never written: readers derive it from an old heartbeat.
 TRAINING = "training"
@@ -85,11 +98,21 @@ class ProtocolError(ValueError):
 
 # --------------------------------------------------------------------------- atomic writes
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
+
+
 def _complete_temp(path: Path, data: bytes) -> str:
     """A flushed, fsynced temp file beside ``path`` (same filesystem, so it can be renamed or linked)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide run files from a lab's other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -118,13 +141,13 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
 
 
-def exclusive_write_json(path: Path | str, obj: Any) -> bool:
-    """Create ``path`` atomically unless it already exists; returns False if it did.
+def exclusive_write_bytes(path: Path | str, data: bytes) -> bool:
+    """Create ``path`` atomically unless anything is already there (even a dangling link); returns
+    False if so.
 
     A hard link of a complete temp file either creates the name or fails, so two tabs that submit
     the same epoch cannot overwrite each other.
     """
-    data = (json.dumps(obj, indent=1, default=_json_default) + "\n").encode("utf-8")
     tmp = _complete_temp(Path(path), data)
     try:
         os.link(tmp, path)
@@ -163,11 +186,28 @@ def _json_default(o: Any) -> Any:
 def read_json(path: Path | str) -> Any:
     """Read a JSON file; a missing file raises FileNotFoundError, a broken one ProtocolError."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    return parse_json(path.read_bytes(), path.name)
+
+
+def parse_json(data: bytes, name: str) -> Any:
+    """JSON text as written by this protocol: UTF-8, no NaN or Infinity; anything else is a ProtocolError
+    naming ``name`` (never quoting the content)."""
     try:
-        return json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
-        raise ProtocolError(f"{path.name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise ProtocolError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ProtocolError(f"{name}: nested too deeply to be a run file") from None
+    except ValueError as e:  # NaN/Infinity, or an integer too long to convert
+        raise ProtocolError(f"{name}: {str(e).splitlines()[0][:120]}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 # --------------------------------------------------------------------------- layout
@@ -198,6 +238,7 @@ class RunDir:
     plots = property(lambda self: self.path / PLOTS_DIR)
     log = property(lambda self: self.path / LOG_FILE)
     evaluation = property(lambda self: self.path / EVALUATION_FILE)
+    launch = property(lambda self: self.path / LAUNCH_FILE)
 
     def queue_dir(self, epoch: int) -> Path:
         return self.queue_root / f"epoch_{epoch:03d}"
@@ -208,17 +249,16 @@ class RunDir:
     def tracking_dir(self, epoch: int) -> Path:
         return self.path / TRACKING_DIR / f"epoch_{epoch:03d}"
 
+    def tracking_map(self, epoch: int, index: int) -> Path:
+        return self.tracking_dir(epoch) / f"{index}.npy"
+
     def exists(self) -> bool:
         return self.config.exists()
 
-
-def list_runs(runs_dir: Path | str) -> list[RunDir]:
-    """Runs under ``runs_dir``, newest first; folders without a config are not runs."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).exists()]
-    return sorted(runs, key=lambda r: r.config.stat().st_mtime, reverse=True)
+    def is_run(self) -> bool:
+        """A folder the trainer has written its config in, or the dashboard a launch record (the trainer
+        takes a few seconds to start)."""
+        return self.config.exists() or self.launch.exists()
 
 
 # --------------------------------------------------------------------------- config and status
@@ -250,7 +290,8 @@ def read_status(run: RunDir, now: float | None = None) -> dict:
         return {"format": FORMAT, "state": "unknown", "epoch": 0, "error": str(e)}
     if status.get("state") in (TRAINING, WAITING):
         now = time.time() if now is None else now
-        age = now - float(status.get("heartbeat", 0))
+        heartbeat = status.get("heartbeat")
+        age = now - (heartbeat if isinstance(heartbeat, (int, float)) else 0.0)
         if age > STALE_AFTER_SECONDS or not pid_alive(status.get("pid"), status.get("host")):
             status["reported_state"] = status["state"]
             status["state"] = STALE
@@ -319,6 +360,117 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# --------------------------------------------------------------------------- confusion matrix
+
+def write_confusion(run: RunDir, epoch: int, class_names: list[str], matrix: list[list[int]]) -> None:
+    """The latest validation confusion matrix (rows: true class, columns: predicted class)."""
+    atomic_write_json(run.confusion, {"format": FORMAT, "epoch": epoch, "class_names": list(class_names),
+                                      "matrix": matrix})
+
+
+def read_confusion(run: RunDir) -> dict | None:
+    """``{"epoch", "class_names", "matrix"}``, or None if there is none yet or it cannot be read."""
+    try:
+        doc = upgrade(read_json(run.confusion), "confusion")
+    except (FileNotFoundError, ProtocolError):
+        return None
+    matrix = doc.get("matrix")
+    if not isinstance(matrix, list) or not matrix:
+        return None
+    names = doc.get("class_names") or [str(i) for i in range(len(matrix))]
+    return {"epoch": doc.get("epoch"), "class_names": [str(n) for n in names], "matrix": matrix}
+
+
+# --------------------------------------------------------------------------- tracking
+
+def write_tracking(run: RunDir, epoch: int, shares: dict[int, float], maps: dict[int, np.ndarray]) -> None:
+    """After ``epoch``: each annotated image's saliency map (float16, in [-1, 1]) and the share of its
+    attribution inside its mask. The maps go first, the CSV row last; rows of an epoch written again
+    (a resumed run) replace the old ones."""
+    for index, saliency in maps.items():
+        atomic_save_npy(run.tracking_map(epoch, index), np.asarray(saliency, dtype=np.float16))
+    rows = [r for r in read_tracking(run) if r[0] != epoch]
+    rows += [(epoch, int(index), float(share)) for index, share in shares.items()]
+    lines = [",".join(TRACKING_COLUMNS), *(f"{e},{i},{s:.6f}" for e, i, s in rows)]
+    atomic_write_text(run.tracking, "\n".join(lines) + "\n")
+
+
+def read_tracking(run: RunDir) -> list[tuple[int, int, float]]:
+    """(epoch, index, masked_share) rows in file order; malformed lines (a partial last one) are skipped."""
+    try:
+        text = run.tracking.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines()[1:]:
+        parts = line.split(",")
+        if len(parts) != len(TRACKING_COLUMNS):
+            continue
+        try:
+            rows.append((int(parts[0]), int(parts[1]), float(parts[2])))
+        except ValueError:
+            continue
+    return [r for r in rows if math.isfinite(r[2])]
+
+
+def read_saliency(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A saliency map (queue or tracking) as float32 in [-1, 1], or None if it is missing, unreadable
+    or not of ``shape``."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or not np.issubdtype(arr.dtype, np.number):
+        return None
+    return np.nan_to_num(arr.astype(np.float32)).clip(-1, 1)
+
+
+# --------------------------------------------------------------------------- launch record and log
+
+def write_launch(run: RunDir, pid: int, argv: list[str], **fields: Any) -> None:
+    """What the dashboard started in ``run``: the one file it writes besides ``feedback/``."""
+    atomic_write_json(run.launch, {"format": FORMAT, "pid": pid, "host": os.uname().nodename, "argv": argv,
+                                   "started_at": time.time(), **fields})
+
+
+def read_launch(run: RunDir) -> dict | None:
+    """The last launch record; None if there is none or it is unreadable."""
+    try:
+        launch = upgrade(read_json(run.launch), "launch")
+    except (FileNotFoundError, ProtocolError):
+        return None
+    return launch if isinstance(launch.get("pid"), int) else None
+
+
+def delete_run(run: RunDir) -> None:
+    """Remove a run folder and everything in it; refuses a folder that is not a run."""
+    if not run.is_run():
+        raise ProtocolError(f"{run.path} is not a run folder (no {CONFIG_FILE} or {LAUNCH_FILE})")
+    shutil.rmtree(run.path)
+
+
+def mark_stop_requested(run: RunDir, launch: dict) -> None:
+    atomic_write_json(run.launch, {**launch, "stop_requested_at": time.time()})
+
+
+def open_log(run: RunDir, append: bool):
+    """trainer.log for a trainer's stdout and stderr; a new run truncates it, a resumed one appends."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    return open(run.log, "a" if append else "w", encoding="utf-8")
+
+
+def read_log_tail(run: RunDir, lines: int = 40) -> str:
+    """The end of trainer.log (reading only its last 64 KiB: logs of long runs grow)."""
+    try:
+        with open(run.log, "rb") as f:
+            f.seek(0, io.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(deque(text.replace("\r", "\n").splitlines(), maxlen=lines))
+
+
 # --------------------------------------------------------------------------- evaluation
 
 def write_evaluation(run: RunDir, doc: dict) -> None:
@@ -359,7 +511,11 @@ def decode_mask(obj: Any, height: int, width: int, what: str = "mask") -> np.nda
         raise ProtocolError(f"{what}: size {h}x{w} does not match the image size {height}x{width}")
     if "rle" in obj:
         runs = obj["rle"]
-        if not isinstance(runs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        if not isinstance(runs, list):
+            raise ProtocolError(f"{what}: rle must be a list of non-negative integers")
+        if len(runs) > height * width + 1:
+            raise ProtocolError(f"{what}: rle has {len(runs)} runs, more than the {height * width} pixels allow")
+        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
             raise ProtocolError(f"{what}: rle must be a list of non-negative integers")
         if sum(runs) != height * width:
             raise ProtocolError(f"{what}: rle covers {sum(runs)} pixels, the image has {height * width}")
@@ -371,9 +527,11 @@ def decode_mask(obj: Any, height: int, width: int, what: str = "mask") -> np.nda
         boxes = obj["boxes"]
         if not isinstance(boxes, list):
             raise ProtocolError(f"{what}: boxes must be a list of [x0, y0, x1, y1]")
+        if len(boxes) > height * width:
+            raise ProtocolError(f"{what}: {len(boxes)} boxes, more than the image has pixels")
         for b in boxes:
             if (not isinstance(b, list) or len(b) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)):
                 raise ProtocolError(f"{what}: box {b!r} is not [x0, y0, x1, y1]")
             x0, y0, x1, y1 = (int(round(v)) for v in b)
             if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
@@ -384,6 +542,44 @@ def decode_mask(obj: Any, height: int, width: int, what: str = "mask") -> np.nda
 
 
 # --------------------------------------------------------------------------- query queue
+
+@dataclass(frozen=True)
+class QueryEntry:
+    """One query of a manifest: which training image, what the model said about it, and its size."""
+
+    query_id: str
+    index: int                 # dataset index of the training image
+    true_label: int
+    predicted_label: int
+    probabilities: list[float]
+    entropy: float             # nats
+    height: int
+    width: int
+    already_annotated: bool = False
+
+    def to_json(self) -> dict:
+        return {"query_id": self.query_id, "index": int(self.index), "true_label": int(self.true_label),
+                "predicted_label": int(self.predicted_label),
+                "probabilities": [round(float(p), 6) for p in self.probabilities], "entropy": float(self.entropy),
+                "height": int(self.height), "width": int(self.width),
+                "already_annotated": bool(self.already_annotated)}
+
+    @classmethod
+    def from_json(cls, q: Any) -> "QueryEntry":
+        """Raises ProtocolError naming the missing or malformed field."""
+        if not isinstance(q, dict):
+            raise ProtocolError("not an object")
+        try:
+            return cls(query_id=str(q["query_id"]), index=int(q["index"]), true_label=int(q["true_label"]),
+                       predicted_label=int(q["predicted_label"]),
+                       probabilities=[float(p) for p in q.get("probabilities") or []],
+                       entropy=float(q.get("entropy", math.nan)), height=int(q["height"]), width=int(q["width"]),
+                       already_annotated=bool(q.get("already_annotated", False)))
+        except KeyError as e:
+            raise ProtocolError(f"no {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"{type(e).__name__}: {e}") from None
+
 
 def write_query_image(run: RunDir, epoch: int, query_id: str, image_png: bytes, saliency: np.ndarray) -> None:
     qdir = run.queue_dir(epoch)
@@ -411,6 +607,14 @@ def query_saliency_path(run: RunDir, epoch: int, query_id: str) -> Path:
     return run.queue_dir(epoch) / f"{query_id}_saliency.npy"
 
 
+def read_query_image(run: RunDir, epoch: int, query_id: str) -> np.ndarray:
+    """The queued image as H×W×3 uint8. FileNotFoundError if it is missing, OSError if unreadable."""
+    from PIL import Image  # only readers of images pay for it
+
+    with Image.open(query_image_path(run, epoch, query_id)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def queue_epochs(run: RunDir) -> list[int]:
     """Epochs that have a complete queue (a manifest), ascending."""
     if not run.queue_root.is_dir():
@@ -428,7 +632,7 @@ def queue_epochs(run: RunDir) -> list[int]:
 def pending_epoch(run: RunDir) -> int | None:
     """The newest queued epoch that has no feedback file yet."""
     for epoch in reversed(queue_epochs(run)):
-        return None if run.feedback_file(epoch).exists() else epoch
+        return None if feedback_sent(run, epoch) else epoch
     return None
 
 
@@ -441,6 +645,17 @@ class QueryFeedback:
     action: str
     forbidden: np.ndarray | None = None   # bool H×W: the model must not rely on these pixels
     relevant: np.ndarray | None = None    # bool H×W: the model should rely on these pixels
+
+    def must_not_use(self) -> np.ndarray | None:
+        """Where the model must not look: the forbidden marks and, where a relevant region was drawn,
+        everything outside it, so both kinds of mark feed one penalty. None when the answer marks nothing
+        (a skip, a wrong label, empty marks)."""
+        if self.action != ACTION_MASK:
+            return None
+        mask = None if self.forbidden is None else self.forbidden.copy()
+        if self.relevant is not None and self.relevant.any():
+            mask = ~self.relevant if mask is None else mask | ~self.relevant
+        return mask if mask is not None and mask.any() else None
 
 
 def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> dict:
@@ -457,8 +672,93 @@ def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedbac
 
 
 def submit_feedback(run: RunDir, epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> bool:
-    """Write the mask file for ``epoch``; returns False if one was already submitted."""
-    return exclusive_write_json(run.feedback_file(epoch), feedback_document(epoch, annotator, answers))
+    """Write the mask file for ``epoch``; returns False if one was already sent. A document over the
+    size limit is refused (ProtocolError) before anything is written."""
+    doc = feedback_document(epoch, annotator, answers)
+    data = (json.dumps(doc, separators=(",", ":"), default=_json_default) + "\n").encode("utf-8")
+    if len(data) > MASK_FILE_MAX_BYTES:
+        raise ProtocolError(f"the answers for epoch {epoch} come to {len(data) / 2**20:.1f} MiB, over the "
+                            f"{MASK_FILE_MAX_BYTES // 2**20} MiB limit of a mask file")
+    return exclusive_write_bytes(run.feedback_file(epoch), data)
+
+
+def feedback_sent(run: RunDir, epoch: int) -> bool:
+    """Whether anything is at the mask file's name, even a dangling link or a folder: the trainer then
+    reads it (and moves aside what it cannot use), and no annotator writes over it. Trainer and
+    dashboard both ask this, so they agree on what counts as sent."""
+    return os.path.lexists(run.feedback_file(epoch))
+
+
+_NOT_A_FILE = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def read_mask_file(path: Path) -> Any:
+    """The JSON in a mask file, read without trusting it: only a regular file (no link, pipe, device or
+    folder: nothing that could block or never end), at most MASK_FILE_MAX_BYTES. FileNotFoundError if
+    nothing is there; ProtocolError naming the file for everything else."""
+    name = f"{FEEDBACK_DIR}/{path.name}"
+    try:
+        kind = _file_kind(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None  # nothing there, as feedback_sent sees it
+    except OSError as e:
+        raise ProtocolError(f"{name}: cannot be looked at ({e.strerror or type(e).__name__})") from None
+    if kind:
+        raise ProtocolError(f"{name}: is {kind}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ProtocolError(f"{name}: cannot be opened ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        kind = _file_kind(os.fstat(f.fileno()).st_mode)  # replaced between lstat and open
+        if kind:
+            raise ProtocolError(f"{name}: is {kind}, not a regular file")
+        try:
+            data = f.read(MASK_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            raise ProtocolError(f"{name}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if len(data) > MASK_FILE_MAX_BYTES:
+        raise ProtocolError(f"{name}: larger than the {MASK_FILE_MAX_BYTES // 2**20} MiB limit of a mask file")
+    return parse_json(data, name)
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    return next((kind for test, kind in _NOT_A_FILE if test(mode)), None)
+
+
+def load_feedback(run: RunDir, epoch: int, manifest: dict) -> list[QueryFeedback] | None:
+    """The validated answers of the mask file for ``epoch``; None while nothing was sent. Anything the
+    file holds that cannot be used is a ProtocolError with one line naming the file: the caller refuses
+    it and keeps going, whatever it contains."""
+    path = run.feedback_file(epoch)
+    try:
+        doc = read_mask_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        return parse_feedback(doc, manifest)
+    except ProtocolError as e:
+        raise ProtocolError(f"{FEEDBACK_DIR}/{path.name}: {e}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        # parse_feedback checks each field; this keeps a case it did not foresee from killing the trainer
+        raise ProtocolError(f"{FEEDBACK_DIR}/{path.name}: cannot be used ({type(e).__name__})") from None
+
+
+def reject_feedback(run: RunDir, epoch: int) -> Path:
+    """Move the mask file for ``epoch`` (whatever it is: file, link, folder, pipe) into
+    ``feedback/rejected/`` under a name never used before, so every refused file is kept."""
+    run.rejected_root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    while True:
+        kept = run.rejected_root / f"epoch_{epoch:03d}.{stamp}.{uuid.uuid4().hex[:12]}.json"
+        if not os.path.lexists(kept):
+            break
+    os.rename(run.feedback_file(epoch), kept)
+    return kept
 
 
 def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
@@ -467,7 +767,7 @@ def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
         raise ProtocolError("the mask file must hold a JSON object")
     doc = upgrade(doc, "feedback")
     if doc.get("epoch") != manifest.get("epoch"):
-        raise ProtocolError(f"epoch {doc.get('epoch')!r} does not match the queue's epoch {manifest.get('epoch')}")
+        raise ProtocolError(f"epoch {_short(doc.get('epoch'))} does not match the queue's epoch {manifest.get('epoch')}")
     queries = doc.get("queries")
     if not isinstance(queries, list):
         raise ProtocolError("'queries' must be a list")
@@ -478,17 +778,17 @@ def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
         if not isinstance(q, dict):
             raise ProtocolError(f"query #{i} is not an object")
         qid = q.get("query_id")
-        if qid not in known:
-            raise ProtocolError(f"query #{i}: unknown query_id {qid!r}")
+        if not isinstance(qid, str) or qid not in known:
+            raise ProtocolError(f"query #{i}: unknown query_id {_short(qid)}")
         if qid in seen:
             raise ProtocolError(f"query {qid}: answered twice")
         seen.add(qid)
         ref = known[qid]
         if q.get("index") != ref["index"]:
-            raise ProtocolError(f"query {qid}: index {q.get('index')!r} does not match the queue ({ref['index']})")
+            raise ProtocolError(f"query {qid}: index {_short(q.get('index'))} does not match the queue ({ref['index']})")
         action = q.get("action", ACTION_MASK)
-        if action not in ACTIONS:
-            raise ProtocolError(f"query {qid}: unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise ProtocolError(f"query {qid}: unknown action {_short(action)} (expected one of {', '.join(ACTIONS)})")
         h, w = ref["height"], ref["width"]
         forbidden = decode_mask(q["forbidden"], h, w, f"query {qid} forbidden") if q.get("forbidden") is not None else None
         relevant = decode_mask(q["relevant"], h, w, f"query {qid} relevant") if q.get("relevant") is not None else None
@@ -496,10 +796,17 @@ def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
     return answers
 
 
+def _short(value: Any) -> str:
+    """A value from an untrusted file, quoted for a one-line message and cut short."""
+    text = reprlib.repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 # --------------------------------------------------------------------------- format upgrades
 
 # Ordered upgrades: _UPGRADES[kind][n] turns a format-n document into format n+1.
-_UPGRADES: dict[str, dict[int, Any]] = {"config": {}, "status": {}, "manifest": {}, "feedback": {}, "evaluation": {}}
+_UPGRADES: dict[str, dict[int, Any]] = {kind: {} for kind in (
+    "config", "status", "manifest", "feedback", "evaluation", "confusion", "launch")}
 
 
 def upgrade(doc: dict, kind: str) -> dict:

@@ -19,24 +19,23 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from . import protocol
+from . import checkpoint, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
+from .metrics import classification_metrics
 from .model import create_classifier, load_weights
 from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
                       resolve_impl)
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
-CHECKPOINT_FORMAT = 1
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
 
@@ -110,9 +109,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
             cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
+        for note in self.data.notes:
+            log(f"warning: {note}")
         cfg.image_size = self.data.image_size
         self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
                                        cfg.head).to(self.device)
+        if resume:
+            for note in checkpoint.recover(self.run):
+                self.log(note)
+            if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
+                self.log(f"{self.run.path} has no checkpoint yet: starting it from the beginning")
+                resume = False
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -128,6 +135,7 @@ class Trainer:
         self.annotator = OracleAnnotator(self.data.train) if cfg.annotator == "oracle" else None
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
+        self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
 
@@ -139,8 +147,18 @@ class Trainer:
             return
         self._last_heartbeat = now
         self._status_fields.update(fields)
-        protocol.write_status(self.run, state, epoch=self.state.epoch, epochs=self.cfg.epochs,
-                              host=socket.gethostname(), **self._status_fields)
+        try:
+            protocol.write_status(self.run, state, epoch=self.state.epoch, epochs=self.cfg.epochs,
+                                  host=socket.gethostname(), **self._status_fields)
+        except OSError as e:  # a read-only or full runs folder: the next write that matters fails the run
+            problem = describe_os_error(e)
+            if problem != self._status_problem:
+                self.log(f"cannot write the status: {problem}; carrying on")
+            self._status_problem = problem
+        else:
+            if self._status_problem:
+                self.log("status written again")
+            self._status_problem = None
 
     # ------------------------------------------------------------------ epoch parts
 
@@ -152,8 +170,10 @@ class Trainer:
         order = order[~self.feedback.excluded.cpu()[order]]
         extra = max(1, self.cfg.batch_size // 8) if self.cfg.oversample else 0
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
-        bar = _progress(total=math.ceil(len(order) / self.cfg.batch_size), desc=f"epoch {epoch}", log=self.log)
-        for x, y, idx in self.train_batches.epoch(order):
+        total = math.ceil(len(order) / self.cfg.batch_size)
+        bar = _progress(total=total, desc=f"epoch {epoch}")
+        started = time.time()
+        for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
             if extra and len(self.feedback):
                 annotated = self.feedback.indices.cpu()
                 pick = annotated[torch.randint(len(annotated), (extra,), generator=g)]
@@ -165,8 +185,10 @@ class Trainer:
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
             bar.update()
-            self.status(protocol.TRAINING, force=False, phase="training")
+            self.status(protocol.TRAINING, force=False, phase="training",
+                        progress=epoch_progress(done, total, time.time() - started))
         bar.close()
+        self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
         loss, correct, pen, count = totals.tolist()
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
 
@@ -270,12 +292,10 @@ class Trainer:
             for i, index in enumerate(chosen.tolist()):
                 qid = f"q{i:03d}"
                 protocol.write_query_image(self.run, epoch, qid, png_bytes(x[i].cpu()), maps[i])
-                queries.append({
-                    "query_id": qid, "index": index, "true_label": int(labels[index]),
-                    "predicted_label": int(pred[i]), "probabilities": [round(float(p), 6) for p in probs[index]],
-                    "entropy": float(h[i]), "height": int(x.shape[-2]), "width": int(x.shape[-1]),
-                    "already_annotated": bool(self.feedback.position[index] >= 0),
-                })
+                queries.append(protocol.QueryEntry(
+                    query_id=qid, index=index, true_label=int(labels[index]), predicted_label=int(pred[i]),
+                    probabilities=probs[index].tolist(), entropy=float(h[i]), height=int(x.shape[-2]),
+                    width=int(x.shape[-1]), already_annotated=bool(self.feedback.position[index] >= 0)).to_json())
         manifest = {"class_names": self.data.class_names, "saliency": self.cfg.saliency,
                     "sampling": self.cfg.sampling, "entropy_threshold": self.cfg.entropy_threshold,
                     "created_at": time.time(), "queries": queries}
@@ -284,20 +304,21 @@ class Trainer:
 
     def wait_for_feedback(self, epoch: int, manifest: dict) -> list[protocol.QueryFeedback] | None:
         """Block until a valid mask file for ``epoch`` arrives (or the timeout passes: then None).
-        A bad file is moved to feedback/rejected/ with the reason in the status; waiting goes on."""
-        path = self.run.feedback_file(epoch)
+        Whatever else turns up in its place is moved to feedback/rejected/ with the reason in the
+        status, and waiting goes on."""
         deadline = time.time() + self.cfg.feedback_timeout if self.cfg.feedback_timeout > 0 else math.inf
         self.status(protocol.WAITING, phase="waiting", waiting_epoch=epoch, n_queries=len(manifest["queries"]))
-        if self.annotator is not None and not path.exists():
+        if self.annotator is not None and not protocol.feedback_sent(self.run, epoch):
             self.annotator(self.run, epoch)
         while True:
-            if path.exists():
-                try:
-                    answers = protocol.parse_feedback(protocol.read_json(path), manifest)
+            try:
+                answers = protocol.load_feedback(self.run, epoch, manifest)
+            except protocol.ProtocolError as e:
+                self.reject(epoch, str(e))
+            else:
+                if answers is not None:
                     self._status_fields.pop("feedback_error", None)
                     return answers
-                except protocol.ProtocolError as e:
-                    self.reject(path, epoch, str(e))
             if time.time() > deadline:
                 self.log(f"epoch {epoch}: no feedback within {self.cfg.feedback_timeout:g} s; training goes on "
                          f"without it (a later answer to this queue is still applied)")
@@ -305,25 +326,31 @@ class Trainer:
             self.status(protocol.WAITING, force=False)
             time.sleep(0.2)
 
-    def reject(self, path: Path, epoch: int, reason: str) -> None:
-        self.run.rejected_root.mkdir(parents=True, exist_ok=True)
-        kept = self.run.rejected_root / f"epoch_{epoch:03d}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}.json"
-        os.replace(path, kept)
-        self.log(f"epoch {epoch}: mask file rejected: {reason} (kept as {kept.name})")
-        self.status(protocol.WAITING, feedback_error=f"mask file for epoch {epoch} rejected: {reason}")
+    def reject(self, epoch: int, reason: str) -> None:
+        """Refuse the mask file for ``epoch``: kept under feedback/rejected/, the reason in the status."""
+        try:
+            kept = protocol.reject_feedback(self.run, epoch)
+        except FileNotFoundError:
+            return  # gone already: nothing to keep, keep waiting
+        except OSError as e:  # it stays; the same reason is not logged again at every look
+            error = f"{reason}; it cannot be moved aside ({e.strerror or type(e).__name__}): remove it"
+        else:
+            error = f"{reason} (kept as {protocol.FEEDBACK_DIR}/{protocol.REJECTED_DIR}/{kept.name})"
+        if self._status_fields.get("feedback_error") != error:
+            self.log(f"epoch {epoch}: mask file rejected: {error}")
+            self.status(protocol.WAITING, feedback_error=error)
 
     def apply_late_feedback(self) -> None:
         """Answers that arrived after their queue timed out still count."""
         for epoch in protocol.queue_epochs(self.run):
             if epoch in self.state.answered and epoch not in self.state.applied:
-                path = self.run.feedback_file(epoch)
-                if path.exists():
-                    manifest = protocol.read_manifest(self.run, epoch)
-                    try:
-                        answers = protocol.parse_feedback(protocol.read_json(path), manifest)
-                    except protocol.ProtocolError as e:
-                        self.reject(path, epoch, str(e))
-                        continue
+                manifest = protocol.read_manifest(self.run, epoch)
+                try:
+                    answers = protocol.load_feedback(self.run, epoch, manifest)
+                except protocol.ProtocolError as e:
+                    self.reject(epoch, str(e))
+                    continue
+                if answers is not None:
                     self.apply(epoch, answers)
 
     def apply(self, epoch: int, answers: list[protocol.QueryFeedback]) -> None:
@@ -368,20 +395,14 @@ class Trainer:
         maps = explain(self.cfg.saliency, self.model, x, pred, deeplift_baseline=self.cfg.deeplift_baseline)
         rows, masks = self.feedback.lookup(idx.to(self.device))
         share = wrong_reason_share(maps, masks).tolist()
-        out = self.run.tracking_dir(epoch)
-        norm = normalise(maps).cpu().numpy().astype(np.float16)
-        for i, index in enumerate(idx.tolist()):
-            protocol.atomic_save_npy(out / f"{index}.npy", norm[i])
-        lines = [f"{epoch},{index},{s:.6f}" for index, s in zip(idx.tolist(), share)]
-        old = self.run.tracking.read_text().splitlines()[1:] if self.run.tracking.exists() else []
-        old = [ln for ln in old if not ln.startswith(f"{epoch},")]
-        protocol.atomic_write_text(self.run.tracking, "\n".join(["epoch,index,masked_share", *old, *lines]) + "\n")
+        norm = normalise(maps).cpu().numpy()
+        protocol.write_tracking(self.run, epoch, dict(zip(idx.tolist(), share)),
+                                {index: norm[i] for i, index in enumerate(idx.tolist())})
 
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, best: bool) -> None:
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
+        checkpoint.save(self.run, {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -392,31 +413,20 @@ class Trainer:
                       "answered": self.state.answered, "applied": self.state.applied},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
-        buf = io.BytesIO()
-        torch.save(ckpt, buf)
-        data = buf.getvalue()
-        protocol.atomic_write_bytes(self.run.last_checkpoint, data)
-        if best:
-            protocol.atomic_write_bytes(self.run.best_checkpoint, data)
+        }, best=best)
 
     def _load_checkpoint(self) -> None:
-        path = self.run.last_checkpoint
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--resume: cannot read {path}: {str(e).splitlines()[0][:200]}") from None
-        if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
-            raise ValueError(f"--resume: {path} was written by a newer version (format {ckpt['format']})")
+            ckpt = checkpoint.read(self.run.last_checkpoint, map_location=self.device)
+        except checkpoint.CheckpointError as e:
+            raise ValueError(f"--resume: {e}") from None
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.feedback.load_state_dict(ckpt["feedback"])
         s = ckpt["state"]
         self.state = TrainState(s["epoch"], s["best_val_loss"], s["best_epoch"], s["history"], s["answered"],
-                                s.get("applied", []))
+                                s["applied"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["rng"]["cuda"]])
@@ -442,9 +452,7 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             protocol.write_metrics(self.run, self.state.history)
-            protocol.atomic_write_json(self.run.confusion, {"format": protocol.FORMAT, "epoch": epoch,
-                                                            "class_names": self.data.class_names,
-                                                            "matrix": val["confusion"]})
+            protocol.write_confusion(self.run, epoch, self.data.class_names, val["confusion"])
             self.track_annotated(epoch)
             best = row["val_loss"] < self.state.best_val_loss
             if best:
@@ -477,26 +485,17 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress(total: int, desc: str, log):
+def epoch_progress(done: int, total: int, elapsed: float) -> dict:
+    """Where the epoch stands, for status.json (the dashboard shows it)."""
+    return {"batches_done": done, "batches_total": total, "elapsed_s": round(elapsed, 1),
+            "eta_s": round(elapsed / done * (total - done), 1) if done else None}
+
+
+def _progress(total: int, desc: str):
     if not sys.stderr.isatty():
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, leave=False, unit="batch")
-
-
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix (rows: true class)."""
-    pred = probs.argmax(1)
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    cm = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes).double()
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp_min(1)
-    recall = tp / cm.sum(1).clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    present = cm.sum(1) > 0
-    return {"loss": loss, "acc": float(tp.sum() / cm.sum().clamp_min(1)),
-            "precision": float(precision[present].mean()), "recall": float(recall[present].mean()),
-            "f1": float(f1[present].mean()), "confusion": cm.long().tolist()}
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -507,6 +506,13 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a file-system error: what went wrong and where (never the file's contents)."""
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
+    what = e.strerror or type(e).__name__
+    return f"{what}: {where}" if where else what
 
 
 def install_stop_handlers() -> None:
@@ -526,5 +532,6 @@ def run_training(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         raise
     except BaseException as e:
         tail = traceback.format_exc().splitlines()[-12:]
-        trainer.status(protocol.FAILED, phase="failed", error=f"{type(e).__name__}: {e}", traceback=tail)
+        error = describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        trainer.status(protocol.FAILED, phase="failed", error=error, traceback=tail)
         raise

@@ -11,11 +11,11 @@ import streamlit as st
 
 from trainer import protocol
 
-from dashboard import launcher, runs
-from dashboard.runs import RunSummary
+from dashboard import launcher, run_reader
+from dashboard.run_reader import RunSummary
 
 STATE_COLORS = {
-    runs.STARTING: "blue", protocol.TRAINING: "blue", protocol.WAITING: "orange", protocol.FINISHED: "green",
+    run_reader.STARTING: "blue", protocol.TRAINING: "blue", protocol.WAITING: "orange", protocol.FINISHED: "green",
     protocol.FAILED: "red", protocol.STALE: "red", protocol.STOPPED: "gray",
 }
 REFRESH_SECONDS = 2.0
@@ -27,6 +27,11 @@ def runs_dir() -> Path:
     return Path(st.session_state["runs_dir"])
 
 
+def allowed_roots() -> list[Path]:
+    """The folders a path typed on a page may lie in (see app.py)."""
+    return [Path(r) for r in st.session_state["allowed_roots"]]
+
+
 def run_dir(name: str) -> protocol.RunDir:
     return protocol.RunDir(runs_dir() / name)
 
@@ -36,30 +41,30 @@ def run_dir(name: str) -> protocol.RunDir:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _metrics(path: str, stamp: float) -> pd.DataFrame:
-    return runs.metrics_frame([protocol.RunDir(path)])
+    return run_reader.metrics_frame([protocol.RunDir(path)])
 
 
 def metrics(names: list[str]) -> pd.DataFrame:
-    frames = [_metrics(str(run.path), runs.mtime(run.metrics)) for run in map(run_dir, names)]
+    frames = [_metrics(str(run.path), run_reader.mtime(run.metrics)) for run in map(run_dir, names)]
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else runs.metrics_frame([])
+    return pd.concat(frames, ignore_index=True) if frames else run_reader.metrics_frame([])
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _confusion(path: str, stamp: float) -> dict | None:
-    return runs.read_confusion(protocol.RunDir(path))
+    return protocol.read_confusion(protocol.RunDir(path))
 
 
 def confusion(run: protocol.RunDir) -> dict | None:
-    return _confusion(str(run.path), runs.mtime(run.confusion))
+    return _confusion(str(run.path), run_reader.mtime(run.confusion))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _queue(path: str, epoch: int, stamp: tuple) -> runs.Queue:
-    return runs.load_queue(protocol.RunDir(path), epoch)
+def _queue(path: str, epoch: int, stamp: tuple) -> run_reader.Queue:
+    return run_reader.load_queue(protocol.RunDir(path), epoch)
 
 
-def queue(run: protocol.RunDir, epoch: int) -> runs.Queue:
+def queue(run: protocol.RunDir, epoch: int) -> run_reader.Queue:
     return _queue(str(run.path), epoch, queue_stamp(run, epoch))
 
 
@@ -70,16 +75,16 @@ def queue_stamp(run: protocol.RunDir, epoch: int) -> tuple:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _tracking(path: str, stamp: float) -> pd.DataFrame:
-    return runs.read_tracking(protocol.RunDir(path))
+    return run_reader.read_tracking(protocol.RunDir(path))
 
 
 def tracking(run: protocol.RunDir) -> pd.DataFrame:
-    return _tracking(str(run.path), runs.mtime(run.tracking))
+    return _tracking(str(run.path), run_reader.mtime(run.tracking))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _feedback_masks(path: str, stamp: tuple) -> dict:
-    return runs.feedback_masks(protocol.RunDir(path))
+    return run_reader.feedback_masks(protocol.RunDir(path))
 
 
 def feedback_masks(run: protocol.RunDir) -> dict:
@@ -93,7 +98,7 @@ def feedback_stamp(run: protocol.RunDir) -> tuple:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _query_images(path: str, stamp: tuple) -> dict:
-    return runs.query_images(protocol.RunDir(path))
+    return run_reader.query_images(protocol.RunDir(path))
 
 
 def query_images(run: protocol.RunDir) -> dict:
@@ -102,13 +107,13 @@ def query_images(run: protocol.RunDir) -> dict:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _evaluation(path: str, stamp: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return runs.evaluation_frames([protocol.RunDir(path)])
+    return run_reader.evaluation_frames([protocol.RunDir(path)])
 
 
 def evaluation(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluation curves and summary rows of the named runs (see runs.evaluation_frames)."""
-    parts = [_evaluation(str(run.path), runs.mtime(run.evaluation)) for run in map(run_dir, names)]
-    no_curves, no_summary = runs.evaluation_frames([])
+    """Evaluation curves and summary rows of the named runs (see run_reader.evaluation_frames)."""
+    parts = [_evaluation(str(run.path), run_reader.mtime(run.evaluation)) for run in map(run_dir, names)]
+    no_curves, no_summary = run_reader.evaluation_frames([])
     curves = [c for c, _ in parts if not c.empty]
     summary = [s for _, s in parts if not s.empty]
     return (pd.concat(curves, ignore_index=True) if curves else no_curves,
@@ -228,7 +233,7 @@ def show_trouble(summary: RunSummary) -> None:
 
 
 def log_tail(summary: RunSummary, expanded: bool = False) -> None:
-    text = runs.log_tail(summary.run)
+    text = protocol.read_log_tail(summary.run)
     if text:
         with st.expander("End of the trainer's log", expanded=expanded):
             st.code(text, language=None)

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dashboard import runs
+from dashboard import run_reader
 from dashboard.views import common
 
 CURVES = [
@@ -22,7 +22,7 @@ CURVES = [
 def render() -> None:
     st.title("Evaluation")
     st.caption("How faithful the explanations are: whether removing what they point at changes the prediction.")
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet: start one on the Runs page, then evaluate it with `hitl-evaluate`.",
                 icon=":material/fact_check:")

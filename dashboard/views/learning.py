@@ -12,7 +12,7 @@ import streamlit as st
 
 from trainer import protocol
 
-from dashboard import overlay, runs
+from dashboard import overlay, run_reader
 from dashboard.masks import Geometry
 from dashboard.views import common
 
@@ -23,7 +23,7 @@ MAX_EPOCHS_SHOWN = 6
 def render() -> None:
     st.title("Did it learn?")
     st.caption("Whether the model moved its attention away from what you marked.")
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet: start one on the Runs page and answer its questions on the Review page.",
                 icon=":material/school:")
@@ -52,7 +52,7 @@ def _relevant_regions(path: str, stamp: tuple) -> dict[int, np.ndarray]:
     run = protocol.RunDir(path)
     regions: dict[int, np.ndarray] = {}
     for epoch in protocol.queue_epochs(run):
-        for answer in (runs.sent_answers(run, epoch) or {}).values():
+        for answer in (run_reader.sent_answers(run, epoch) or {}).values():
             if answer.action == protocol.ACTION_MASK and answer.relevant is not None and answer.relevant.any():
                 regions[answer.index] = regions.get(answer.index, np.zeros_like(answer.relevant)) | answer.relevant
     return regions
@@ -70,7 +70,7 @@ def by_meaning(run: protocol.RunDir, tracking: pd.DataFrame) -> pd.DataFrame:
             kinds.append(RED)
             shares.append(row.masked_share)
             continue
-        saliency = runs.tracked_saliency(run, row.epoch, row.index, region.shape)
+        saliency = run_reader.tracked_saliency(run, row.epoch, row.index, region.shape)
         mass = np.abs(saliency) if saliency is not None else None
         kinds.append(GREEN)
         shares.append(float(mass[region].sum() / mass.sum()) if mass is not None and mass.sum() > 0 else np.nan)
@@ -154,7 +154,7 @@ def image_history(run, index: int, rows: pd.DataFrame) -> None:
                  caption="your marks")
         outline = relevant if relevant is not None else mask
         for row in rows.tail(MAX_EPOCHS_SHOWN).itertuples():
-            saliency = runs.tracked_saliency(run, row.epoch, index, mask.shape)
+            saliency = run_reader.tracked_saliency(run, row.epoch, index, mask.shape)
             caption = f"after epoch {row.epoch}: {row.share:.1%} inside " + ("green" if relevant is not None else "red")
             if saliency is None:
                 st.caption(f"{caption} (map missing)", width=PICTURE_WIDTH)

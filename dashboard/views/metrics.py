@@ -8,10 +8,10 @@ import streamlit as st
 
 from trainer import protocol
 
-from dashboard import runs
+from dashboard import run_reader
 from dashboard.views import common
 
-LIVE = (runs.STARTING, protocol.TRAINING, protocol.WAITING)
+LIVE = (run_reader.STARTING, protocol.TRAINING, protocol.WAITING)
 CHARTS = [
     ("Loss", {"train_loss": "training", "val_loss": "validation"}, None),
     ("Accuracy", {"train_acc": "training", "val_acc": "validation"}, ".0%"),
@@ -24,7 +24,7 @@ CHARTS = [
 
 def render() -> None:
     st.title("Metrics")
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet: start one on the Runs page, and its curves appear here after the first epoch.",
                 icon=":material/monitoring:")

@@ -11,10 +11,10 @@ import streamlit as st
 from trainer import protocol
 
 from dashboard import answers as answer_book
-from dashboard import masks, overlay, runs
+from dashboard import masks, overlay, run_reader
 from dashboard.answers import Answer
 from dashboard.masks import Geometry
-from dashboard.runs import Query, Queue, RunSummary
+from dashboard.run_reader import Query, Queue, RunSummary
 from dashboard.views import canvas, common
 
 SENT_LABELS = {protocol.ACTION_MASK: "marked", protocol.ACTION_SKIP: "skipped",
@@ -23,7 +23,7 @@ PREVIEW_WIDTH = 220
 
 
 def render() -> None:
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet. Start a run on the Runs page with **You, on the Review page** as the one who "
                 "answers; after its first epoch the model's questions appear here.", icon=":material/draw:")
@@ -80,7 +80,7 @@ def nothing_waiting(summary: RunSummary) -> None:
         text = "The simulated annotator answers this run's questions; the ones it answered are listed below."
     elif summary.state == protocol.FINISHED:
         text = "This run has finished: it asks nothing more."
-    elif summary.state in (runs.STARTING, protocol.TRAINING):
+    elif summary.state in (run_reader.STARTING, protocol.TRAINING):
         text = ("Nothing to answer right now. The model asks about a few images at the end of an epoch; "
                 "this page shows them as soon as they are ready.")
     else:
@@ -442,7 +442,12 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
         state = st.session_state.get(canvas_key(queue, query))
         if state is not None and query.query_id in book:
             take_marks(run, queue, book, query, state.marks)
-    if answer_book.submit(run, queue, book):
+    try:
+        sent = answer_book.submit(run, queue, book)
+    except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
+        st.session_state["review-flash"] = (False, f"Not sent: {e}. Clear some marks and send again.")
+        return
+    if sent:
         flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
                        "appear here when they are ready.")
     else:
@@ -458,7 +463,7 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
 def answered_elsewhere(run: protocol.RunDir) -> None:
     """Say so when answers this page was working on were made moot by answers sent from elsewhere."""
     for epoch in protocol.queue_epochs(run):
-        if book_key(run, epoch) not in st.session_state or not run.feedback_file(epoch).exists():
+        if book_key(run, epoch) not in st.session_state or not protocol.feedback_sent(run, epoch):
             continue
         book = st.session_state.pop(book_key(run, epoch))
         if any(a.touched for a in book.values()):
@@ -468,13 +473,13 @@ def answered_elsewhere(run: protocol.RunDir) -> None:
 
 
 def past_answers(run: protocol.RunDir) -> None:
-    epochs = [e for e in protocol.queue_epochs(run) if run.feedback_file(e).exists()]
+    epochs = [e for e in protocol.queue_epochs(run) if protocol.feedback_sent(run, e)]
     if not epochs:
         return
     with st.expander("Earlier answers"):
         epoch = st.selectbox("Epoch", epochs[::-1], key="past-epoch")
         queue = common.queue(run, epoch)
-        sent = runs.sent_answers(run, epoch)
+        sent = run_reader.sent_answers(run, epoch)
         if queue.error or sent is None:
             st.warning(queue.error or "These answers cannot be read.")
             return

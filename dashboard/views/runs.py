@@ -10,7 +10,7 @@ import streamlit as st
 
 from trainer import protocol
 
-from dashboard import launcher, runs
+from dashboard import launcher, run_reader
 from dashboard.views import common
 
 ANNOTATORS = {
@@ -36,7 +36,7 @@ def render() -> None:
 
 @st.fragment(run_every=common.REFRESH_SECONDS)
 def run_list() -> None:
-    summaries = runs.list_summaries(common.runs_dir())
+    summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info(
             "**No runs yet.** Start one with the form below: the defaults train a small model on generated "
@@ -60,7 +60,7 @@ def run_list() -> None:
         run_details(summary)
 
 
-def runs_table(summaries: list[runs.RunSummary]) -> pd.DataFrame:
+def runs_table(summaries: list[run_reader.RunSummary]) -> pd.DataFrame:
     return pd.DataFrame([{
         "Run": s.name,
         "State": s.state_label,
@@ -75,7 +75,7 @@ def runs_table(summaries: list[runs.RunSummary]) -> pd.DataFrame:
     } for s in summaries])
 
 
-def run_details(summary: runs.RunSummary) -> None:
+def run_details(summary: run_reader.RunSummary) -> None:
     with st.container(border=True):
         parts = [f"epoch {summary.epoch}" + (f" of {summary.epochs}" if summary.epochs else "")]
         if summary.dataset:
@@ -100,8 +100,35 @@ def run_details(summary: runs.RunSummary) -> None:
                     st.toast(f"Stopping {summary.name}…", icon=":material/stop:")
                     time.sleep(0.5)
                     st.rerun(scope="fragment")
-        if summary.state in (protocol.TRAINING, runs.STARTING, protocol.FINISHED):
+        if summary.state in (protocol.TRAINING, run_reader.STARTING, protocol.FINISHED):
             common.log_tail(summary)
+        if summary.state in (protocol.FAILED, protocol.STOPPED):
+            delete_panel(summary)
+
+
+def delete_panel(summary: run_reader.RunSummary) -> None:
+    """Delete a failed or stopped run, after asking: its checkpoints and answers go with it."""
+    asking = st.session_state.get("confirm-delete") == summary.name
+    if not asking:
+        if st.button("Delete this run…", key=f"delete-{summary.name}", icon=":material/delete:"):
+            st.session_state["confirm-delete"] = summary.name
+            st.rerun()
+        return
+    st.warning(f"Delete **{summary.name}** and all its files (checkpoints, metrics, answers)? This cannot be undone.",
+               icon=":material/delete_forever:")
+    with st.container(horizontal=True):
+        confirmed = st.button("Delete", key=f"confirm-delete-{summary.name}", type="primary")
+        cancelled = st.button("Cancel", key=f"cancel-delete-{summary.name}")
+    if confirmed:
+        try:
+            launcher.delete_run(summary.run)
+        except (launcher.LaunchError, protocol.ProtocolError, OSError) as e:
+            st.error(f"{summary.name} was not deleted: {e}")
+            return
+        st.toast(f"Deleted {summary.name}", icon=":material/delete:")
+    if confirmed or cancelled:
+        st.session_state.pop("confirm-delete", None)
+        st.rerun()
 
 
 def result_line(result: dict) -> str:
@@ -117,7 +144,7 @@ def result_line(result: dict) -> str:
 
 
 def new_run_form() -> None:
-    empty = not runs.list_run_dirs(common.runs_dir())
+    empty = not run_reader.list_run_dirs(common.runs_dir())
     with st.expander("Start a new run", expanded=empty, icon=":material/add_circle:"):
         try:
             with st.spinner("Asking the trainer for its options…"):
@@ -158,7 +185,8 @@ def new_run_form() -> None:
                                         index=choices["saliency"].index(defaults["saliency"]),
                                         help="How the dashboard shows what the model looked at.")
                 extra = st.text_input("More trainer options", placeholder="e.g. --batch-size 32 --image-size 64",
-                                      help="Any other flag of `python -m trainer --help`.")
+                                      help="Any other flag of `python -m trainer --help`, spelled in full, except "
+                                           "the run name and runs folder (set above).")
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             start_from_form(launcher.RunRequest(
@@ -169,14 +197,23 @@ def new_run_form() -> None:
 
 
 def start_from_form(request: launcher.RunRequest, extra: str) -> None:
+    """Start the trainer and say "started" only once it runs; an early exit shows its error line."""
     try:
         request.extra_args = launcher.parse_extra_args(extra)
-        run = launcher.start_run(common.runs_dir(), request)
+        run = launcher.start_run(common.runs_dir(), request, allowed_roots=common.allowed_roots())
     except launcher.LaunchError as e:
         st.error(str(e), icon=":material/error:")
         return
-    st.success(f"Started **{run.name}**. It appears in the list above within a few seconds; "
-               f"the trainer's messages go to `{run.log}`.", icon=":material/check_circle:")
+    with st.spinner(f"Starting {run.name}…"):
+        outcome = launcher.await_start(run)
+    if outcome.state == "running":
+        st.success(f"Started **{run.name}**; it is in the list above. The trainer's messages go to `{run.log}`.",
+                   icon=":material/check_circle:")
+    elif outcome.state == "starting":
+        st.info(f"**{run.name}** is starting (loading its model and data); it shows in the list above. The "
+                f"trainer's messages go to `{run.log}`.", icon=":material/hourglass_top:")
+    else:
+        st.error(f"**{run.name}** did not start: {outcome.message}", icon=":material/error:")
 
 
 def _with_first(options: list[str], first: str) -> list[str]:

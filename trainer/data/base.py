@@ -11,7 +11,16 @@ from torch.utils.data import Dataset
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the problem and the first offending files."""
+    """Bad input data; the message names the problem and the first offending files, in one line.
+
+    A DataError raised in a DataLoader worker (an image damaged after start-up) comes back to the
+    trainer as ``DataError("Caught DataError in DataLoader worker …" + both tracebacks)``; of that
+    only the original message, the last line, is kept."""
+
+    def __init__(self, message: str = ""):
+        if message.startswith(f"Caught {type(self).__name__} ") and "\n" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        super().__init__(message)
 
 
 class Split(Dataset):
@@ -81,7 +90,7 @@ class DataSplits:
     test: Split | None = None
     test_consistent: Split | None = None
     description: str = ""
-    extra: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings the trainer prints at start, one line each
 
     @property
     def num_classes(self) -> int:

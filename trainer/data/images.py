@@ -6,6 +6,7 @@ PNGs, so that DataLoader workers later decode a few hundred kilobytes per image 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import uuid
@@ -18,17 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..protocol import atomic_write_bytes, atomic_write_text
 from .base import DataError, Split
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".pbm", ".pgm", ".ppm", ".pnm")  # what Pillow reads as one picture (a GIF: its first frame)
 CACHE_VERSION = 1  # part of every cache key: bump when the resize changes
 CACHE_ABOVE = 2  # sources larger than CACHE_ABOVE × the target size are resized once and cached
 FALLBACK_CACHE_ROOT = Path(__file__).resolve().parents[2] / "datasets" / ".cache"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow opens some 16-bit files as "I"
-PNG_END = b"IEND\xaeB`\x82"
-JPEG_END = b"\xff\xd9"
+DECODED_LIST = "decoded.txt"  # in the cache folder: sources that once decoded in full, one key a line
 
 
 def describe(names: Sequence[object], limit: int = 5) -> str:
@@ -81,15 +83,9 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(area) >= 128)
 
 
-def _ends_cleanly(path: Path, fmt: str | None) -> bool:
-    """Whether a PNG or JPEG file ends with its end marker: a truncated file does not. Reads only the
-    last bytes; other formats, and files with data after the marker, answer False (decode them)."""
-    end = {"PNG": PNG_END, "JPEG": JPEG_END}.get(fmt or "")
-    if end is None:
-        return False
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 32))
-        return end in f.read()
+def _digest(text: str) -> str:
+    """16 hex digits of the text's SHA-1, from the name's own bytes (file names need not be UTF-8)."""
+    return hashlib.sha1(os.fsencode(text)).hexdigest()[:16]
 
 
 @dataclass
@@ -99,15 +95,18 @@ class _Checked:
     read_from: Path | None = None
     size: tuple[int, int] | None = None
     problem: str | None = None
+    decoded: str | None = None  # the source's key, when this check decoded it in full
 
 
 class ImageStore:
-    """Checks source images once per build and keeps resized copies of large ones.
+    """Decodes every source image in full once and keeps resized copies of large ones.
 
     The cache lives in ``<root>/.hitl-cache/<size>/`` beside the data; where that folder cannot be
     written (a read-only data set) it lives under ``datasets/.cache/`` in this repository. Cache files
     are named by the source's relative path, byte size and modification time, so an edited source is
-    decoded again; they are written to a temporary name and renamed, so a crash never leaves half a file.
+    decoded again; they are written through the project's atomic writer, so a crash never leaves half
+    a file. Small sources are read directly; the keys of those that decoded in full are listed in
+    ``decoded.txt`` there, so later builds only open their headers.
     """
 
     def __init__(self, root: Path, size: int):
@@ -117,6 +116,7 @@ class ImageStore:
         self.cache_dirs = [self.root / ".hitl-cache" / str(size),
                            FALLBACK_CACHE_ROOT / f"{self.root.name}-{tag}" / str(size)]
         self._writable: Path | None = None
+        self._decoded = self._read_decoded()
 
     def display_name(self, path: Path) -> str:
         """The path relative to the data folder where it is inside it (shorter error messages)."""
@@ -125,10 +125,32 @@ class ImageStore:
         except ValueError:
             return str(path)
 
-    def _cache_name(self, path: Path) -> str:
+    def _source_id(self, path: Path) -> str:
+        """Changes when the file is edited: its relative path, byte size and modification time."""
         st = path.stat()
-        key = f"{self.display_name(path)}|{st.st_size}|{st.st_mtime_ns}|{self.size}|v{CACHE_VERSION}"
-        return f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.png"
+        return f"{self.display_name(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+    def _cache_name(self, path: Path, source_id: str) -> str:
+        return f"{path.stem}-{_digest(f'{source_id}|{self.size}|v{CACHE_VERSION}')}.png"
+
+    def _read_decoded(self) -> set[str]:
+        decoded: set[str] = set()
+        for d in self.cache_dirs:
+            try:
+                decoded.update((d / DECODED_LIST).read_text().split())
+            except (OSError, UnicodeDecodeError):
+                continue
+        return decoded
+
+    def _add_decoded(self, keys: set[str]) -> None:
+        """Remember newly decoded sources; where no cache folder is writable they are decoded again next
+        time, which costs time but is not an error."""
+        if keys - self._decoded:
+            self._decoded |= keys
+            try:
+                atomic_write_text(self._writable_dir() / DECODED_LIST, "\n".join(sorted(self._decoded)) + "\n")
+            except (DataError, OSError):
+                pass
 
     def _cached(self, name: str) -> Path | None:
         return next((d / name for d in self.cache_dirs if (d / name).is_file()), None)
@@ -151,35 +173,40 @@ class ImageStore:
 
     def _write_cache(self, img: Image.Image, name: str) -> Path:
         target = self._writable_dir() / name
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        png = io.BytesIO()
+        img.save(png, format="PNG", compress_level=1)
         try:
-            img.save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, png.getvalue())
         except OSError as e:
             raise DataError(f"cannot write the image cache {target}: {e}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def _check(self, path: Path) -> _Checked:
-        """Open the header (size, format); resize and cache a large image (a full decode); for a small
-        one check the end marker and fully decode only when it is missing."""
+        """Open the header (size); decode in full what has not been decoded before: a large image is
+        resized and cached, a small one's key is remembered. Damage anywhere in a file (a truncated
+        end, a corrupt data stream behind an intact end marker) fails here, not in the first batch."""
         try:
             with Image.open(path) as img:
-                size, fmt = img.size, img.format
+                size = img.size
+            source_id = self._source_id(path)
+            key = _digest(source_id)
             large = max(size) > CACHE_ABOVE * self.size
             if large:
-                name = self._cache_name(path)
+                name = self._cache_name(path, source_id)
                 cached = self._cached(name)
                 if cached is not None:
                     return _Checked(cached, size)
                 resized = load_rgb(path, self.size)
-            elif not _ends_cleanly(path, fmt):
+            elif key in self._decoded:
+                return _Checked(path, size)
+            else:
                 load_rgb(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
             return _Checked(problem=f"{self.display_name(path)} ({reason})")
-        return _Checked(self._write_cache(resized, name) if large else path, size)
+        if large:
+            return _Checked(self._write_cache(resized, name), size)
+        return _Checked(path, size, decoded=key)
 
     def prepare(self, what: str, paths: Sequence[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
         """For each source: the file to read it from (a cached copy or itself) and its original size.
@@ -191,6 +218,7 @@ class ImageStore:
             log.info("%s: checking %d images (resizing large ones to %d px once)", what, len(paths), self.size)
         with ThreadPoolExecutor(workers) as pool:
             checked = list(pool.map(self._check, paths))
+        self._add_decoded({c.decoded for c in checked if c.decoded})
         bad = [c.problem for c in checked if c.problem]
         if bad:
             raise DataError(f"{what}: {len(bad)} unreadable or truncated image(s): {describe(bad)}")
@@ -235,7 +263,7 @@ class FileSplit(Split):
         i = int(i)
         try:
             img = load_rgb(self.files[i], self.image_size)
-        except (OSError, ValueError, SyntaxError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {self.sources[i]}: {str(e)[:80]}") from e
         return image_tensor(img), int(self.labels[i]), i
 

@@ -78,8 +78,10 @@ def _read_table(dataset: str, path: Path, columns: Iterable[str]) -> pd.DataFram
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(f"{dataset}: {path.name} lacks column(s) {', '.join(missing)} "
-                        f"(it has: {describe(list(table.columns), 8)})")
+        # the header is quoted only when it is recognisably this table's: never a line of some other file
+        found = (f"it has: {describe(list(table.columns), 8)}" if set(columns) & set(table.columns)
+                 else "its first line has none of the expected columns")
+        raise DataError(f"{dataset}: {path.name} lacks column(s) {', '.join(missing)} ({found})")
     if table.empty:
         raise DataError(f"{dataset}: {path.name} has no rows")
     return table.fillna("").apply(lambda col: col.str.strip())
@@ -111,12 +113,49 @@ def _integer(value: str) -> int | None:
     return int(number) if number.is_integer() else None
 
 
-def _visible_files(folder: Path, extensions: Iterable[str], recursive: bool) -> list[Path]:
-    """Image files under ``folder``, skipping hidden files and folders (our own ``.hitl-cache``)."""
+def _visible_files(folder: Path, extensions: Iterable[str], recursive: bool, skipped: list[Path],
+                   report_all: bool = False) -> list[Path]:
+    """Image files under ``folder``; hidden files and folders (our own ``.hitl-cache``) are left out
+    quietly. An entry named like an image that is not a file (a dangling link) goes to ``skipped``,
+    and with ``report_all`` so does every other visible entry that is not a folder (a text file, a
+    format not read)."""
     extensions = tuple(extensions)
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in extensions and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = []
+    for p in found:
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        image_name = p.suffix.lower() in extensions
+        if image_name and p.is_file():
+            files.append(p)
+        elif (image_name or report_all) and not p.is_dir():
+            skipped.append(p)
+    return sorted(files)
+
+
+def _skipped_note(dataset: str, root: Path, skipped: list[Path]) -> list[str]:
+    """One warning line for files that are not used, so that none is dropped without a word."""
+    if not skipped:
+        return []
+    names = [_rel(p, root) + (" (broken link)" if p.is_symlink() and not p.exists() else "")
+             for p in sorted(skipped)]
+    return [f"{dataset}: skipped {len(names)} file(s) that are not images it reads: {describe(names)}"]
+
+
+def _check_distinct_files(dataset: str, named: Iterable[tuple[str, Path]]) -> None:
+    """One file under two names (``img/a.png`` and ``./img/a.png``, a link and its target) would be one
+    image with two labels, or in two splits: an error naming each spelling."""
+    names_of: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for name, path in named:
+        try:
+            st = path.stat()
+        except OSError:  # reported as unreadable when the images are checked
+            continue
+        names_of[(st.st_dev, st.st_ino)].append(name)
+    twice = [" = ".join(names) for names in names_of.values() if len(names) > 1]
+    if twice:
+        raise DataError(f"{dataset}: {len(twice)} image file(s) listed more than once under different names: "
+                        f"{describe(twice)}")
 
 
 def _files_by_id(dataset: str, root: Path, files: list[Path], id_of: Callable[[Path], str | None]) -> dict[str, Path]:
@@ -161,9 +200,11 @@ def _need_folder(dataset: str, folder: Path, expected: str) -> Path:
 # --------------------------------------------------------------------------- splits and images
 
 def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str], train: Listing,
-              val: Listing | None, test: Listing | None, holdout: float, description: str) -> DataSplits:
+              val: Listing | None, test: Listing | None, holdout: float, description: str,
+              skipped: list[Path]) -> DataSplits:
     """Class list from the data, a stratified validation holdout when there is no official one, the
-    requested fractions, then the images of what was selected are checked (and large ones cached)."""
+    requested fractions, then the images of what was selected are checked (and large ones cached).
+    ``skipped`` files and fractions rounded up become the data set's notes."""
     size = request.image_size or DEFAULT_IMAGE_SIZE
     if size < MIN_IMAGE_SIZE:
         raise DataError(f"{dataset}: --image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
@@ -174,6 +215,7 @@ def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str]
     untrained = sorted({classes[c] for part in (val, test) if part for c in part.labels} - {classes[c] for c in present})
     if untrained:
         raise DataError(f"{dataset}: class(es) with validation or test images but no training images: {describe(untrained)}")
+    _check_distinct_files(dataset, ((_rel(p, root), p) for part in (train, val, test) if part for p in part.paths))
     mapping = {old: new for new, old in enumerate(present)}
     class_names = [classes[c] for c in present]
     train = train.relabel(mapping)
@@ -188,8 +230,11 @@ def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str]
         if len(held) == 0:
             raise DataError(f"{dataset}: too few training images ({len(train.paths)}) to hold out a validation split")
         train, val = train.take(keep), train.take(held)
-    train = train.take(stratified_fraction(torch.tensor(train.labels), request.train_fraction, request.seed, "train"))
-    val = val.take(stratified_fraction(torch.tensor(val.labels), request.val_fraction, request.seed + 1, "validation"))
+    notes = _skipped_note(dataset, root, skipped)
+    train = train.take(stratified_fraction(torch.tensor(train.labels), request.train_fraction, request.seed, "train",
+                                           notes))
+    val = val.take(stratified_fraction(torch.tensor(val.labels), request.val_fraction, request.seed + 1, "validation",
+                                       notes))
 
     store = ImageStore(root, size)
 
@@ -201,7 +246,8 @@ def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str]
 
     return DataSplits(train=open_split("train", train), val=open_split("val", val),
                       test=open_split("test", test) if test else None,
-                      class_names=class_names, in_chans=3, image_size=size, description=description)
+                      class_names=class_names, in_chans=3, image_size=size, description=description,
+                      notes=notes)
 
 
 # --------------------------------------------------------------------------- APTOS 2019
@@ -232,15 +278,16 @@ def build_aptos(request: DataRequest) -> DataSplits:
         return number if number is not None and 0 <= number < len(APTOS_GRADES) else None
 
     labels = _parse_labels(dataset, table_path.name, "diagnosis", ids, list(table["diagnosis"]), grade)
-    by_id = _files_by_id(dataset, root, _visible_files(folder, IMAGE_EXTENSIONS, recursive=False), lambda p: p.stem)
+    skipped: list[Path] = []
+    by_id = _files_by_id(dataset, root, _visible_files(folder, IMAGE_EXTENSIONS, False, skipped), lambda p: p.stem)
     paths = _join(dataset, root, table_path.name, ids, by_id, folder)
     return _assemble(dataset, request, root, APTOS_GRADES, Listing(paths, labels), None, None, 0.2,
-                     "APTOS 2019 fundus photographs, diabetic-retinopathy grade")
+                     "APTOS 2019 fundus photographs, diabetic-retinopathy grade", skipped)
 
 
 # --------------------------------------------------------------------------- ISIC 2017
 
-def _isic_listing(dataset: str, root: Path, part: str, task: str) -> Listing:
+def _isic_listing(dataset: str, root: Path, part: str, task: str, skipped: list[Path]) -> Listing:
     table_path = root / f"ISIC-2017_{part}_Part3_GroundTruth.csv"
     folder = _need_folder(dataset, root / f"ISIC-2017_{part}_Data", f"the images of {table_path.name}")
     table = _read_table(dataset, table_path, ["image_id", "melanoma", "seborrheic_keratosis"])
@@ -260,7 +307,7 @@ def _isic_listing(dataset: str, root: Path, part: str, task: str) -> Listing:
                         f"seborrheic_keratosis: {describe(both)}")
     labels = melanoma if task == "melanoma" else [1 if m else 2 if k else 0 for m, k in zip(melanoma, keratosis)]
     # Only .jpg: the training archive also holds <image_id>_superpixels.png files, which are not images to label.
-    by_id = _files_by_id(dataset, root, _visible_files(folder, (".jpg", ".jpeg"), recursive=False), lambda p: p.stem)
+    by_id = _files_by_id(dataset, root, _visible_files(folder, (".jpg", ".jpeg"), False, skipped), lambda p: p.stem)
     return Listing(_join(dataset, root, table_path.name, ids, by_id, folder), labels)
 
 
@@ -276,10 +323,11 @@ def build_isic(request: DataRequest) -> DataSplits:
     training = root / f"ISIC-2017_{ISIC_SPLITS['train']}_Part3_GroundTruth.csv"
     if not training.is_file():
         raise DataError(f"{dataset}: {training.name} not found in {root}")
-    parts = {name: _isic_listing(dataset, root, part, task) for name, part in ISIC_SPLITS.items()
+    skipped: list[Path] = []
+    parts = {name: _isic_listing(dataset, root, part, task, skipped) for name, part in ISIC_SPLITS.items()
              if name == "train" or (root / f"ISIC-2017_{part}_Part3_GroundTruth.csv").is_file()}
     return _assemble(dataset, request, root, ISIC_TASKS[task], parts["train"], parts.get("val"), parts.get("test"),
-                     0.2, f"ISIC 2017 dermoscopy, task {task}")
+                     0.2, f"ISIC 2017 dermoscopy, task {task}", skipped)
 
 
 # --------------------------------------------------------------------------- NCI cervical images
@@ -312,23 +360,24 @@ def build_nci(request: DataRequest) -> DataSplits:
     _check_ids(dataset, table_path.name, "IMAGE_ID", ids)
     labels = _parse_labels(dataset, table_path.name, "WRST_HIST_AFTER", ids, list(table["WRST_HIST_AFTER"]),
                            _nci_positive)
-    by_id = _files_by_id(dataset, root, _visible_files(root, (".jpg", ".jpeg"), recursive=True), _nci_id)
+    skipped: list[Path] = []
+    by_id = _files_by_id(dataset, root, _visible_files(root, (".jpg", ".jpeg"), True, skipped), _nci_id)
     paths = _join(dataset, root, table_path.name, ids, by_id, root)
     return _assemble(dataset, request, root, NCI_CLASSES, Listing(paths, labels), None, None, 0.25,
-                     "NCI cervical images (NHS), WRST_HIST_AFTER > 0")
+                     "NCI cervical images (NHS), WRST_HIST_AFTER > 0", skipped)
 
 
 # --------------------------------------------------------------------------- a folder per class
 
-def _class_folders(dataset: str, root: Path, split_dir: Path) -> dict[str, list[Path]]:
+def _class_folders(dataset: str, root: Path, split_dir: Path, skipped: list[Path]) -> dict[str, list[Path]]:
     classes = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{dataset}: no class folders in {split_dir} (expected <class>/<image files>)")
-    loose = _visible_files(split_dir, IMAGE_EXTENSIONS, recursive=False)
+    loose = _visible_files(split_dir, IMAGE_EXTENSIONS, False, skipped)
     if loose:
         raise DataError(f"{dataset}: {len(loose)} image(s) outside any class folder: "
                         f"{describe([_rel(p, root) for p in loose])}")
-    files = {d.name: _visible_files(d, IMAGE_EXTENSIONS, recursive=True) for d in classes}
+    files = {d.name: _visible_files(d, IMAGE_EXTENSIONS, True, skipped, report_all=True) for d in classes}
     empty = [_rel(split_dir / name, root) for name, fs in files.items() if not fs]
     if empty:
         raise DataError(f"{dataset}: {len(empty)} class folder(s) without images: {describe(empty)}")
@@ -342,20 +391,21 @@ def build_folder(request: DataRequest) -> DataSplits:
     root = _need_folder(dataset, _data_root(dataset, request), "a folder of class folders")
     split_dirs = {name: next((root / f for f in folders if (root / f).is_dir()), None)
                   for name, folders in SPLIT_FOLDERS.items()}
+    skipped: list[Path] = []
     if split_dirs["train"] is None:
-        parts = {"train": _class_folders(dataset, root, root)}
+        parts = {"train": _class_folders(dataset, root, root, skipped)}
     else:
         known = {d.name for d in split_dirs.values() if d is not None}
         stray = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in known)
         if stray:
             raise DataError(f"{dataset}: folder(s) beside train/ that are not val/ or test/: {describe(stray)}")
-        parts = {name: _class_folders(dataset, root, d) for name, d in split_dirs.items() if d is not None}
+        parts = {name: _class_folders(dataset, root, d, skipped) for name, d in split_dirs.items() if d is not None}
     classes = sorted({name for files in parts.values() for name in files})
     listings = {part: Listing([p for name in sorted(files) for p in files[name]],
                               [classes.index(name) for name in sorted(files) for _ in files[name]])
                 for part, files in parts.items()}
     return _assemble(dataset, request, root, classes, listings["train"], listings.get("val"), listings.get("test"),
-                     0.2, f"image folders in {root}")
+                     0.2, f"image folders in {root}", skipped)
 
 
 # --------------------------------------------------------------------------- a CSV of paths and labels
@@ -394,6 +444,7 @@ def build_csv(request: DataRequest) -> DataSplits:
         return paths
 
     paths = located("path")
+    _check_distinct_files(dataset, zip(names, paths))
     masks = located("mask") if "mask" in table.columns else None
     classes = _class_order(table["label"])
     labels = [classes.index(label) for label in table["label"]]
@@ -410,7 +461,7 @@ def build_csv(request: DataRequest) -> DataSplits:
     if not parts["train"].paths:
         raise DataError(f"{dataset}: {table_path.name} has no rows with split=train")
     return _assemble(dataset, request, root, classes, parts["train"], parts["val"] if parts["val"].paths else None,
-                     parts["test"] if parts["test"].paths else None, 0.2, f"images listed in {table_path}")
+                     parts["test"] if parts["test"].paths else None, 0.2, f"images listed in {table_path}", [])
 
 
 REAL_BUILDERS = {"aptos2019": build_aptos, "isic2017": build_isic, "nci": build_nci,

@@ -12,12 +12,14 @@ Generated once per setting under ``datasets/<name>/`` and cached; deterministic 
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..protocol import atomic_write_bytes
 from .base import DataError, DataRequest, DataSplits, TensorSplit
 from .splits import stratified_fraction
 
@@ -71,6 +73,9 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cached(name: str, key: str, make) -> dict:
+    """The generated set from ``datasets/<name>/<key>.pt``, made and saved first if absent. Never draws
+    from the global torch generator: the trainer seeds it before building the data and creates the
+    model after, so the initial weights must not depend on whether the cache existed."""
     path = DATA_ROOT / name / f"{key}.pt"
     if path.exists():
         try:
@@ -78,10 +83,9 @@ def _cached(name: str, key: str, make) -> dict:
         except Exception:  # a damaged cache is regenerated, never trusted
             path.unlink(missing_ok=True)
     data = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{torch.randint(0, 1 << 30, ()).item()}.tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return data
 
 
@@ -89,14 +93,15 @@ def _splits_from(data: dict, request: DataRequest, class_names: list[str], descr
     def split(prefix: str, name: str, images_key: str = "images") -> TensorSplit:
         return TensorSplit(name, data[f"{prefix}_{images_key}"], data[f"{prefix}_labels"], data[f"{prefix}_masks"])
 
+    notes: list[str] = []
     train, val = split("train", "train"), split("val", "val")
-    train = train.subset(stratified_fraction(train.labels, request.train_fraction, request.seed, "train"))
-    val = val.subset(stratified_fraction(val.labels, request.val_fraction, request.seed + 1, "validation"))
+    train = train.subset(stratified_fraction(train.labels, request.train_fraction, request.seed, "train", notes))
+    val = val.subset(stratified_fraction(val.labels, request.val_fraction, request.seed + 1, "validation", notes))
     test = split("test", "test")
     consistent = split("test", "test_consistent", "images_consistent")
     return DataSplits(train=train, val=val, test=test, test_consistent=consistent,
                       class_names=class_names, in_chans=3, image_size=data["image_size"],
-                      description=description)
+                      description=description, notes=notes)
 
 
 def _confounded(request: DataRequest) -> bool:

@@ -3,16 +3,13 @@ without a server). Every reader tolerates missing and broken files: one bad run 
 take the whole page down, it gets a message instead."""
 from __future__ import annotations
 
-import io
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from trainer import protocol
 
@@ -76,9 +73,8 @@ def list_run_dirs(runs_dir: Path | str) -> list[protocol.RunDir]:
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    found = [protocol.RunDir(p) for p in root.iterdir()
-             if p.is_dir() and ((p / protocol.CONFIG_FILE).exists() or (p / launcher.LAUNCH_FILE).exists())]
-    return sorted(found, key=lambda r: mtime(r.config) or mtime(r.path / launcher.LAUNCH_FILE), reverse=True)
+    found = [run for p in root.iterdir() if p.is_dir() and (run := protocol.RunDir(p)).is_run()]
+    return sorted(found, key=lambda r: mtime(r.config) or mtime(r.launch), reverse=True)
 
 
 def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
@@ -95,7 +91,7 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
         traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
         feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}),
         updated=float(status.get("heartbeat") or mtime(run.path)))
-    launch = launcher.read_launch(run)
+    launch = protocol.read_launch(run)
     if launch is not None and launcher.launch_is_newer(launch, status):
         _apply_launch(summary, launch)
     rows = protocol.read_metrics(run)
@@ -138,31 +134,6 @@ def metrics_frame(runs: list[protocol.RunDir]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["run", *protocol.METRIC_COLUMNS])
     return pd.concat(frames, ignore_index=True)
-
-
-def read_confusion(run: protocol.RunDir) -> dict | None:
-    """The latest confusion matrix, or None if there is none yet or it cannot be read."""
-    try:
-        doc = protocol.read_json(run.confusion)
-    except (FileNotFoundError, protocol.ProtocolError):
-        return None
-    matrix = doc.get("matrix") if isinstance(doc, dict) else None
-    if not isinstance(matrix, list) or not matrix:
-        return None
-    names = doc.get("class_names") or [str(i) for i in range(len(matrix))]
-    return {"epoch": doc.get("epoch"), "class_names": [str(n) for n in names], "matrix": matrix}
-
-
-def log_tail(run: protocol.RunDir, lines: int = 40) -> str:
-    """The end of trainer.log (reading only its last 64 KiB: logs of long runs grow)."""
-    try:
-        with open(run.log, "rb") as f:
-            f.seek(0, io.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(deque(text.replace("\r", "\n").splitlines(), maxlen=lines))
 
 
 # --------------------------------------------------------------------------- query queue
@@ -209,14 +180,10 @@ def load_queue(run: protocol.RunDir, epoch: int) -> Queue:
     queries = []
     for i, q in enumerate(manifest.get("queries") or []):
         try:
-            query = Query(query_id=str(q["query_id"]), index=int(q["index"]), true_label=int(q["true_label"]),
-                          predicted_label=int(q["predicted_label"]),
-                          probabilities=[float(p) for p in q.get("probabilities") or []],
-                          entropy=float(q.get("entropy", math.nan)), height=int(q["height"]),
-                          width=int(q["width"]), class_names=names,
-                          already_annotated=bool(q.get("already_annotated", False)))
-        except (KeyError, TypeError, ValueError) as e:
-            return Queue(epoch, [], f"query #{i} of epoch {epoch} is incomplete ({type(e).__name__}: {e})")
+            entry = protocol.QueryEntry.from_json(q)
+        except protocol.ProtocolError as e:
+            return Queue(epoch, [], f"query #{i} of epoch {epoch} is incomplete ({e})")
+        query = Query(**vars(entry), class_names=names)
         _load_query_files(run, epoch, query)
         queries.append(query)
     return Queue(epoch, queries)
@@ -224,51 +191,30 @@ def load_queue(run: protocol.RunDir, epoch: int) -> Queue:
 
 def _load_query_files(run: protocol.RunDir, epoch: int, query: Query) -> None:
     shape = (query.height, query.width)
-    image_path = protocol.query_image_path(run, epoch, query.query_id)
+    image_name = protocol.query_image_path(run, epoch, query.query_id).name
     try:
-        with Image.open(image_path) as im:
-            query.image = np.asarray(im.convert("RGB"))
+        query.image = protocol.read_query_image(run, epoch, query.query_id)
     except FileNotFoundError:
-        query.problem = f"the image file {image_path.name} is missing"
+        query.problem = f"the image file {image_name} is missing"
     except OSError as e:
-        query.problem = f"the image file {image_path.name} cannot be read ({e})"
+        query.problem = f"the image file {image_name} cannot be read ({e})"
     if query.image is not None and query.image.shape[:2] != shape:
         query.problem = (f"the image is {query.image.shape[1]}×{query.image.shape[0]} pixels, "
                          f"the queue says {query.width}×{query.height}")
         query.image = None
     saliency_path = protocol.query_saliency_path(run, epoch, query.query_id)
-    query.saliency = _load_map(saliency_path, shape)
+    query.saliency = protocol.read_saliency(saliency_path, shape)
     if query.saliency is None and query.problem is None:
         query.warning = f"the saliency map {saliency_path.name} is missing or unreadable; you can still mark the image"
 
 
-def _load_map(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if arr.shape != shape or not np.issubdtype(arr.dtype, np.number):
-        return None
-    return np.nan_to_num(arr.astype(np.float32)).clip(-1, 1)
-
-
 # --------------------------------------------------------------------------- feedback and tracking
-
-def submitted_feedback(run: protocol.RunDir, epoch: int) -> dict | None:
-    """The mask file sent for ``epoch`` (by anyone), or None."""
-    try:
-        doc = protocol.read_json(run.feedback_file(epoch))
-    except (FileNotFoundError, protocol.ProtocolError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
 
 def sent_answers(run: protocol.RunDir, epoch: int) -> dict[str, protocol.QueryFeedback] | None:
     """The answers sent for ``epoch`` by query id, decoded; None if there are none or they do not fit the queue."""
-    doc = submitted_feedback(run, epoch)
     try:
         manifest = protocol.read_manifest(run, epoch)
-        answers = protocol.parse_feedback(doc, manifest) if doc is not None and manifest else None
+        answers = protocol.load_feedback(run, epoch, manifest) if manifest else None
     except protocol.ProtocolError:
         return None
     return None if answers is None else {a.query_id: a for a in answers}
@@ -276,16 +222,12 @@ def sent_answers(run: protocol.RunDir, epoch: int) -> dict[str, protocol.QueryFe
 
 def feedback_masks(run: protocol.RunDir) -> dict[int, np.ndarray]:
     """Per training-image index, the union of what every accepted mask file says the model must not
-    use (outside a "should use" region counts too), the way the trainer's feedback set adds them up."""
+    use, the way the trainer's feedback set adds them up."""
     masks: dict[int, np.ndarray] = {}
     for epoch in protocol.queue_epochs(run):
         for a in (sent_answers(run, epoch) or {}).values():
-            if a.action != protocol.ACTION_MASK:
-                continue
-            mask = a.forbidden.copy() if a.forbidden is not None else None
-            if a.relevant is not None and a.relevant.any():
-                mask = ~a.relevant if mask is None else mask | ~a.relevant
-            if mask is not None and mask.any():
+            mask = a.must_not_use()
+            if mask is not None:
                 masks[a.index] = masks[a.index] | mask if a.index in masks else mask
     return masks
 
@@ -301,19 +243,13 @@ def query_images(run: protocol.RunDir) -> dict[int, np.ndarray]:
 
 
 def read_tracking(run: protocol.RunDir) -> pd.DataFrame:
-    """tracking.csv (epoch, index, masked_share); malformed lines are skipped."""
-    try:
-        frame = pd.read_csv(run.tracking, on_bad_lines="skip")
-    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError):
-        return pd.DataFrame(columns=["epoch", "index", "masked_share"])
-    for column in ("epoch", "index", "masked_share"):
-        frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
-    frame = frame.dropna()
+    """tracking.csv as a frame (epoch, index, masked_share), by image and epoch."""
+    frame = pd.DataFrame(protocol.read_tracking(run), columns=list(protocol.TRACKING_COLUMNS))
     return frame.astype({"epoch": int, "index": int}).sort_values(["index", "epoch"], ignore_index=True)
 
 
 def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[int, int]) -> np.ndarray | None:
-    return _load_map(run.tracking_dir(epoch) / f"{index}.npy", shape)
+    return protocol.read_saliency(run.tracking_map(epoch, index), shape)
 
 
 # --------------------------------------------------------------------------- evaluation
