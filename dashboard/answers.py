@@ -4,11 +4,13 @@ Anything not explicitly marked goes out as "skip", so a half-finished review can
 and a mask file once written is never replaced: a second submit for the same epoch is refused."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from trainer import protocol
 
-from .masks import Marks
+from .masks import Marks, apply_ops
 from .run_reader import Query, Queue
 
 ACTION_LABELS = {
@@ -20,38 +22,68 @@ ACTION_LABELS = {
 
 @dataclass
 class Answer:
-    """One query's answer with an undo history; ``version`` changes with every edit of the marks."""
+    """One query's answer: the action and the canvas's marks as the list of drawing operations the
+    browser sent (see masks.apply_ops). ``revision`` counts the browser's edits, so an older list
+    (a late message, a stale draft) never replaces a newer one."""
 
-    marks: Marks
+    height: int
+    width: int
     action: str = protocol.ACTION_MASK
-    history: list[Marks] = field(default_factory=list)
-    version: int = 0
+    ops: list[dict] = field(default_factory=list)
+    revision: int = 0
 
     @classmethod
     def for_query(cls, query: Query) -> "Answer":
-        return cls(Marks.empty(query.height, query.width))
+        return cls(query.height, query.width)
 
-    def change(self, marks: Marks) -> bool:
-        """Take new marks (keeping the old ones for undo); False if nothing changed."""
-        if marks.same_as(self.marks):
+    @property
+    def marks(self) -> Marks:
+        return _fold(self.height, self.width, json.dumps(self.ops))
+
+    def take(self, ops: list[dict], revision: int) -> bool:
+        """Take the browser's complete list of operations if it is newer; False if it is not."""
+        if revision <= self.revision:
             return False
-        self.history.append(self.marks)
-        self.marks = marks
-        self.version += 1
+        self.ops, self.revision = list(ops), revision
         return True
-
-    def undo(self) -> None:
-        if self.history:
-            self.marks = self.history.pop()
-            self.version += 1
-
-    def clear(self) -> None:
-        self.change(Marks.empty(*self.marks.forbidden.shape))
 
     @property
     def touched(self) -> bool:
         """Whether the reviewer said anything about this image: marks, a skip or a flag."""
         return self.action != protocol.ACTION_MASK or not self.marks.is_empty()
+
+    def to_draft(self) -> dict:
+        return {"action": self.action, "ops": self.ops, "revision": self.revision}
+
+    @classmethod
+    def from_draft(cls, query: Query, doc: dict) -> "Answer":
+        """An answer from a draft; anything unreadable starts afresh (a draft is a convenience)."""
+        answer = cls.for_query(query)
+        action, ops, revision = doc.get("action"), doc.get("ops"), doc.get("revision")
+        if action in protocol.ACTIONS:
+            answer.action = action
+        if isinstance(ops, list) and isinstance(revision, int):
+            answer.ops, answer.revision = [op for op in ops if isinstance(op, dict)], revision
+        return answer
+
+
+@lru_cache(maxsize=64)
+def _fold(height: int, width: int, ops_json: str) -> Marks:
+    """The marks an operation list draws, cached: the page asks for them several times a run."""
+    return apply_ops(Marks.empty(height, width), json.loads(ops_json))
+
+
+def save_draft(run: protocol.RunDir, epoch: int, answers: dict[str, Answer]) -> None:
+    """Keep unsent work beside the run (never as the mask file, which only ``submit`` writes)."""
+    protocol.write_draft(run, epoch, {"answers": {qid: a.to_draft() for qid, a in answers.items()}})
+
+
+def load_draft(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
+    """The answers kept for ``queue``'s epoch, for the queries it still has; empty without a draft."""
+    draft = protocol.read_draft(run, queue.epoch) or {}
+    kept = draft.get("answers") if isinstance(draft.get("answers"), dict) else {}
+    return {q.query_id: Answer.from_draft(q, kept[q.query_id]) for q in queue.queries
+            if q.problem is None and isinstance(kept.get(q.query_id), dict)}
 
 
 def outcome(query: Query, answer: Answer | None) -> str:
@@ -91,5 +123,8 @@ def counts(queue: Queue, answers: dict[str, Answer]) -> dict[str, int]:
 
 
 def submit(run: protocol.RunDir, queue: Queue, answers: dict[str, Answer]) -> bool:
-    """Write the mask file for the queue's epoch; False if one was already sent (another tab, another person)."""
-    return protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers))
+    """Write the mask file for the queue's epoch; False if one was already sent (another tab, another
+    person). Either way the epoch's draft has served its purpose and goes."""
+    sent = protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers))
+    run.draft_file(queue.epoch).unlink(missing_ok=True)
+    return sent

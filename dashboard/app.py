@@ -14,6 +14,8 @@ from dashboard.launcher import default_allowed_roots
 from dashboard.serve import TOKEN_ENV
 from dashboard.views.common import PAGES
 
+FAVICON = Path(__file__).resolve().parent / "components" / "favicon.png"
+
 
 def folders_from_args(argv: list[str]) -> tuple[Path, list[Path]]:
     """The runs folder (``--runs-dir`` after ``--``, else $HITL_RUNS_DIR, else ./checkpoints) and the
@@ -43,7 +45,10 @@ def signed_in() -> bool:
     return False
 
 
-st.set_page_config(page_title="Human-in-the-loop trainer", page_icon=":material/model_training:", layout="wide")
+# a local icon: a Material icon name here makes the browser fetch the favicon from fonts.gstatic.com
+st.set_page_config(page_title="Human-in-the-loop trainer", page_icon=str(FAVICON), layout="wide")
+# less empty space above the page, so the review image and its tools fit a 1280×800 screen
+st.html("<style>[data-testid=stMainBlockContainer] { padding-top: 3rem; }</style>")
 if not signed_in():
     st.stop()
 runs_dir, allowed_roots = folders_from_args(sys.argv[1:])

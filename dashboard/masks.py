@@ -1,7 +1,7 @@
 """From what the reviewer drew on the (scaled-up) canvas to boolean masks in image pixels.
 
-The canvas shows an H×W image enlarged to about 448 px. Everything drawn is converted back to
-image coordinates right away and kept as two H×W masks - what the model must not rely on
+The canvas shows an H×W image enlarged to about 448 px. Everything drawn is converted to image
+coordinates in the browser and kept as two H×W masks - what the model must not rely on
 (``forbidden``) and what it should rely on (``relevant``) - so what the page shows is exactly what
 gets submitted. A pixel belongs to a shape when its centre lies inside it (the usual rasterisation
 rule), so a rectangle dragged along pixel borders covers exactly those pixels.
@@ -21,7 +21,6 @@ BRUSH = "brush"
 ERASER = "eraser"
 
 CANVAS_SIDE = 448
-_ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
 
 
 @dataclass(frozen=True)
@@ -55,16 +54,6 @@ class Marks:
 
 
 @dataclass(frozen=True)
-class Tool:
-    """How new drawing is read: the tool, which mask it adds to, the grid, the brush size."""
-
-    mode: str = GRID
-    target: str = FORBIDDEN
-    cells: int = 8               # grid squares per side
-    brush: float = 2.0           # brush diameter in image pixels
-
-
-@dataclass(frozen=True)
 class Geometry:
     """Image size and the canvas size it is shown at."""
 
@@ -87,10 +76,6 @@ class Geometry:
     @property
     def scale_y(self) -> float:
         return self.canvas_height / self.height
-
-    def brush_width(self, brush: float) -> int:
-        """The brush diameter in canvas pixels."""
-        return max(1, round(brush * self.scale_x))
 
 
 # --------------------------------------------------------------------------- grid
@@ -133,97 +118,65 @@ def cells_region(height: int, width: int, cells: int, chosen: list[tuple[int, in
     return region
 
 
-# --------------------------------------------------------------------------- canvas objects
+# --------------------------------------------------------------------------- marks drawn in the browser
+# The review canvas (dashboard/canvas/canvas.js) keeps every mark in the browser as a list of
+# operations in image coordinates and sends the whole list on each change; both sides fold that
+# list the same way, so the page shows exactly what gets submitted.
 
-def apply_drawing(marks: Marks, objects: list[dict], tool: Tool, geometry: Geometry) -> Marks:
-    """Fold fabric.js objects from the canvas into the marks, in drawing order: a click toggles its
-    grid square, a rectangle or brush stroke paints, an eraser stroke clears both masks."""
-    h, w = geometry.height, geometry.width
-    for obj in objects:
-        kind = obj.get("type", "").lower()
-        if kind == "circle":  # a click in point mode
-            x, y = _to_image(geometry, *_centre(obj))
-            region = cell_region(h, w, tool.cells, *cell_at(h, w, tool.cells, x, y))
-            if marks.layer(tool.target)[region].all():
-                marks = marks.erase(region)
-            else:
-                marks = marks.paint(region, tool.target)
+def apply_ops(marks: Marks, ops: list[dict]) -> Marks:
+    """Fold the canvas's operations into the marks, in drawing order: a click toggles its grid
+    square, a rectangle, a set of squares or a brush stroke paints ``target`` (the eraser's target is
+    ``erase``), ``clear`` empties both masks. Unknown operations are ignored: a newer page's marks
+    never break this reader."""
+    h, w = marks.forbidden.shape
+    for op in ops:
+        kind, target = op.get("kind"), op.get("target", FORBIDDEN)
+        if kind == "clear":
+            marks = Marks.empty(h, w)
+            continue
+        if kind == "cell":
+            region = cell_region(h, w, int(op["cells"]), int(op["row"]), int(op["col"]))
+            if target != ERASE and marks.layer(target)[region].all():
+                target = ERASE
+        elif kind == "cells":
+            region = cells_region(h, w, int(op["cells"]), [(int(r), int(c)) for r, c in op["squares"]])
         elif kind == "rect":
-            marks = marks.paint(_rect_region(obj, geometry), tool.target)
-        elif kind == "path":
-            region = _stroke_region(obj, geometry)
-            marks = marks.erase(region) if tool.mode == ERASER else marks.paint(region, tool.target)
+            region = rect_region(h, w, float(op["x0"]), float(op["y0"]), float(op["x1"]), float(op["y1"]))
+        elif kind == "stroke":
+            region = stroke_region(h, w, op["points"], float(op["radius"]))
+        else:
+            continue
+        marks = marks.erase(region) if target == ERASE else marks.paint(region, target)
     return marks
 
 
-def _bounds(obj: dict) -> tuple[float, float, float, float]:
-    """Left, top, width, height of an object's box as fabric.js places it (stroke included)."""
-    stroke = float(obj.get("strokeWidth") or 0)
-    bw = float(obj.get("width", 0)) * float(obj.get("scaleX", 1)) + stroke
-    bh = float(obj.get("height", 0)) * float(obj.get("scaleY", 1)) + stroke
-    left = float(obj.get("left", 0)) - _ORIGIN.get(obj.get("originX", "left"), 0.0) * bw
-    top = float(obj.get("top", 0)) - _ORIGIN.get(obj.get("originY", "top"), 0.0) * bh
-    return left, top, bw, bh
+ERASE = "erase"
+MIN_RADIUS = 0.71  # a pixel's half-diagonal: a thin line still marks every pixel it crosses
 
 
-def _centre(obj: dict) -> tuple[float, float]:
-    left, top, bw, bh = _bounds(obj)
-    return left + bw / 2, top + bh / 2
-
-
-def _to_image(geometry: Geometry, x: float, y: float) -> tuple[float, float]:
-    return x / geometry.scale_x, y / geometry.scale_y
-
-
-def _pixel_centres(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:geometry.height, 0:geometry.width]
+def _pixel_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width]
     return xs + 0.5, ys + 0.5
 
 
-def _rect_region(obj: dict, geometry: Geometry) -> np.ndarray:
-    """The dragged rectangle: like the canvas package's own ``boxes``, its stroke does not count (the
-    drawing tool puts the drag's corners at ``left``/``top`` and ``left + width``/``top + height``)."""
-    width = float(obj.get("width", 0)) * float(obj.get("scaleX", 1))
-    height = float(obj.get("height", 0)) * float(obj.get("scaleY", 1))
-    left = float(obj.get("left", 0)) - _ORIGIN.get(obj.get("originX", "left"), 0.0) * width
-    top = float(obj.get("top", 0)) - _ORIGIN.get(obj.get("originY", "top"), 0.0) * height
-    x0, y0 = _to_image(geometry, left, top)
-    x1, y1 = _to_image(geometry, left + width, top + height)
-    cx, cy = _pixel_centres(geometry)
+def rect_region(height: int, width: int, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Pixels whose centre lies inside the dragged rectangle (corners in image coordinates)."""
+    cx, cy = _pixel_centres(height, width)
     return (cx >= min(x0, x1)) & (cx < max(x0, x1)) & (cy >= min(y0, y1)) & (cy < max(y0, y1))
 
 
-def _stroke_region(obj: dict, geometry: Geometry) -> np.ndarray:
-    """Pixels whose centre lies within half the brush width of the stroke's centre line."""
-    points = _path_points(obj)
+def stroke_region(height: int, width: int, points: list, radius: float) -> np.ndarray:
+    """Pixels whose centre lies within ``radius`` (never under MIN_RADIUS) of the stroke's polyline."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    region = np.zeros((height, width), bool)
     if not len(points):
-        return np.zeros((geometry.height, geometry.width), bool)
-    # fabric keeps the points where they were drawn; moving or scaling the object is a transform on top
-    centre = (points.min(0) + points.max(0)) / 2
-    left, top, bw, bh = _bounds(obj)
-    scale = np.array([float(obj.get("scaleX", 1)), float(obj.get("scaleY", 1))])
-    points = (points - centre) * scale + np.array([left + bw / 2, top + bh / 2])
-    points = points / np.array([geometry.scale_x, geometry.scale_y])
-    # never thinner than a pixel's half-diagonal, so the line marks every pixel it crosses
-    radius = max(float(obj.get("strokeWidth") or 0) / 2 / geometry.scale_x, 0.71)
-    cx, cy = _pixel_centres(geometry)
-    region = np.zeros(cx.shape, bool)
-    starts, ends = points[:-1], points[1:]
-    if not len(starts):
-        starts, ends = points, points
+        return region
+    radius = max(radius, MIN_RADIUS)
+    cx, cy = _pixel_centres(height, width)
+    starts, ends = (points[:-1], points[1:]) if len(points) > 1 else (points, points)
     for (ax, ay), (bx, by) in zip(starts, ends):
         dx, dy = bx - ax, by - ay
         length2 = dx * dx + dy * dy
         t = np.zeros_like(cx) if length2 == 0 else np.clip(((cx - ax) * dx + (cy - ay) * dy) / length2, 0, 1)
         region |= (cx - ax - t * dx) ** 2 + (cy - ay - t * dy) ** 2 <= radius * radius
     return region
-
-
-def _path_points(obj: dict) -> np.ndarray:
-    """The coordinates of a fabric.js path (M/L/Q/C commands) as a polyline through all of them:
-    the control points of a smoothed freehand stroke lie on the hand's actual track."""
-    coords = []
-    for command in obj.get("path") or []:
-        values = [float(v) for v in command[1:] if isinstance(v, (int, float))]
-        coords += [values[i:i + 2] for i in range(0, len(values) - 1, 2)]
-    return np.array(coords, dtype=float).reshape(-1, 2)

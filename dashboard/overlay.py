@@ -2,6 +2,9 @@
 grid and the suggested squares, enlarged to the canvas size."""
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -19,7 +22,7 @@ FORBIDDEN_RGB = (230, 30, 30)
 RELEVANT_RGB = (20, 170, 70)
 SUGGESTED_RGB = (255, 200, 0)
 MARK_ALPHA = 0.35
-WASH = 0.7  # how far the image fades to grey under a saliency overlay
+WASH = 0.7  # how far the image fades to grey under a saliency overlay at full strength
 
 
 def colorize(saliency: np.ndarray, colormap: str) -> np.ndarray:
@@ -40,8 +43,9 @@ def compose(image: np.ndarray | None, geometry: Geometry, saliency: np.ndarray |
             opacity: float = 0.6, colormap: str = "RdBu_r", forbidden: np.ndarray | None = None,
             relevant: np.ndarray | None = None, outline: np.ndarray | None = None, cells: int = 0,
             grid_lines: bool = False, suggested: list[tuple[int, int]] = ()) -> Image.Image:
-    """The picture at canvas size. Under a saliency overlay the image is washed out towards grey and
-    the colour is blended by the square root of its strength, so the map reads even on busy images.
+    """The picture at canvas size. Under a saliency overlay the image fades towards grey in proportion
+    to ``opacity`` (at 0 it is the image as it is) and the colour is blended by the square root of its
+    strength, so the map reads even on busy images.
     Marks are striped and outlined (red: must not use, green: should use); ``outline`` only outlines.
     ``cells`` sets the grid that ``grid_lines`` draws and the ``suggested`` squares refer to."""
     h, w = geometry.height, geometry.width
@@ -49,7 +53,7 @@ def compose(image: np.ndarray | None, geometry: Geometry, saliency: np.ndarray |
     if saliency is not None and opacity > 0:
         saliency = stretch(saliency)
         grey = base.mean(axis=2, keepdims=True)
-        base = base * (1 - WASH) + grey * WASH
+        base = base * (1 - WASH * opacity) + grey * WASH * opacity
         alpha = np.ones((h, w, 1)) if image is None else (opacity * np.sqrt(np.abs(saliency)))[..., None]
         base = base * (1 - alpha) + colorize(saliency, colormap) * alpha
     size = (geometry.canvas_width, geometry.canvas_height)
@@ -68,6 +72,13 @@ def compose(image: np.ndarray | None, geometry: Geometry, saliency: np.ndarray |
     if cells:
         _draw_grid(picture, geometry, cells, grid_lines, suggested)
     return picture
+
+
+def data_url(picture: Image.Image) -> str:
+    """A PNG as a ``data:`` URL: the page gets the picture with its data, no extra request."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _enlarge(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

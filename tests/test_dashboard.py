@@ -1,6 +1,6 @@
 """The dashboard without a browser: its plain readers, mask geometry, launcher and server command,
 and its pages through Streamlit's AppTest. The canvas is a custom component AppTest cannot drive, so
-page tests replace ``draw_mask`` (the one function around it); the real canvas is tested in
+page tests replace ``draw_marks`` (the one function around it); the real canvas is tested in
 tests/test_e2e_browser.py."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dashboard import answers, launcher, masks, overlay, run_reader, serve
-from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Marks, Tool
+from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Marks
 from trainer import protocol
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -92,23 +92,17 @@ def square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- canvas geometry
 
-def rect(left, top, width, height, stroke=2):
-    return {"type": "Rect", "originX": "left", "originY": "top", "left": left, "top": top, "width": width,
-            "height": height, "strokeWidth": stroke, "scaleX": 1, "scaleY": 1}
+def rect(x0, y0, x1, y1, target=FORBIDDEN):
+    """A rectangle as the canvas sends it: the drag's corners in image coordinates."""
+    return {"kind": "rect", "x0": x0, "y0": y0, "x1": x1, "y1": y1, "target": target}
 
 
-def click(x, y, radius=4, stroke=2):
-    """A point-mode click as fabric.js reports it: a circle whose box includes its stroke."""
-    return {"type": "Circle", "originX": "left", "originY": "center", "left": x - radius - stroke / 2, "top": y,
-            "width": 2 * radius, "height": 2 * radius, "radius": radius, "strokeWidth": stroke}
+def click(row, col, cells=8, target=FORBIDDEN):
+    return {"kind": "cell", "cells": cells, "row": row, "col": col, "target": target}
 
 
-def stroke(points, width):
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    path = [["M", *points[0]], *[["L", *p] for p in points[1:]]]
-    return {"type": "Path", "originX": "center", "originY": "center", "left": (min(xs) + max(xs)) / 2,
-            "top": (min(ys) + max(ys)) / 2, "width": max(xs) - min(xs), "height": max(ys) - min(ys),
-            "strokeWidth": width, "scaleX": 1, "scaleY": 1, "path": path}
+def stroke(points, radius, target=FORBIDDEN):
+    return {"kind": "stroke", "points": points, "radius": radius, "target": target}
 
 
 def test_canvas_is_a_whole_number_enlargement_of_small_images():
@@ -119,37 +113,41 @@ def test_canvas_is_a_whole_number_enlargement_of_small_images():
     assert Geometry.fit(600, 600) == Geometry(600, 600, 448, 448)
 
 
-def test_rectangle_on_canvas_becomes_the_same_region_in_image_pixels():
-    g = Geometry.fit(H, W)  # 14 canvas pixels per image pixel
-    marks = masks.apply_drawing(Marks.empty(H, W), [rect(56, 70, 112, 56)], Tool(mode=masks.RECT), g)
+def test_rectangle_covers_the_pixels_whose_centres_it_holds():
+    # corners a fraction inside pixel borders, as a mouse drag on the 14× enlarged canvas leaves them
+    marks = masks.apply_ops(Marks.empty(H, W), [rect(4.3, 5.3, 12.3, 9.3)])
     assert np.array_equal(marks.forbidden, square(5, 9, 4, 12))
     assert not marks.relevant.any()
-
-
-def test_rectangle_on_a_large_image_shown_smaller():
-    g = Geometry.fit(896, 896)  # shown at half size
-    marks = masks.apply_drawing(Marks.empty(896, 896), [rect(10, 20, 30, 40)], Tool(mode=masks.RECT), g)
-    ys, xs = np.nonzero(marks.forbidden)
-    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (20, 80, 40, 120)
+    dragged_backwards = masks.apply_ops(Marks.empty(H, W), [rect(12.3, 9.3, 4.3, 5.3)])
+    assert np.array_equal(dragged_backwards.forbidden, square(5, 9, 4, 12))
 
 
 def test_grid_click_toggles_its_square():
-    g = Geometry.fit(H, W)
-    tool = Tool(mode=masks.GRID, cells=8)  # 4×4-pixel squares, 56 canvas pixels wide
-    once = masks.apply_drawing(Marks.empty(H, W), [click(56 + 30, 112 + 10)], tool, g)
+    once = masks.apply_ops(Marks.empty(H, W), [click(2, 1)])  # 4×4-pixel squares
     assert np.array_equal(once.forbidden, square(8, 12, 4, 8))
-    twice = masks.apply_drawing(once, [click(56 + 5, 112 + 50)], tool, g)
+    twice = masks.apply_ops(once, [click(2, 1)])
     assert not twice.forbidden.any()
+    green_over_red = masks.apply_ops(once, [click(2, 1, target=RELEVANT)])
+    assert np.array_equal(green_over_red.relevant, square(8, 12, 4, 8)) and not green_over_red.forbidden.any()
 
 
 def test_brush_marks_what_it_crosses_and_the_eraser_clears_it():
-    g = Geometry.fit(H, W)
-    line = stroke([(7, 7 + 14 * 10), (7 + 14 * 20, 7 + 14 * 10)], width=14)  # along row 10, x 0..20
-    painted = masks.apply_drawing(Marks.empty(H, W), [line], Tool(mode=masks.BRUSH, target=RELEVANT), g)
+    line = stroke([(0.5, 10.5), (20.5, 10.5)], radius=0.5, target=RELEVANT)  # along row 10, x 0..20
+    painted = masks.apply_ops(Marks.empty(H, W), [line])
     assert np.array_equal(painted.relevant, square(10, 11, 0, 21))
-    erase = stroke([(7 + 14 * 5, 0), (7 + 14 * 5, 447)], width=14)  # down column 5
-    erased = masks.apply_drawing(painted, [erase], Tool(mode=masks.ERASER), g)
+    erase = stroke([(5.5, 0), (5.5, 31.9)], radius=0.5, target=masks.ERASE)  # down column 5
+    erased = masks.apply_ops(painted, [erase])
     assert np.array_equal(erased.relevant, square(10, 11, 0, 21) & ~square(0, H, 5, 6))
+
+
+def test_clear_and_undo_are_operations_on_the_list():
+    ops = [rect(0, 0, 2, 2), {"kind": "clear"}]
+    assert masks.apply_ops(Marks.empty(H, W), ops).is_empty()
+    assert masks.apply_ops(Marks.empty(H, W), ops[:-1]).forbidden.sum() == 4  # undo: the list without its last
+    squares = {"kind": "cells", "cells": 8, "squares": [[0, 0], [7, 7]], "target": FORBIDDEN}
+    assert np.array_equal(masks.apply_ops(Marks.empty(H, W), [squares]).forbidden,
+                          square(0, 4, 0, 4) | square(28, 32, 28, 32))
+    assert masks.apply_ops(Marks.empty(H, W), [{"kind": "from a newer page"}]).is_empty()
 
 
 def test_a_pixel_has_one_meaning():
@@ -176,6 +174,16 @@ def test_picture_is_canvas_sized_with_marks_drawn():
     assert tuple(arr[1, 1]) == overlay.FORBIDDEN_RGB  # the border of the mark
     assert tuple(arr[300, 300]) == (128, 128, 128)  # untouched
     assert tuple(arr[393, 393]) == overlay.SUGGESTED_RGB  # outline of the suggested square
+
+
+def test_saliency_strength_fades_the_image_only_as_far_as_the_slider_says():
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    g = Geometry(H, W, H, W)
+    saliency = np.ones((H, W))
+    assert np.array_equal(np.asarray(overlay.compose(image, g, saliency, opacity=0.0)), image)
+    faint = np.asarray(overlay.compose(image, g, saliency, opacity=0.2)).astype(int)
+    strong = np.asarray(overlay.compose(image, g, saliency, opacity=0.9)).astype(int)
+    assert np.abs(faint - image).mean() < np.abs(strong - image).mean()
 
 
 # --------------------------------------------------------------------------- readers
@@ -235,7 +243,7 @@ def test_answers_become_a_mask_file_the_trainer_accepts_once(tmp_path):
     run = waiting_run(tmp_path, n=4)
     queue = run_reader.load_queue(run, 1)
     marked = answers.Answer.for_query(queue.queries[0])
-    marked.change(marked.marks.paint(square(2, 6, 3, 9), FORBIDDEN).paint(square(20, 30, 20, 30), RELEVANT))
+    marked.take([rect(3, 2, 9, 6), rect(20, 20, 30, 30, target=RELEVANT)], revision=1)
     flagged = answers.Answer.for_query(queue.queries[1])
     flagged.action = protocol.ACTION_WRONG_LABEL
     opened = answers.Answer.for_query(queue.queries[2])  # looked at, nothing marked
@@ -251,14 +259,28 @@ def test_answers_become_a_mask_file_the_trainer_accepts_once(tmp_path):
     assert run.feedback_file(1).read_bytes() == before
 
 
-def test_undo_and_clear():
-    answer = answers.Answer(Marks.empty(H, W))
-    answer.change(answer.marks.paint(square(0, 2, 0, 2), FORBIDDEN))
-    answer.clear()
-    assert answer.marks.is_empty() and answer.version == 2
-    answer.undo()
-    assert answer.marks.forbidden.sum() == 4
-    assert not answer.change(answer.marks)
+def test_an_older_list_of_marks_never_replaces_a_newer_one():
+    answer = answers.Answer(H, W)
+    assert answer.take([rect(0, 0, 2, 2)], revision=2)
+    assert not answer.take([], revision=1)  # a late message from before
+    assert answer.marks.forbidden.sum() == 4 and answer.touched
+
+
+def test_drafts_keep_unsent_work_beside_the_run_and_never_as_the_mask_file(tmp_path):
+    run = waiting_run(tmp_path)
+    queue = run_reader.load_queue(run, 1)
+    book = {"q000": answers.Answer(H, W, ops=[rect(4, 8, 20, 16)], revision=3),
+            "q001": answers.Answer(H, W, action=protocol.ACTION_SKIP)}
+    answers.save_draft(run, 1, book)
+    assert not run.feedback_file(1).exists() and protocol.pending_epoch(run) == 1
+    again = answers.load_draft(run, queue)
+    assert np.array_equal(again["q000"].marks.forbidden, DRAWN) and again["q000"].revision == 3
+    assert again["q001"].action == protocol.ACTION_SKIP
+    assert answers.submit(run, queue, again)
+    assert not run.draft_file(1).exists()
+    run.draft_file(1).parent.mkdir(exist_ok=True)
+    run.draft_file(1).write_text("{broken")
+    assert answers.load_draft(run, queue) == {}
 
 
 def test_learning_readers(tmp_path):
@@ -415,8 +437,8 @@ def app(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
     monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
-    monkeypatch.setattr(canvas, "draw_mask", lambda marks, tool, picture, geometry, key:
-                        marks.paint(DRAWN, FORBIDDEN))
+    monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
+                        {"ops": [rect(4, 8, 20, 16)], "revision": 1})
 
     def open_page(page: str | None = None):
         at = AppTest.from_file(str(APP), default_timeout=30).run()
@@ -509,7 +531,7 @@ def test_runs_page_deletes_a_failed_run_after_asking(app, tmp_path):
 def test_review_sends_the_drawn_mask(app, tmp_path):
     run = waiting_run(tmp_path)
     at = app("review")
-    assert "Epoch 1: the model asks about 2 images" in texts(at.subheader)
+    assert "Epoch 1: the model asks about 2 images" in texts(at.markdown)
     assert "must not use: 128 pixels" in texts(at.caption)
     at.button(key="submit-1").click().run()
     assert "Answers for epoch 1 sent" in texts(at.success)
@@ -522,8 +544,10 @@ def test_review_flags_a_wrong_label_and_skips(app, tmp_path):
     run = waiting_run(tmp_path)
     at = app("review")
     at.radio(key="action-1-q000").set_value("wrong_label").run()
+    assert at.segmented_control[0].value == 1  # the next unanswered image opens
+    at.segmented_control[0].set_value(0).run()
     assert "leaves this image out of training" in texts(at.caption)
-    at.segmented_control(key="page-1").set_value(1).run()
+    at.segmented_control[0].set_value(1).run()
     at.radio(key="action-1-q001").set_value("skip").run()
     assert "**0** marked · **1** skipped · **1** with a wrong label · **0** not marked" in texts(at.markdown)
     at.button(key="submit-1").click().run()
@@ -574,7 +598,7 @@ def test_review_says_when_the_trainer_died_waiting(app, tmp_path, monkeypatch):
     at = app("review")
     assert "stopped responding" in texts(at.warning)
     assert "You can still answer" in texts(at.info)
-    assert "Epoch 1" in texts(at.subheader)
+    assert "Epoch 1" in texts(at.markdown)
     at.button(key="resume-waiting").click().run()
     assert [r.name for r in resumed] == ["waiting"]
 
@@ -583,6 +607,18 @@ def test_review_without_questions(app, tmp_path):
     make_run(tmp_path, "busy")
     at = app("review")
     assert "Nothing to answer right now" in texts(at.info)
+
+
+def test_progress_inside_the_epoch_shows_while_training(app, tmp_path):
+    make_run(tmp_path, "busy", progress={"batches_done": 120, "batches_total": 400, "elapsed_s": 35.0,
+                                         "eta_s": 82.0})
+    at = app("review")
+    assert at.get("progress")[0].proto.text == ("Training this epoch: batch 120 of 400 (30%) · 35 seconds so far · "
+                                                "about 82 seconds left")
+    table = app().dataframe[0].value
+    assert table["This epoch"].tolist() == ["batch 120 of 400 (30%) · 35 seconds so far · about 82 seconds left"]
+    make_run(tmp_path, "busy", progress={"batches_done": "many"})  # an unreadable field is left out
+    assert not app("review").get("progress")
 
 
 def test_metrics_page_overlays_runs(app, tmp_path):
@@ -608,6 +644,24 @@ def test_learning_page_shows_marks_and_saliency(app, tmp_path):
     at = app("learning")
     assert "Image 100" in texts(at.subheader)
     assert at.dataframe[0].value.Now.tolist() == [0.2]
+
+
+def test_learning_page_measures_green_marks_by_the_share_inside_them(app, tmp_path):
+    run = waiting_run(tmp_path)
+    green = square(0, 16, 0, 32)  # the top half: what the model should use
+    protocol.submit_feedback(run, 1, "human", [protocol.QueryFeedback("q000", 100, "mask", relevant=green)])
+    # the trainer's share inside its penalty mask (everything outside green) falls from 0.75 to 0.25
+    protocol.atomic_write_text(run.tracking, "epoch,index,masked_share\n2,100,0.75\n3,100,0.25\n")
+    for epoch, inside in ((2, 0.25), (3, 0.75)):
+        saliency = np.where(green, inside / 16, (1 - inside) / 16).astype(np.float16)
+        protocol.atomic_save_npy(run.tracking_dir(epoch) / "100.npy", saliency)
+    at = app("learning")
+    table = at.dataframe[0].value
+    assert table.Marks.tolist() == ["should use"]
+    assert np.allclose(table["At first"], 0.25, atol=1e-3) and np.allclose(table.Now, 0.75, atol=1e-3)
+    assert table["As meant"].tolist() == [True]
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "average, green marks: inside (should go up)" in [trace["name"] for trace in figure["data"]]
 
 
 def test_learning_page_before_any_feedback(app, tmp_path):

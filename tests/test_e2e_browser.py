@@ -1,6 +1,8 @@
-"""End to end in a real headless Chromium: a tiny human-in-the-loop run, the dashboard served by
-Streamlit, a rectangle drawn with the mouse on the review canvas, and the trainer finishing with that
-rectangle as its mask. Screenshots of every page go to test-artifacts/."""
+"""End to end in a real headless Chromium: a tiny human-in-the-loop run asking about 10 images, the
+dashboard served by Streamlit, marks drawn with the mouse and the keyboard on the review canvas (fast,
+as a hurried reviewer draws), a reload in the middle, and the trainer finishing with exactly those
+marks. Screenshots of every page go to test-artifacts/ (the review page's also at 1280×800 and 900×900,
+the ones in docs/screenshots/)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +10,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dashboard import launcher, serve
 from trainer import protocol
@@ -20,7 +24,8 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-ZOOM = 14  # a 32-px image is shown at 448 px
+SIDE = 32  # decoy-digits images are 32×32
+CANVAS = "canvas[aria-label]"
 
 
 def free_port() -> int:
@@ -29,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition, timeout: float, what: str, poll: float = 0.3):
+def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
@@ -55,6 +60,70 @@ def open_page(page, url: str, ready_text: str) -> None:
     time.sleep(1.5)  # charts and images finish drawing
 
 
+def square(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((SIDE, SIDE), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+class Canvas:
+    """The review canvas of one image, addressed in image pixels. While the page reruns, the previous
+    image's canvas may still be in the page for a moment: everything here names its image."""
+
+    def __init__(self, page, query_id: str):
+        self.page = page
+        self.element = page.locator(f'{CANVAS}[data-doc$="|{query_id}"]')
+
+    def box(self) -> dict:
+        return self.element.bounding_box()
+
+    def tool(self, tool: str) -> None:
+        """Pick a tool (grid, rect, brush, eraser) with the canvas's own toolbar."""
+        self.page.locator(f'.mark-canvas:has({CANVAS}[data-doc="{self.element_doc()}"]) '
+                          f'button[data-tool={tool}]').click()
+
+    def element_doc(self) -> str:
+        return self.element.get_attribute("data-doc")
+
+    def at(self, x: float, y: float) -> tuple[float, float]:
+        box = self.box()
+        return box["x"] + x * box["width"] / SIDE, box["y"] + y * box["height"] / SIDE
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 4) -> None:
+        mouse = self.page.mouse
+        mouse.move(*self.at(*start))
+        mouse.down()
+        mouse.move(*self.at(*end), steps=steps)
+        mouse.up()
+
+    def click(self, x: float, y: float) -> None:
+        self.page.mouse.click(*self.at(x, y))
+
+    def pixel(self, x: int, y: int) -> list[int]:
+        """The colour the canvas shows at the centre of image pixel (x, y)."""
+        return self.element.evaluate(
+            f"c => Array.from(c.getContext('2d').getImageData(Math.floor(c.width * {x + 0.5} / {SIDE}), "
+            f"Math.floor(c.height * {y + 0.5} / {SIDE}), 1, 1).data.slice(0, 3))")
+
+
+def draft_answer(run: protocol.RunDir, query_id: str) -> dict:
+    return ((protocol.read_draft(run, 1) or {}).get("answers") or {}).get(query_id) or {}
+
+
+def showing(page, query_id: str) -> Canvas:
+    canvas = Canvas(page, query_id)
+    canvas.element.wait_for(timeout=20_000)
+    return canvas
+
+
+def marked_pixels(page, count: int) -> None:
+    page.get_by_text(f"must not use: {count} pixels").wait_for(timeout=20_000)
+
+
+def within(box: dict, width: int, height: int) -> bool:
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+
+
 @pytest.fixture
 def chromium():
     if not Path(CHROMIUM).exists():
@@ -67,51 +136,137 @@ def chromium():
         browser.close()
 
 
-def test_mark_a_region_in_the_browser_and_the_trainer_uses_it(tmp_path, chromium):
+def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
     ARTIFACTS.mkdir(exist_ok=True)
     runs_dir = tmp_path / "runs"
     run = launcher.start_run(runs_dir, launcher.RunRequest(
         title="e2e", dataset="decoy-digits", model="hitl_cnn", epochs=2, sampling="high_entropy",
-        queries_per_epoch=2, query_start_epoch=1, penalty_weight=10, saliency="saliency", annotator="human",
+        queries_per_epoch=10, query_start_epoch=1, penalty_weight=10, saliency="saliency", annotator="human",
         extra_args=["--train-fraction", "0.25", "--val-fraction", "0.25", "--device", "cpu"]))
     port = free_port()
     server_log = open(ARTIFACTS / "streamlit.log", "w")
     server = subprocess.Popen(serve.streamlit_command("127.0.0.1", port, runs_dir), stdout=server_log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
+    requests: list[str] = []
     try:
-        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        page.on("request", lambda r: requests.append(r.url))
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.type), d.accept()))
         wait_for(lambda: _reachable(port), 60, "the dashboard to listen")
         # opened before the first queue exists: the page's watcher shows it when it arrives
         page.goto(f"{base}/review?run=e2e")
-        canvas = page.locator("canvas.upper-canvas").first
-        canvas.wait_for(timeout=120_000)
+        page.locator(CANVAS).first.wait_for(timeout=120_000)
         manifest = protocol.read_manifest(run, 1)
-        assert (manifest["queries"][0]["height"], manifest["queries"][0]["width"]) == (32, 32)
+        ids = [q["query_id"] for q in manifest["queries"]]
+        assert len(ids) == 10 and (manifest["queries"][0]["height"], manifest["queries"][0]["width"]) == (SIDE, SIDE)
+        print_first_render(chromium, f"{base}/review?run=e2e")
 
-        page.get_by_text("Rectangle").first.click()
-        page.get_by_text("Drag a rectangle.").wait_for()
-        box = page.locator("canvas.upper-canvas").first.bounding_box()
-        # image pixels x 4..11, y 5..8: corners a few canvas pixels inside pixel borders
-        page.mouse.move(box["x"] + 4 * ZOOM + 4, box["y"] + 5 * ZOOM + 4)
-        page.mouse.down()
-        page.mouse.move(box["x"] + 8 * ZOOM, box["y"] + 7 * ZOOM, steps=5)
-        page.mouse.move(box["x"] + 12 * ZOOM + 4, box["y"] + 9 * ZOOM + 4, steps=5)
-        page.mouse.up()
-        page.get_by_text("must not use: 32 pixels").wait_for(timeout=20_000)
-        time.sleep(1)
+        # 6: at 1280×800 the image and its tools are visible without scrolling
+        canvas = showing(page, ids[0])
+        for element in (canvas.element, page.get_by_role("button", name="Squares", exact=True),
+                        page.get_by_role("button", name="Undo Z", exact=True), page.get_by_role("button", name="Next", exact=True)):
+            assert within(element.bounding_box(), 1280, 800), element
+        assert canvas.box()["height"] >= 300
+
+        # image 1: a rectangle (R), then a click into the top-right corner, where the old library's
+        # toolbar used to catch clicks
+        page.keyboard.press("r")
+        canvas.drag((4.3, 5.3), (12.3, 9.3))
+        marked_pixels(page, 32)
+        # 3: holding O shows the image as it is, without saliency or marks, pixel for pixel
+        image = np.asarray(Image.open(protocol.query_image_path(run, 1, ids[0])).convert("RGB"))
+        page.keyboard.down("o")
+        time.sleep(0.3)
+        assert canvas.pixel(8, 6) == image[6, 8].tolist()
+        page.keyboard.up("o")
+        time.sleep(0.3)
+        assert canvas.pixel(8, 6) != image[6, 8].tolist()  # the mark is back on top
+        page.keyboard.press("g")
+        canvas.click(31.5, 0.5)
+        marked_pixels(page, 48)
+
+        # image 2 (→): five brush strokes 0.1 s apart
+        page.keyboard.press("ArrowRight")
+        canvas = showing(page, ids[1])
+        canvas.tool("brush")  # the toolbar works as well as the keys
+        stroke_rows = [2.5, 8.5, 14.5, 20.5, 26.5]
+        for y in stroke_rows:
+            canvas.drag((3.5, y), (12.5, y))
+            time.sleep(0.1)
+        wait_for(lambda: len(draft_answer(run, ids[1]).get("ops", [])) == 5, 20, "five strokes in the draft")
+
+        # image 3: four grid clicks 0.2 s apart
+        page.keyboard.press("ArrowRight")
+        canvas = showing(page, ids[2])
+        canvas.tool("grid")
+        for x, y in ((6, 6), (26, 6), (6, 26), (26, 26)):
+            canvas.click(x, y)
+            time.sleep(0.2)
+        wait_for(lambda: len(draft_answer(run, ids[2]).get("ops", [])) == 4, 20, "four clicks in the draft")
+
+        # image 4: S skips it and opens the next unanswered one, where W flags the label
+        page.keyboard.press("ArrowRight")
+        showing(page, ids[3])
+        page.keyboard.press("s")
+        wait_for(lambda: draft_answer(run, ids[3]).get("action") == "skip", 20, "the skip in the draft")
+        showing(page, ids[4])
+        page.keyboard.press("w")
+        wait_for(lambda: draft_answer(run, ids[4]).get("action") == "wrong_label", 20, "the flag in the draft")
+
+        # image 6 opened by itself: a rectangle, then a reload; the page asks first, the draft keeps it
+        canvas = showing(page, ids[5])
+        page.keyboard.press("r")
+        canvas.drag((20.3, 20.3), (24.3, 24.3))
+        wait_for(lambda: draft_answer(run, ids[5]).get("ops"), 20, "image 6's rectangle in the draft")
+        page.reload()
+        canvas = showing(page, ids[0])
+        assert dialogs == ["beforeunload"]
+        marked_pixels(page, 48)  # image 1 again, its marks restored from the draft
+        assert not run.feedback_file(1).exists()
+
+        # 6: at 900 px wide everything is reachable: the image's bottom-right square and the send button
+        page.set_viewport_size({"width": 900, "height": 900})
+        time.sleep(1.5)
+        page.screenshot(path=str(ARTIFACTS / "review-900x900.png"))
+        canvas.element.scroll_into_view_if_needed()
+        box = canvas.box()
+        assert box["x"] + box["width"] <= 900 and box["width"] >= 250
+        page.keyboard.press("g")
+        canvas.click(31, 31)
+        marked_pixels(page, 64)
+        send = page.get_by_role("button", name="Send answers for epoch 1")
+        send.scroll_into_view_if_needed()
+        assert within(send.bounding_box(), 900, 900)
+
+        last_page = page.locator("[class*=st-key-page-1] button").last
+        last_page.scroll_into_view_if_needed()
+        assert within(last_page.bounding_box(), 900, 900)
+
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.evaluate("document.querySelector('[data-testid=stMain]').scrollTo(0, 0)")
+        time.sleep(1.5)
+        page.screenshot(path=str(ARTIFACTS / "review-1280x800.png"))
         snapshot(page, "review")
 
-        page.get_by_role("button", name="Send answers for epoch 1").click()
+        page.keyboard.press("Control+Enter")
         page.get_by_text("Answers for epoch 1 sent").wait_for(timeout=20_000)
         sent = protocol.parse_feedback(protocol.read_json(run.feedback_file(1)), manifest)
-        expected = np.zeros((32, 32), bool)
-        expected[5:9, 4:12] = True
-        assert [a.action for a in sent] == ["mask", "skip"]
-        assert np.array_equal(sent[0].forbidden, expected)
+        assert [a.action for a in sent] == ["mask"] * 3 + ["skip", "wrong_label", "mask"] + ["skip"] * 4
+        assert np.array_equal(sent[0].forbidden, square(5, 9, 4, 12) | square(0, 4, 28, 32) | square(28, 32, 28, 32))
+        strokes = sent[1].forbidden
+        for y in stroke_rows:  # every stroke arrived, each where it was drawn
+            assert strokes[int(y), 4:12].all(), f"the stroke along row {int(y)} is missing"
+        assert np.array_equal(strokes.any(axis=1), np.isin(np.arange(SIDE), [r + d for r in (2, 8, 14, 20, 26)
+                                                                             for d in (-1, 0, 1)]))
+        assert np.array_equal(sent[2].forbidden, square(4, 8, 4, 8) | square(4, 8, 24, 28) | square(24, 28, 4, 8)
+                              | square(24, 28, 24, 28))
+        assert np.array_equal(sent[5].forbidden, square(20, 24, 20, 24))
+        assert not run.draft_file(1).exists()
 
-        wait_for(lambda: protocol.read_status(run)["state"] == protocol.FINISHED, 120, "the trainer to finish")
-        assert protocol.read_metrics(run)[-1]["n_feedback"] == 1
+        wait_for(lambda: protocol.read_status(run)["state"] == protocol.FINISHED, 180, "the trainer to finish")
+        assert protocol.read_metrics(run)[-1]["n_feedback"] == 4
         assert not run.rejected_root.exists()
 
         open_page(page, f"{base}/?run=e2e", "Finished. Best epoch")
@@ -121,12 +276,33 @@ def test_mark_a_region_in_the_browser_and_the_trainer_uses_it(tmp_path, chromium
         open_page(page, f"{base}/learning?run=e2e", f"Image {sent[0].index}")
         snapshot(page, "learning")
         assert not page.locator("[data-testid=stException]").count()
+
+        # 11: nothing on any page came from anywhere but this machine
+        outside = {u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                   and urlparse(u).hostname not in ("127.0.0.1", "localhost")}
+        assert not outside, f"the page fetched from the internet: {sorted(outside)[:5]}"
     finally:
         server.terminate()
         server.wait(timeout=20)
         server_log.close()
         if launcher.live_pid(run) is not None:
             launcher.stop_run(run)
+
+
+def print_first_render(chromium, url: str) -> None:
+    """Issue 16's target is at most 2 s on this machine for 10 queries; measured and printed, not asserted
+    (a shared CI machine's timing would make the test flaky)."""
+    fresh = chromium.new_page(viewport={"width": 1280, "height": 800})
+    start = time.perf_counter()
+    fresh.goto(url)
+    fresh.get_by_text("Run", exact=True).first.wait_for(timeout=60_000)
+    app_shown = time.perf_counter() - start
+    fresh.get_by_text("Keys:").first.wait_for(timeout=60_000)
+    fresh.get_by_text("Class probabilities").first.wait_for(timeout=60_000)
+    print(f"\nfirst render of the Review page with 10 queries in a fresh tab: {time.perf_counter() - start:.2f} s "
+          f"(Streamlit's own page frame after {app_shown:.2f} s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)")
+    fresh.close()
 
 
 def _reachable(port: int) -> bool:

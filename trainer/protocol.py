@@ -821,3 +821,31 @@ def upgrade(doc: dict, kind: str) -> dict:
         version += 1
         doc["format"] = version
     return doc
+
+
+# --------------------------------------------------------------------------- drafts
+# The reviewer's unsent work on a queue, kept beside the run so a reload or a browser crash loses
+# nothing. Only the dashboard writes drafts and only the dashboard reads them; the trainer never
+# looks here: the mask file, which Submit alone writes, stays the one answer.
+
+DRAFTS_DIR = "drafts"
+
+
+def _draft_file(self: RunDir, epoch: int) -> Path:
+    return self.path / DRAFTS_DIR / f"epoch_{epoch:03d}.json"
+
+
+RunDir.draft_file = _draft_file
+
+
+def write_draft(run: RunDir, epoch: int, draft: dict) -> None:
+    atomic_write_json(run.draft_file(epoch), {"format": FORMAT, "epoch": epoch, **draft})
+
+
+def read_draft(run: RunDir, epoch: int) -> dict | None:
+    """The draft for ``epoch``; None when there is none or it cannot be read (a draft is a convenience)."""
+    try:
+        doc = read_json(run.draft_file(epoch))
+    except (FileNotFoundError, ProtocolError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format", 1) == FORMAT else None

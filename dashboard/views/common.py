@@ -65,7 +65,12 @@ def _queue(path: str, epoch: int, stamp: tuple) -> run_reader.Queue:
 
 
 def queue(run: protocol.RunDir, epoch: int) -> run_reader.Queue:
-    return _queue(str(run.path), epoch, _folder_stamp(run.queue_dir(epoch)))
+    return _queue(str(run.path), epoch, queue_stamp(run, epoch))
+
+
+def queue_stamp(run: protocol.RunDir, epoch: int) -> tuple:
+    """Changes whenever a file of the queue changes: a cache key for what is drawn from it."""
+    return _folder_stamp(run.queue_dir(epoch))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -83,7 +88,12 @@ def _feedback_masks(path: str, stamp: tuple) -> dict:
 
 
 def feedback_masks(run: protocol.RunDir) -> dict:
-    return _feedback_masks(str(run.path), _folder_stamp(run.feedback_root))
+    return _feedback_masks(str(run.path), feedback_stamp(run))
+
+
+def feedback_stamp(run: protocol.RunDir) -> tuple:
+    """Changes whenever a mask file is added or replaced: a cache key for what is read from them."""
+    return _folder_stamp(run.feedback_root)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -175,6 +185,28 @@ def ago(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} minutes"
     return f"{seconds / 3600:.1f} hours"
+
+
+# --------------------------------------------------------------------------- progress inside an epoch
+
+def epoch_progress(run: protocol.RunDir) -> tuple[float, str] | None:
+    """How far the trainer is through the epoch it is training, as a fraction and in words, from the
+    ``progress`` the trainer keeps in its status; None when it is not training or says nothing usable
+    (older trainers do not write it)."""
+    status = protocol.read_status(run)
+    progress = status.get("progress")
+    if status.get("state") != protocol.TRAINING or not isinstance(progress, dict):
+        return None
+    done, total = progress.get("batches_done"), progress.get("batches_total")
+    if not isinstance(done, int) or not isinstance(total, int) or total <= 0 or not 0 <= done <= total:
+        return None
+    elapsed, eta = progress.get("elapsed_s"), progress.get("eta_s")
+    parts = [f"batch {done} of {total} ({done / total:.0%})"]
+    if isinstance(elapsed, (int, float)) and not _missing(elapsed):
+        parts.append(f"{ago(elapsed)} so far")
+    if isinstance(eta, (int, float)) and not _missing(eta):
+        parts.append(f"about {ago(eta)} left")
+    return done / total, " · ".join(parts)
 
 
 # --------------------------------------------------------------------------- runs in trouble

@@ -3,9 +3,9 @@ looked at, marks what it must not rely on (and optionally what it should), skips
 its label, and sends everything in one mask file; the trainer then continues."""
 from __future__ import annotations
 
+import html
 import math
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from trainer import protocol
@@ -13,30 +13,16 @@ from trainer import protocol
 from dashboard import answers as answer_book
 from dashboard import masks, overlay, run_reader
 from dashboard.answers import Answer
-from dashboard.masks import FORBIDDEN, RELEVANT, Geometry, Tool
+from dashboard.masks import Geometry
 from dashboard.run_reader import Query, Queue, RunSummary
 from dashboard.views import canvas, common
 
-TOOL_LABELS = {
-    masks.GRID: ":material/grid_on: Squares",
-    masks.RECT: ":material/crop_square: Rectangle",
-    masks.BRUSH: ":material/brush: Brush",
-    masks.ERASER: ":material/ink_eraser: Eraser",
-}
-TARGET_LABELS = {FORBIDDEN: ":red[■] must NOT use", RELEVANT: ":green[■] should use"}
-TOOL_HELP = {
-    masks.GRID: "Click a square to mark it, click it again to unmark it.",
-    masks.RECT: "Drag a rectangle.",
-    masks.BRUSH: "Paint with the mouse.",
-    masks.ERASER: "Paint over marks to remove them.",
-}
 SENT_LABELS = {protocol.ACTION_MASK: "marked", protocol.ACTION_SKIP: "skipped",
                protocol.ACTION_WRONG_LABEL: "label flagged as wrong"}
 PREVIEW_WIDTH = 220
 
 
 def render() -> None:
-    st.title("Review")
     summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info("No runs yet. Start a run on the Runs page with **You, on the Review page** as the one who "
@@ -100,31 +86,65 @@ def nothing_waiting(summary: RunSummary) -> None:
     else:
         text = "Nothing waiting for an answer in this run."
     st.info(text, icon=":material/hourglass_top:" if summary.state == protocol.TRAINING else ":material/info:")
+    if summary.state == protocol.TRAINING:
+        training_progress(summary.name)
+
+
+@st.fragment(run_every=common.REFRESH_SECONDS)
+def training_progress(name: str) -> None:
+    """The trainer's progress through the current epoch, refreshed while the reviewer waits."""
+    progress = common.epoch_progress(common.run_dir(name))
+    if progress is not None:
+        fraction, text = progress
+        st.progress(fraction, text=f"Training this epoch: {text}")
 
 
 # --------------------------------------------------------------------------- one queue
 
 def book_key(run: protocol.RunDir, epoch: int) -> str:
-    """Where the reviewer's unsent work on a queue is kept: for the browser session, so switching
-    pages or images does not lose it."""
+    """Where the reviewer's unsent work on a queue is kept in the browser session; a draft file
+    beside the run keeps it across reloads and browser crashes."""
     return f"answers-{run.path}-{epoch}"
 
 
+def answer_book_for(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
+    """The session's answers to ``queue``; a fresh session (a reload, another browser) starts from the draft."""
+    key = book_key(run, queue.epoch)
+    if key not in st.session_state:
+        st.session_state[key] = answer_book.load_draft(run, queue)
+    return st.session_state[key]
+
+
+NARROW_LAYOUT_CSS = """<style>
+/* the image picker wraps instead of running off a narrow window */
+[class*="st-key-page-"] [data-testid="stButtonGroup"] > div { flex-wrap: wrap; row-gap: 4px; }
+/* where the image column would get narrower than the image wants, the facts move below it */
+[data-testid="stHorizontalBlock"]:has(.st-key-review-picture) { flex-wrap: wrap; }
+[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 2 1 400px; }
+[data-testid="stColumn"]:has(.st-key-review-facts) { min-width: 240px; flex: 1 1 240px; }
+</style>"""
+
+
 def review_queue(run: protocol.RunDir, queue: Queue) -> None:
+    st.html(NARROW_LAYOUT_CSS)
     if queue.error:
         st.error(f"This run's questions cannot be shown: {queue.error}. The trainer cannot go on without "
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
     when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
-    st.subheader(f"{when}: the model asks about {len(queue.queries)} images")
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+        st.markdown(f"**{when}: the model asks about {len(queue.queries)} images**", width="content")
+        with st.popover("How to answer", icon=":material/help:"):
+            st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text "
+                        "label, a border, ...); if you like, mark in **green** what it **should** rely on: under "
+                        "the default penalty everything outside green marks then counts as must-not-use for that "
+                        "image. Or skip the image, or tell the trainer its label is wrong. Your work is kept as a "
+                        "draft beside the run until you send all answers at the bottom.")
     if not queue.epoch:
         st.info("The model has not trained yet, so its saliency says little. Mark what no model should rely on "
                 "(a ruler, a sticker, a text label): marks given now keep it from learning that shortcut at all.",
                 icon=":material/info:")
-    st.markdown("For each image, mark in **red** what the model must **not** rely on (a ruler, a text label, "
-                "a border, ...); if you like, mark in **green** what it **should** rely on. Or skip the image, "
-                "or tell the trainer its label is wrong. Send all answers at the bottom.")
-    book = st.session_state.setdefault(book_key(run, queue.epoch), {})
+    book = answer_book_for(run, queue)
     view = display_settings()
     position = pager(queue, book)
     query = queue.queries[position]
@@ -133,7 +153,7 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
             st.error(f"Image {position + 1} cannot be shown: {query.problem}. It will be sent as skipped; "
                      "the other images are not affected.", icon=":material/broken_image:")
         else:
-            query_card(queue.epoch, query, book.setdefault(query.query_id, Answer.for_query(query)), view)
+            query_card(run, queue, query, book, view)
     submit_panel(run, queue, book)
 
 
@@ -142,9 +162,11 @@ def display_settings() -> dict:
         st.subheader("Picture")
         show = st.toggle("Show saliency", True, key="view-saliency", persist_state="session",
                          help="Colour where the model looked: with the first colour scheme, red pushed it "
-                              "towards its answer and blue away from it.")
-        opacity = st.slider("Saliency strength", 0.1, 1.0, 0.7, 0.05, key="view-opacity",
-                            persist_state="session", disabled=not show)
+                              "towards its answer and blue away from it. Hold O (or the Original button) to "
+                              "see the image as it is.")
+        opacity = st.slider("Saliency strength", 0.0, 1.0, 0.6, 0.05, key="view-opacity",
+                            persist_state="session", disabled=not show,
+                            help="0 shows the image as it is; the image fades only as much as the colour grows.")
         colormap = st.selectbox("Colours", list(overlay.COLORMAPS), key="view-colormap",
                                 persist_state="session", disabled=not show)
         suggest = st.toggle("Outline where it looks most", True, key="view-suggest", persist_state="session",
@@ -153,16 +175,32 @@ def display_settings() -> dict:
         st.subheader("Marking")
         cells = st.slider("Grid squares per side", 2, 16, 8, key="view-cells", persist_state="session")
         brush = st.slider("Brush size (image pixels)", 1, 8, 2, key="view-brush", persist_state="session")
-    return {"saliency": show, "opacity": opacity, "colormap": overlay.COLORMAPS[colormap], "suggest": suggest,
+    return {"saliency": show, "opacity": opacity, "colormap": colormap, "suggest": suggest,
             "cells": cells, "brush": brush}
+
+
+def page_key(queue: Queue) -> str:
+    """The key of the image picker. Whenever Python opens another image (Previous, Next, a hotkey, the
+    next unanswered one) the picker starts a new generation showing it, so a value the browser still
+    holds for the old picker, sent with a rerun that overtook the last, cannot open the old image again."""
+    generation = st.session_state.get(f"page-generation-{queue.epoch}", 0)
+    return f"page-{queue.epoch}" + (f"-{generation}" if generation else "")
+
+
+def current_image(queue: Queue) -> int:
+    return min(st.session_state.get(f"image-{queue.epoch}", 0), len(queue.queries) - 1)
+
+
+def open_image(queue: Queue, position: int) -> None:
+    st.session_state[f"image-{queue.epoch}"] = position
+    generation = f"page-generation-{queue.epoch}"
+    st.session_state[generation] = st.session_state.get(generation, 0) + 1
 
 
 def pager(queue: Queue, book: dict[str, Answer]) -> int:
     """Which image is shown; each button tells what its image's answer will be."""
-    key = f"page-{queue.epoch}"
+    key = page_key(queue)
     count = len(queue.queries)
-    st.session_state.setdefault(key, 0)
-    st.session_state[key] = min(st.session_state[key] or 0, count - 1)
 
     def label(i: int) -> str:
         query = queue.queries[i]
@@ -174,59 +212,142 @@ def pager(queue: Queue, book: dict[str, Answer]) -> int:
         return f"{i + 1} " + {protocol.ACTION_MASK: ":material/check:", protocol.ACTION_SKIP: ":material/remove:",
                               protocol.ACTION_WRONG_LABEL: ":material/flag:"}[answer.action]
 
-    def step(delta: int) -> None:
-        st.session_state[key] = (st.session_state[key] + delta) % count
+    def picked() -> None:
+        if key == page_key(queue):  # not a stale value of a picker Python has replaced
+            st.session_state[f"image-{queue.epoch}"] = st.session_state[key]
 
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(-1,), disabled=count < 2)
+        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(queue, -1), disabled=count < 2,
+                  key=f"previous-{queue.epoch}", help="Previous image (← or P)")
         st.segmented_control("Image", list(range(count)), format_func=label, key=key, required=True,
-                             label_visibility="collapsed")
-        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(1,), disabled=count < 2)
-    return st.session_state[key]
+                             default=current_image(queue), on_change=picked, label_visibility="collapsed")
+        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(queue, 1), disabled=count < 2,
+                  key=f"next-{queue.epoch}", help="Next image (→ or N)")
+    return current_image(queue)
 
 
-def query_card(epoch: int, query: Query, answer: Answer, view: dict) -> None:
-    key = f"{epoch}-{query.query_id}"
-    picture_column, info_column = st.columns([11, 9], gap="large")
-    with info_column:
-        query_facts(query)
-        action_choice(key, answer)
-    with picture_column:
-        tool = Tool(mode=st.session_state.get("tool-mode", masks.GRID),
-                    target=st.session_state.get("tool-target", FORBIDDEN), cells=view["cells"], brush=view["brush"])
-        geometry = Geometry.fit(query.height, query.width)
-        suggested = (masks.suggested_cells(query.saliency, tool.cells)
-                     if view["suggest"] and query.saliency is not None else [])
-        picture = overlay.compose(
-            query.image, geometry, query.saliency if view["saliency"] else None, opacity=view["opacity"],
-            colormap=view["colormap"], forbidden=answer.marks.forbidden, relevant=answer.marks.relevant,
-            cells=tool.cells, grid_lines=tool.mode == masks.GRID, suggested=suggested)
+def step(queue: Queue, delta: int) -> None:
+    open_image(queue, (current_image(queue) + delta) % len(queue.queries))
+
+
+def open_next_unanswered(queue: Queue, book: dict[str, Answer]) -> None:
+    """After an image is answered, the next one nobody answered yet opens (in order, wrapping round)."""
+    count = len(queue.queries)
+    here = current_image(queue)
+    for i in range(here + 1, here + count):
+        query = queue.queries[i % count]
+        answer = book.get(query.query_id)
+        if query.problem is None and (answer is None or not answer.touched):
+            open_image(queue, i % count)
+            return
+
+
+def action_key(queue: Queue, query: Query) -> str:
+    """The key of ``query``'s answer buttons. A hotkey that changes the answer starts a new generation
+    of the widget (shown with the new answer), so a value the browser still holds for the old one,
+    sent with a rerun that overtook the last, cannot undo the hotkey (see ``action_choice``)."""
+    generation = st.session_state.get(f"action-generation-{queue.epoch}-{query.query_id}", 0)
+    return f"action-{queue.epoch}-{query.query_id}" + (f"-{generation}" if generation else "")
+
+
+def set_action(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, action: str,
+               by_key: bool = False) -> None:
+    """Record the reviewer's choice for ``query``; a skip or a flag answers the image, so the next one opens."""
+    book[query.query_id].action = action
+    if by_key:
+        generation = f"action-generation-{queue.epoch}-{query.query_id}"
+        st.session_state[generation] = st.session_state.get(generation, 0) + 1
+    answer_book.save_draft(run, queue.epoch, book)
+    if action != protocol.ACTION_MASK:
+        open_next_unanswered(queue, book)
+
+
+def take_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, drawn: dict | None) -> None:
+    """Take the browser's complete list of marks if it is newer than ours, and keep it in the draft."""
+    if isinstance(drawn, dict) and isinstance(drawn.get("ops"), list) and isinstance(drawn.get("revision"), int):
+        if book[query.query_id].take(drawn["ops"], drawn["revision"]):
+            answer_book.save_draft(run, queue.epoch, book)
+
+
+def canvas_key(queue: Queue, query: Query) -> str:
+    return f"canvas-{queue.epoch}-{query.query_id}"
+
+
+def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
+    take_marks(run, queue, book, query, st.session_state[canvas_key(queue, query)].marks)
+
+
+def canvas_doc(run: protocol.RunDir, queue: Queue, query: Query) -> str:
+    """Which image a canvas shows, as the browser names it back in its commands."""
+    return f"{run.path}|{queue.epoch}|{query.query_id}"
+
+
+def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
+    """A hotkey that needs Python: another image, an action, or sending everything. Each key press
+    is acted on once, and only for the image it was pressed on."""
+    on_canvas_marks(run, queue, book, query)
+    sent = st.session_state[canvas_key(queue, query)].command
+    if not isinstance(sent, dict) or sent.get("doc") != canvas_doc(run, queue, query):
+        return
+    if sent.get("sequence") == st.session_state.get("canvas-last-command"):
+        return
+    st.session_state["canvas-last-command"] = sent.get("sequence")
+    command = sent.get("name")
+    if command in ("next", "previous"):
+        step(queue, 1 if command == "next" else -1)
+    elif command == "skip":
+        set_action(run, queue, book, query, protocol.ACTION_SKIP, by_key=True)
+    elif command == "wrong_label":
+        set_action(run, queue, book, query, protocol.ACTION_WRONG_LABEL, by_key=True)
+    elif command == "mark":
+        set_action(run, queue, book, query, protocol.ACTION_MASK, by_key=True)
+    elif command == "done":
+        open_next_unanswered(queue, book)
+    elif command == "submit":
+        send_answers(run, queue, book)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _pictures(path: str, epoch: int, query_id: str, stamp: tuple, saliency: bool, opacity: float,
+              colormap: str) -> tuple[str, str]:
+    """The picture with its saliency overlay and the image as it is, as data URLs at image size (the
+    browser enlarges them without smoothing)."""
+    queue = common.queue(protocol.RunDir(path), epoch)
+    query = next(q for q in queue.queries if q.query_id == query_id)
+    geometry = Geometry(query.height, query.width, query.height, query.width)
+    picture = overlay.compose(query.image, geometry, query.saliency if saliency else None, opacity=opacity,
+                              colormap=overlay.COLORMAPS[colormap])
+    return overlay.data_url(picture), overlay.data_url(overlay.compose(query.image, geometry))
+
+
+def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> dict:
+    """What the browser's canvas needs for one image; the marks only initialise it (see mark_canvas.js)."""
+    answer = book[query.query_id]
+    picture, original = _pictures(str(run.path), queue.epoch, query.query_id, common.queue_stamp(run, queue.epoch),
+                                  view["saliency"], view["opacity"], view["colormap"])
+    suggested = (masks.suggested_cells(query.saliency, view["cells"])
+                 if view["suggest"] and query.saliency is not None else [])
+    return {"doc": canvas_doc(run, queue, query), "width": query.width, "height": query.height,
+            "display_width": Geometry.fit(query.height, query.width).canvas_width, "picture": picture, "original": original, "ops": answer.ops,
+            "revision": answer.revision, "cells": view["cells"], "brush": view["brush"],
+            "suggested": [list(c) for c in suggested], "readonly": answer.action != protocol.ACTION_MASK,
+            "unsent": any(a.touched for a in book.values())}
+
+
+def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> None:
+    answer = book.setdefault(query.query_id, Answer.for_query(query))
+    picture_column, info_column = st.columns([2, 1], gap="medium")
+    with picture_column.container(key="review-picture"):
         if query.warning:
             st.warning(query.warning.capitalize() + ".", icon=":material/warning:")
-        if answer.action != protocol.ACTION_MASK:
-            st.image(picture, width=geometry.canvas_width)
-            st.caption("Marks are not sent for this image. Choose **Mark regions** to draw.")
-            return
-        with st.container(horizontal=True):
-            st.segmented_control("Tool", list(TOOL_LABELS), format_func=TOOL_LABELS.get, key="tool-mode",
-                                 default=masks.GRID, required=True, persist_state="session")
-            st.segmented_control("Mark what the model", list(TARGET_LABELS), format_func=TARGET_LABELS.get,
-                                 key="tool-target", default=FORBIDDEN, required=True, persist_state="session",
-                                 disabled=tool.mode == masks.ERASER)
-        st.caption(TOOL_HELP[tool.mode])
-        marks = canvas.draw_mask(answer.marks, tool, picture, geometry, key=f"canvas-{key}-{answer.version}")
-        if answer.change(marks):
-            st.rerun()
-        with st.container(horizontal=True):
-            st.button("Undo", icon=":material/undo:", key=f"undo-{key}", on_click=answer.undo,
-                      disabled=not answer.history)
-            st.button("Clear", icon=":material/delete:", key=f"clear-{key}", on_click=answer.clear,
-                      disabled=answer.marks.is_empty())
-            st.button("Mark the yellow squares", icon=":material/select_all:", key=f"suggest-{key}",
-                      disabled=not suggested, on_click=lambda: answer.change(answer.marks.paint(
-                          masks.cells_region(query.height, query.width, tool.cells, suggested), FORBIDDEN)),
-                      help="Mark the outlined squares as what the model must not use.")
+        args = (run, queue, book, query)
+        drawn = canvas.draw_marks(canvas_data(run, queue, query, book, view), key=canvas_key(queue, query),
+                                  on_marks=lambda: on_canvas_marks(*args), on_command=lambda: on_canvas_command(*args))
+        take_marks(run, queue, book, query, drawn)
         marks_summary(answer)
+    with info_column.container(key="review-facts"):
+        action_choice(run, queue, book, query)
+        query_facts(query)
 
 
 def query_facts(query: Query) -> None:
@@ -241,70 +362,100 @@ def query_facts(query: Query) -> None:
         most = math.log(len(query.probabilities)) if len(query.probabilities) > 1 else 1.0
         st.caption(f"Uncertainty (entropy): {query.entropy:.2f} of at most {most:.2f}"
                    + (" · you answered about this image before" if query.already_annotated else ""))
-        st.plotly_chart(probability_chart(query), key=f"probabilities-{query.query_id}",
-                        config={"displayModeBar": False})
+        st.html(probability_bars(query))
 
 
-def probability_chart(query: Query) -> go.Figure:
-    names = [query.label(i) for i in range(len(query.probabilities))]
-    colors = ["#1f77b4" if i == query.true_label else ("#d62728" if i == query.predicted_label else "#b0b7c3")
-              for i in range(len(names))]
-    figure = go.Figure(go.Bar(x=query.probabilities, y=names, orientation="h", marker_color=colors,
-                              hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    figure.update_layout(height=min(360, 60 + 22 * len(names)), margin=dict(l=10, r=10, t=30, b=10),
-                         title=dict(text="Class probabilities (blue: the label, red: a wrong answer)",
-                                    font=dict(size=13)),
-                         xaxis=dict(range=[0, 1], tickformat=".0%"), yaxis=dict(type="category", autorange="reversed"))
-    return figure
+PROBABILITY_ROWS = 8
+PROBABILITY_COLORS = {"label": "#1f77b4", "wrong": "#d62728", "other": "#b0b7c3"}
 
 
-def action_choice(key: str, answer: Answer) -> None:
+def probability_bars(query: Query) -> str:
+    """The most probable classes (and the label) as plain HTML bars: light enough that the page does
+    not wait for a charting library (a Plotly chart here cost the first render about a second)."""
+    order = sorted(range(len(query.probabilities)), key=lambda i: -query.probabilities[i])[:PROBABILITY_ROWS]
+    if query.true_label not in order and query.true_label < len(query.probabilities):
+        order.append(query.true_label)
+    rows = []
+    for i in order:
+        p = query.probabilities[i]
+        kind = "label" if i == query.true_label else "wrong" if i == query.predicted_label else "other"
+        rows.append(f'<div style="display:flex;align-items:center;gap:6px;font-size:13px;line-height:20px">'
+                    f'<span style="flex:0 0 5.5em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap">'
+                    f'{html.escape(query.label(i))}</span>'
+                    f'<span style="flex:1;background:rgba(128,128,128,0.12);height:12px;border-radius:2px">'
+                    f'<span style="display:block;height:12px;border-radius:2px;width:{100 * p:.1f}%;'
+                    f'background:{PROBABILITY_COLORS[kind]}"></span></span>'
+                    f'<span style="flex:0 0 3em;text-align:right">{p:.0%}</span></div>')
+    more = len(query.probabilities) - len(order)
+    title = ('<div style="font-size:13px;font-weight:600;margin-bottom:4px">Class probabilities '
+             '(blue: the label, red: a wrong answer)</div>')
+    tail = f'<div style="font-size:12px;opacity:0.7">and {more} less likely classes</div>' if more > 0 else ""
+    return title + "".join(rows) + tail
+
+
+def action_choice(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
     actions = list(answer_book.ACTION_LABELS)
+    answer = book[query.query_id]
+    key = action_key(queue, query)
 
-    def changed() -> None:
-        answer.action = st.session_state[f"action-{key}"]
+    def chosen() -> None:
+        if key == action_key(queue, query):  # not a stale value of a generation a hotkey replaced
+            set_action(run, queue, book, query, st.session_state[key])
 
     st.radio("Your answer", actions, index=actions.index(answer.action), format_func=answer_book.ACTION_LABELS.get,
-             key=f"action-{key}", on_change=changed, horizontal=True,
-             help="Images whose label you flag as wrong are left out of training from now on.")
+             key=key, on_change=chosen, horizontal=True,
+             help="Keys: M mark regions, S skip, W the label is wrong. Images whose label you flag as wrong are "
+                  "left out of training from now on.")
     if answer.action == protocol.ACTION_WRONG_LABEL:
         st.caption(":material/flag: The trainer leaves this image out of training from now on.")
 
 
 def marks_summary(answer: Answer) -> None:
-    total = answer.marks.forbidden.size
+    marks = answer.marks
+    total = marks.forbidden.size
     parts = [f"{name}: {int(m.sum())} pixels ({m.sum() / total:.0%})"
-             for name, m in (("must not use", answer.marks.forbidden), ("should use", answer.marks.relevant))
-             if m.any()]
+             for name, m in (("must not use", marks.forbidden), ("should use", marks.relevant)) if m.any()]
     st.caption("Marked " + " · ".join(parts) if parts else
                "Nothing marked yet: unmarked images are sent as skipped.")
+    if marks.relevant.any():
+        st.caption(":green[■] Green marks: under the default penalty everything outside them "
+                   f"({(~marks.relevant).sum() / total:.0%} of the image) counts as must-not-use, so the model is "
+                   "taught to look inside them.")
 
 
 def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
-    st.subheader("Send your answers")
     n = answer_book.counts(queue, book)
-    st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
-                f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
-                f"(sent as skipped)")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
+                  key=f"submit-{queue.epoch}", on_click=send_answers, args=(run, queue, book),
+                  help="Ctrl+Enter. Answers cannot be changed once sent.")
+        st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
+                    f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
+                    f"(sent as skipped)")
     st.caption("Images whose label you flag as wrong are left out of training from now on. Answers cannot be "
                "changed once sent.")
-    if st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
-                 key=f"submit-{queue.epoch}"):
-        try:
-            sent = answer_book.submit(run, queue, book)
-        except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
-            st.error(f"Not sent: {e}. Clear some marks and send again.", icon=":material/error:")
-            return
-        if sent:
-            flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
-                           "appear here when they are ready.")
-        else:
-            flash = (False, f"Answers for epoch {queue.epoch} had already been sent (from another tab or by "
-                            "someone else), so yours were not sent: the first answers stand. They are shown "
-                            "under **Earlier answers**.")
-        st.session_state.pop(book_key(run, queue.epoch), None)
-        st.session_state["review-flash"] = flash
-        st.rerun()
+
+
+def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
+    """Write the mask file (button or Ctrl+Enter); the outcome shows after the page reloads."""
+    for query in queue.queries:  # the canvas's last marks, whichever callback Streamlit runs first
+        state = st.session_state.get(canvas_key(queue, query))
+        if state is not None and query.query_id in book:
+            take_marks(run, queue, book, query, state.marks)
+    try:
+        sent = answer_book.submit(run, queue, book)
+    except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
+        st.session_state["review-flash"] = (False, f"Not sent: {e}. Clear some marks and send again.")
+        return
+    if sent:
+        flash = (True, f"Answers for epoch {queue.epoch} sent. The trainer goes on; its next questions "
+                       "appear here when they are ready.")
+    else:
+        flash = (False, f"Answers for epoch {queue.epoch} had already been sent (from another tab or by "
+                        "someone else), so yours were not sent: the first answers stand. They are shown "
+                        "under **Earlier answers**.")
+    st.session_state.pop(book_key(run, queue.epoch), None)
+    st.session_state["review-flash"] = flash
 
 
 # --------------------------------------------------------------------------- earlier answers

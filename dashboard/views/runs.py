@@ -65,6 +65,7 @@ def runs_table(summaries: list[run_reader.RunSummary]) -> pd.DataFrame:
         "Run": s.name,
         "State": s.state_label,
         "Epoch": f"{s.epoch} / {s.epochs}" if s.epochs else str(s.epoch),
+        "This epoch": (common.epoch_progress(s.run) or (None, ""))[1],
         "Best val. loss": s.best_val_loss,
         "Best val. accuracy": 100 * s.best_val_acc,
         "Data set": s.dataset,
