@@ -100,11 +100,11 @@ def evaluate_explainer(model: nn.Module, name: str, x: torch.Tensor, y: torch.Te
 def load_model(run: protocol.RunDir, cfg: TrainConfig, num_classes: int, in_chans: int, which: str,
                device: torch.device) -> tuple[nn.Module, int]:
     """The run's model with the weights of its ``best`` or ``last`` checkpoint, and that epoch."""
-    if not run.last_checkpoint.exists():
-        raise EvaluationError(f"{run.path} has no checkpoint yet (it saves one after its first epoch)")
+    path = checkpoint.best_path(run) if which == "best" else run.last_checkpoint
+    if not path.exists():
+        raise EvaluationError(f"{run.path} has no {path.name} yet (it saves one after its first epoch)")
     try:
-        ckpt = checkpoint.read(checkpoint.best_path(run) if which == "best" else run.last_checkpoint,
-                               map_location=device)
+        ckpt = checkpoint.read(path, map_location=device)
     except checkpoint.CheckpointError as e:
         raise EvaluationError(str(e)) from None
     model = create_classifier(cfg.model, num_classes, in_chans, pretrained=False, head=cfg.head).to(device)
