@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from . import checkpoint, protocol
+from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
@@ -103,17 +103,19 @@ def gather(split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
-        self.cfg, self.log = cfg, log
+        self.dist = distributed.setup(cfg, pick_device(cfg.device))  # one process unless under torchrun
+        self.cfg, self.log = cfg, log if self.dist.is_writer else _quiet
         self.run = protocol.RunDir(Path(cfg.runs_dir) / cfg.title)
-        self.device = pick_device(cfg.device)
+        self.device = self.dist.device
         self.amp = self.device.type == "cuda"
         torch.manual_seed(cfg.seed)
-        self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
-            cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
+        with self.dist.writer_first():  # one process fills a data set's cache
+            self.data: DataSplits = build_dataset(cfg.dataset, DataRequest(
+                cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
         cfg.image_size = self.data.image_size
         self.model = create_classifier(cfg.model, self.data.num_classes, self.data.in_chans, cfg.pretrained,
                                        cfg.head).to(self.device)
-        if resume:
+        if resume and self.dist.is_writer:
             for note in checkpoint.recover(self.run):
                 self.log(note)
             if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
@@ -128,7 +130,8 @@ class Trainer:
         self.probe_fn = PROBES.get((cfg.penalty, self.penalty_impl))
         self.relevance = cfg.penalty in USES_RELEVANCE
         self.sgt = SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None
-        self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
+        self.train_batches = BatchSource(self.data.train, self.dist.local_batch_size(cfg.batch_size), cfg.workers,
+                                         self.device)
         self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
         self.state = TrainState()
         self.annotator = OracleAnnotator(self.data.train) if cfg.annotator == "oracle" else None
@@ -137,10 +140,13 @@ class Trainer:
         self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
+        self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
 
     # ------------------------------------------------------------------ status
 
     def status(self, state: str, force: bool = True, **fields) -> None:
+        if not self.dist.is_writer:
+            return
         now = time.time()
         if not force and now - self._last_heartbeat < protocol.HEARTBEAT_SECONDS:
             return
@@ -167,9 +173,11 @@ class Trainer:
         n = len(self.data.train)
         order = torch.randperm(n, generator=g)
         order = order[~self.feedback.excluded.cpu()[order]]
-        extra = max(1, self.cfg.batch_size // 8) if self.cfg.oversample else 0
+        order, g = self.dist.shard(order, g)
+        batch_size = self.train_batches.batch_size
+        extra = max(1, batch_size // 8) if self.cfg.oversample else 0
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
-        total = math.ceil(len(order) / self.cfg.batch_size)
+        total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
         started = time.time()
         for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
@@ -188,7 +196,7 @@ class Trainer:
                         progress=epoch_progress(done, total, time.time() - started))
         bar.close()
         self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
-        loss, correct, pen, count = totals.tolist()
+        loss, correct, pen, count = self.dist.sum(totals).tolist()
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
@@ -209,12 +217,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             if probe is None:
                 with recorded_batch_stats(self.model) if self.sgt is not None else nullcontext(stats) as stats:
-                    logits = self.model(x)
+                    logits = self.ddp(x)
             else:
                 keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 keep[rows] = False
                 with probe.context(self.model), full_precision_convolutions(probe.full_precision):
-                    out = self.model(torch.cat([x[keep], probe.inputs]))
+                    out = self.ddp(torch.cat([x[keep], probe.inputs]))
                 pen, annotated_logits = probe.finish(out[len(out) - len(probe.inputs):])
                 order = torch.cat([torch.nonzero(keep).flatten(), rows])
                 logits = torch.cat([out[:len(out) - len(probe.inputs)], annotated_logits])[order.argsort()]
@@ -235,15 +243,17 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, split: Split, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities and labels for a whole split, in index order."""
+        """Softmax probabilities and labels for a whole split, in index order (each rank predicts its
+        share under torchrun)."""
         self.model.eval()
         probs, labels = [], []
         source = BatchSource(split, batch_size, self.cfg.workers, self.device)
-        for x, y, _ in source.epoch(torch.arange(len(split))):
+        for x, y, _ in source.epoch(self.dist.eval_indices(len(split))):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 probs.append(self.model(x).float().softmax(1))
             labels.append(y)
-        return torch.cat(probs), torch.cat(labels)
+        n = len(split)
+        return self.dist.gather_rows(torch.cat(probs), n), self.dist.gather_rows(torch.cat(labels), n)
 
     def evaluate(self, split: Split) -> dict:
         probs, labels = self.predict(split)
@@ -271,9 +281,9 @@ class Trainer:
         return (self.cfg.annotator != "none" and self.cfg.queries_per_epoch > 0
                 and self.cfg.query_start_epoch <= epoch < self.cfg.epochs)
 
-    def build_queue(self, epoch: int) -> dict:
+    def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""
-        probs, labels = self.predict(self.data.train)
+        probs, labels = train_predictions or self.predict(self.data.train)
         probs, labels = probs.cpu(), labels.cpu()
         allowed = ~self.feedback.excluded.cpu()
         candidates = torch.nonzero(allowed).flatten()
@@ -353,15 +363,18 @@ class Trainer:
         self.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked, {counts['skipped']} skipped, "
                  f"{counts['excluded']} excluded as mislabelled; {len(self.feedback)} images in the feedback set")
 
-    def query_phase(self, epoch: int) -> None:
-        """Queue → wait → apply, resumable: an existing queue is reused, never resampled."""
+    def query_phase(self, epoch: int, train_predictions: tuple | None = None) -> None:
+        """Queue → wait → apply, resumable: an existing queue is reused, never resampled. Under torchrun
+        the ranks predict the training set together, then rank 0 alone does this (distributed.py)."""
         if not self.is_query_epoch(epoch) or epoch in self.state.answered:
             return
+        if self.dist.enabled and train_predictions is None:
+            return self.shared_query_phase(epoch)
         self.apply_late_feedback()
         if not self.run.last_checkpoint.exists():  # asking before training: --resume needs a checkpoint
             self.save_checkpoint(best=False)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch)
+            manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch, train_predictions)
         if not manifest["queries"]:
             self.log(f"epoch {epoch}: no training image matches the sampling rule; no queries")
             answers = []
@@ -374,11 +387,26 @@ class Trainer:
         self.save_checkpoint(best=False)
         self.status(protocol.TRAINING, phase="training", waiting_epoch=None)
 
+    def shared_query_phase(self, epoch: int) -> None:
+        """``query_phase`` under torchrun: every rank predicts its share of the training set (unless
+        the queue exists already), rank 0 asks and waits, and the others take its feedback set and state."""
+        queued = self.dist.broadcast(protocol.read_manifest(self.run, epoch) is not None)
+        predictions = tuple(t.cpu() for t in self.predict(self.data.train)) if not queued else (None, None)
+
+        def ask() -> tuple:
+            self.query_phase(epoch, predictions)
+            return self.feedback.state_dict(), self.state
+
+        feedback, state = self.dist.on_writer(ask)
+        if not self.dist.is_writer:
+            self.feedback.load_state_dict(feedback)
+            self.state = state
+
     # ------------------------------------------------------------------ tracking
 
     def track_annotated(self, epoch: int) -> None:
         """Saliency of annotated images after this epoch and its share inside their masks."""
-        if not len(self.feedback) or self.cfg.track_images <= 0:
+        if not len(self.feedback) or self.cfg.track_images <= 0 or not self.dist.is_writer:
             return
         idx = self.feedback.indices[: self.cfg.track_images].cpu()
         x, _ = gather(self.data.train, idx)
@@ -401,6 +429,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, best: bool) -> None:
+        if not self.dist.is_writer:
+            return
         checkpoint.save(self.run, {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -433,7 +463,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        protocol.write_config(self.run, self.cfg.to_dict())
+        if self.dist.is_writer:
+            protocol.write_config(self.run, {**self.cfg.to_dict(), "world_size": self.dist.world_size})
         self.status(protocol.TRAINING, phase="starting", error=None, pid=os.getpid())
         if self.state.epoch:
             self.log(f"resuming {self.run.path} after epoch {self.state.epoch}")
@@ -450,10 +481,11 @@ class Trainer:
                        seconds=time.time() - t0)
             self.state.epoch = epoch
             self.state.history.append(row)
-            protocol.write_metrics(self.run, self.state.history)
-            protocol.atomic_write_json(self.run.confusion, {"format": protocol.FORMAT, "epoch": epoch,
-                                                            "class_names": self.data.class_names,
-                                                            "matrix": val["confusion"]})
+            if self.dist.is_writer:
+                protocol.write_metrics(self.run, self.state.history)
+                protocol.atomic_write_json(self.run.confusion, {"format": protocol.FORMAT, "epoch": epoch,
+                                                                "class_names": self.data.class_names,
+                                                                "matrix": val["confusion"]})
             self.track_annotated(epoch)
             best = row["val_loss"] < self.state.best_val_loss
             if best:
@@ -475,10 +507,15 @@ class Trainer:
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
             result["test_consistent_acc"] = self.evaluate(self.data.test_consistent)["acc"]
-        from .plots import write_plots
-        write_plots(self.run, self.state.history)
+        if self.dist.is_writer:
+            from .plots import write_plots
+            write_plots(self.run, self.state.history)
         self.status(protocol.FINISHED, phase="finished", result=result)
         return result
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0 under torchrun: rank 0 speaks for the job."""
 
 
 class _NoBar:
