@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from trainer import protocol
-from trainer.annotator import OracleAnnotator
+from trainer.annotator import main as oracle_main
 from trainer.distributed import shard
 from trainer.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-SMALL_FLAGS = ["-ds", "decoy-digits", "-tf", "0.3", "-vf", "0.3", "-E", "3", "-qu", "4", "--batch-size", "32",
+# All 1,000 training images, so that two epochs learn enough for accuracies to compare.
+RUN_FLAGS = ["-ds", "decoy-digits", "-vf", "0.3", "-E", "2", "-qu", "4", "--batch-size", "32", "--seed", "3", "-se", "1"]
+SMALL_FLAGS = ["-ds", "decoy-digits", "-tf", "0.3", "-vf", "0.3", "-E", "2", "-qu", "4", "--batch-size", "32",
                "--seed", "3", "-se", "1"]
 
 
@@ -71,39 +73,40 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_two_rank_run_writes_one_queue_and_one_checkpoint_per_epoch(tmp_path):
     """A small run with the simulated annotator on two gloo ranks: finishes, rank 0 alone writes, and it
     learns as far as the same run in one process."""
-    done = torchrun("-m", "trainer", *SMALL_FLAGS, "--annotator", "oracle", "-md", str(tmp_path), "-td", "ddp")
+    done = torchrun("-m", "trainer", *RUN_FLAGS, "--annotator", "oracle", "-md", str(tmp_path), "-td", "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
     run = protocol.RunDir(tmp_path / "ddp")
     assert protocol.read_status(run)["state"] == protocol.FINISHED
     assert protocol.read_config(run)["world_size"] == 2
     rows = protocol.read_metrics(run)
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert protocol.queue_epochs(run) == [1, 2]  # one queue per query epoch, written once
-    assert len(list(run.rejected_root.glob("*"))) == 0 if run.rejected_root.exists() else True
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert protocol.queue_epochs(run) == [1]  # one queue per query epoch, written once
+    assert len(protocol.read_manifest(run, 1)["queries"]) == 4
     ckpt = torch.load(run.last_checkpoint, weights_only=True)
-    assert ckpt["state"]["epoch"] == 3 and ckpt["state"]["answered"] == [1, 2]
+    assert ckpt["state"]["epoch"] == 2 and ckpt["state"]["answered"] == [1]
     assert sorted(p.name for p in run.path.glob("*.pt")) == ["best.pt", "last.pt"]
     assert not list(run.path.rglob("*.tmp"))
-    assert rows[-1]["n_feedback"] == 8 and rows[-1]["penalty"] > 0
+    assert rows[-1]["n_feedback"] == 4 and rows[-1]["penalty"] > 0
     assert done.stdout.count("best epoch") == 1  # rank 0 speaks for the job
-    single = Trainer(protocol_config(tmp_path, "single"), log=lambda *a: None).fit()
+    single = Trainer(run_config(tmp_path, "single", RUN_FLAGS), log=lambda *a: None).fit()
     one = protocol.read_metrics(protocol.RunDir(tmp_path / "single"))
-    # measured (seed 3): one process 0.__ val acc, two ranks 0.__; the band allows run-to-run spread
-    assert abs(rows[-1]["val_acc"] - one[-1]["val_acc"]) < 0.15, (rows[-1]["val_acc"], one[-1]["val_acc"])
-    assert single["n_feedback"] == 8
+    # Measured (seed 3): validation accuracy after epoch 2 0.596 in one process, 0.618 on two ranks
+    # (0.697 and 0.539 after epoch 1): the band is the spread between such runs.
+    assert rows[-1]["val_acc"] > one[-1]["val_acc"] - 0.15, (rows[-1]["val_acc"], one[-1]["val_acc"])
+    assert single["n_feedback"] == 4
 
 
-def protocol_config(tmp_path: Path, title: str):
+def run_config(tmp_path: Path, title: str, flags: list[str]):
     from trainer.cli import parse_args
 
-    cfg, _ = parse_args([*SMALL_FLAGS, "--annotator", "oracle", "-md", str(tmp_path), "-td", title])
+    cfg, _ = parse_args([*flags, "--annotator", "oracle", "-md", str(tmp_path), "-td", title])
     return cfg
 
 
 def test_killing_one_rank_stops_the_job_and_resume_on_one_process_finishes(tmp_path):
     """kill -9 of rank 1 while rank 0 waits for a person: torchrun stops the whole job; the answer given
     meanwhile is applied by ``--resume`` on a different number of processes (one), nothing lost."""
-    flags = [*SMALL_FLAGS, "-E", "2", "--annotator", "human", "-md", str(tmp_path), "-td", "killed"]
+    flags = [*SMALL_FLAGS, "--annotator", "human", "-md", str(tmp_path), "-td", "killed"]
     job = subprocess.Popen([*TORCHRUN, "-m", "trainer", *flags], cwd=ROOT, env=rank_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = protocol.RunDir(tmp_path / "killed")
@@ -120,7 +123,8 @@ def test_killing_one_rank_stops_the_job_and_resume_on_one_process_finishes(tmp_p
     assert time.time() - killed < 60
     assert not any(environ(pid).get("RANK") for pid in children(job.pid))
     assert protocol.read_metrics(run)[-1]["epoch"] == 1
-    assert OracleAnnotator(Trainer(protocol_config(tmp_path, "data"), log=lambda *a: None).data.train)(run, 1)
+    assert oracle_main([str(run.path), "--once"]) == 0  # the answer a person gives while the job is down
+    assert run.feedback_file(1).exists()
     done = subprocess.run([sys.executable, "-m", "trainer", "--resume", "-md", str(tmp_path), "-td", "killed"],
                           cwd=ROOT, env=rank_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
