@@ -28,6 +28,7 @@ and a rank that dies breaks the next tick at once.
 """
 from __future__ import annotations
 
+import _thread
 import atexit
 import math
 import os
@@ -140,25 +141,37 @@ class Distributed:
                     return value
                 if kind == "failed":
                     raise RuntimeError(f"rank 0 failed: {value}")
-        stop = threading.Event()
+        stop, lost = threading.Event(), []
 
         def tick():
             while not stop.wait(TICK_SECONDS):
-                dist.broadcast_object_list([("wait", None)], src=0, group=self.control)
+                try:
+                    dist.broadcast_object_list([("wait", None)], src=0, group=self.control)
+                except RuntimeError as e:  # a rank is gone: stop rank 0 too, or it would wait for ever
+                    lost.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    _thread.interrupt_main()
+                    return
 
         ticker = threading.Thread(target=tick, name="waiting-tick", daemon=True)
         ticker.start()
-        outcome: tuple = ("failed", "stopped")
         try:
-            outcome = ("done", fn())
+            result = fn()
         except BaseException as e:
-            outcome = ("failed", f"{type(e).__name__}: {e}")
+            if lost and isinstance(e, KeyboardInterrupt):  # the ticker's interrupt
+                raise RuntimeError(f"another rank stopped answering while rank 0 waited ({lost[0]})") from None
+            self._tell_followers(stop, ticker, ("failed", f"{type(e).__name__}: {e}"))
             raise
-        finally:
-            stop.set()
-            ticker.join()
+        self._tell_followers(stop, ticker, ("done", result))
+        return result
+
+    def _tell_followers(self, stop: threading.Event, ticker: threading.Thread, outcome: tuple) -> None:
+        stop.set()
+        ticker.join()
+        try:
             dist.broadcast_object_list([outcome], src=0, group=self.control)
-        return outcome[1]
+        except RuntimeError:
+            if outcome[0] == "done":
+                raise  # a failure on rank 0 is the error to report, not that the others are gone already
 
 
 def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -121,6 +121,7 @@ class Trainer:
             if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
                 self.log(f"{self.run.path} has no checkpoint yet: starting it from the beginning")
                 resume = False
+        resume = self.dist.broadcast(resume)  # rank 0's decision, after its repair of the checkpoints
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
