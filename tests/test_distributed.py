@@ -123,6 +123,8 @@ def test_killing_one_rank_stops_the_job_and_resume_on_one_process_finishes(tmp_p
     assert time.time() - killed < 60
     assert not any(environ(pid).get("RANK") for pid in children(job.pid))
     assert protocol.read_metrics(run)[-1]["epoch"] == 1
+    left = protocol.read_status(run)  # rank 0 marked it (SIGTERM from torchrun: stopped; a broken tick: failed)
+    assert left["state"] in (protocol.STOPPED, protocol.FAILED) and left["error"], left
     assert oracle_main([str(run.path), "--once"]) == 0  # the answer a person gives while the job is down
     assert run.feedback_file(1).exists()
     done = subprocess.run([sys.executable, "-m", "trainer", "--resume", "-md", str(tmp_path), "-td", "killed"],

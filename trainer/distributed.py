@@ -165,13 +165,20 @@ class Distributed:
         return result
 
     def _tell_followers(self, stop: threading.Event, ticker: threading.Thread, outcome: tuple) -> None:
+        """The last message of a wait. When rank 0 fails, its own error is the one to report, not that
+        the others are gone already (a tick stuck on a dead rank, a broken connection)."""
         stop.set()
-        ticker.join()
+        ticker.join(2 * TICK_SECONDS)
+        failed = outcome[0] == "failed"
+        if ticker.is_alive():
+            if failed:
+                return
+            raise RuntimeError("another rank stopped answering while rank 0 waited")
         try:
             dist.broadcast_object_list([outcome], src=0, group=self.control)
         except RuntimeError:
-            if outcome[0] == "done":
-                raise  # a failure on rank 0 is the error to report, not that the others are gone already
+            if not failed:
+                raise
 
 
 def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
