@@ -13,7 +13,7 @@ import torch
 
 from trainer import protocol
 from trainer.annotator import main as oracle_main
-from trainer.distributed import shard
+from trainer.distributed import Distributed, shard
 from trainer.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,19 @@ def test_shards_cover_the_epoch_with_equal_lengths():
     assert {len(p) for p in parts} == {26}  # equal: every rank takes the same number of steps
     assert set(torch.cat(parts).tolist()) == set(order.tolist())
     assert torch.equal(shard(order, 0, 1), order)
+
+
+def test_ranks_split_the_global_batch_and_draw_their_own_annotated_images():
+    ranks = [Distributed(rank=r, world_size=2) for r in range(2)]
+    assert [d.local_batch_size(64) for d in ranks] == [32, 32]  # each adds 32 // 8 annotated images
+    with pytest.raises(ValueError, match="--batch-size 63 does not split over 2 processes"):
+        ranks[0].local_batch_size(63)
+    draws = []
+    for d in ranks:
+        g = torch.Generator().manual_seed(7)  # the epoch's generator, the same on every rank
+        _, own = d.shard(torch.randperm(100, generator=g), g)
+        draws.append(torch.randint(1000, (8,), generator=own))
+    assert not torch.equal(draws[0], draws[1])
 
 
 def test_two_ranks_give_the_gradient_of_one_process_on_the_same_global_batch(tmp_path):

@@ -79,8 +79,8 @@ class Distributed:
 
     def shard(self, order: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator]:
         """This rank's share of an epoch's order, and the generator for its own draws (the oversampled
-        annotated images): the shared one on rank 0, a rank-seeded one elsewhere, so ranks do not all
-        draw the same images."""
+        annotated images): in one process the shared one, as ever; under torchrun one seeded from it and
+        the rank, so ranks do not all draw the same images."""
         if not self.enabled:
             return order, generator
         own = torch.Generator().manual_seed(int(torch.randint(1 << 62, (), generator=generator)) + self.rank)
