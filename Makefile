@@ -6,6 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8501
 RUNS   ?= checkpoints
 ARGS   ?=
+NPROC  ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties clean
@@ -33,9 +34,9 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null && echo "chromium installed"; \
 	else echo "install chromium (the e2e test drives /usr/bin/chromium)"; fi
 
-## train: a human-in-the-loop run answered in the dashboard (run `make serve` beside it); ARGS=... adds flags
+## train: a human-in-the-loop run answered in the dashboard (run `make serve` beside it); ARGS=... adds flags, NPROC=N trains on N processes (torchrun)
 train:
-	$(PY) -m trainer --dataset decoy-digits --annotator human --title demo-human --runs-dir $(RUNS) $(ARGS)
+	$(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --nproc_per_node $(NPROC),$(PY)) -m trainer --dataset decoy-digits --annotator human --title demo-human --runs-dir $(RUNS) $(ARGS)
 
 ## serve: the dashboard on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share on the network)
 serve:

@@ -20,13 +20,13 @@ import torch
 
 from trainer.train import pick_device
 
-from . import cost, latency, learning
+from . import cost, distributed, latency, learning
 from .machine import machine_info
 from .plans import Plan, make_plan
 from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("learning", "cost", "latency", "penalties")
+SECTIONS = ("learning", "cost", "latency", "penalties", "distributed")
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
@@ -38,6 +38,8 @@ NOTES = {
               "briefly (plain), train mode",
     "penalties": "the mask methods once per penalty variant, same seeds; a difference is within noise when it "
                  "is under twice its standard error",
+    "distributed": "images per second of the second epoch (training and validation) of a plain decoy-digits run, "
+                   "batch 64, in one process and through torchrun; on CPU the processes share the cores",
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
                "to feedback applied / next epoch started",
 }
@@ -57,6 +59,8 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
                 "cosine": cost.run_cosine(plan, device, runs_dir, log)}
     if section == "penalties":
         return {"penalties": learning.run_penalties(plan, device, runs_dir, log)}
+    if section == "distributed":
+        return {"distributed": distributed.run_distributed(device, runs_dir, log)}
     return {"latency": latency.run_query_latency(plan, device, runs_dir, log)
             + latency.run_resume_latency(plan, device, runs_dir, log)}
 

@@ -235,6 +235,16 @@ def penalty_targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def render_distributed(results: dict) -> list[str]:
+    rows = results.get("distributed") or []
+    if not rows:
+        return []
+    body = [[r["launcher"], r["processes"], r["device"], r["threads_per_process"], f"{r['epoch_seconds']:.1f}",
+             f"**{r['samples_per_s']:.0f}**"] for r in rows]
+    return ["#### Several processes", "", results.get("notes", {}).get("distributed", "") + ".", ""] + \
+        _table(["launcher", "processes", "device", "threads each", "epoch s", "images/s"], body) + [""]
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -267,7 +277,8 @@ def render_file(path: Path, results: dict) -> str:
            f"{_load(m.get('load_average_end', []))} at the end "
            f"(a shared machine slows every timing; ratios compare interleaved steps); section seconds "
            f"{results.get('seconds', {})}.", ""]
-    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_penalties, render_latency):
+    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_penalties, render_latency,
+                   render_distributed):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")

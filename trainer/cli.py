@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -242,8 +243,9 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
     return cfg, resume
 
 
-# Keys of a config file that are not settings of the experiment: a run's own name and folder.
-NOT_FROM_CONFIG_FILES = ("format", "title", "runs_dir")
+# Keys of a config file that are not settings of the experiment: a run's own name and folder, and the
+# number of processes it ran on (torchrun decides that).
+NOT_FROM_CONFIG_FILES = ("format", "title", "runs_dir", "world_size")
 
 
 def settings_from_file(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -341,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hitl-train: stopped ({e}); resume with: hitl-train --resume -md {cfg.runs_dir} -td {cfg.title}",
               file=sys.stderr)
         return 130
-    print_summary(result)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the job
+        print_summary(result)
     return 0
 
 

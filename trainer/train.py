@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import checkpoint, protocol
+from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .data import DataRequest, DataSplits, Split, build_dataset
@@ -108,6 +108,7 @@ class Parts:
     variant by replacing one (``dataclasses.replace(parts, feedback=...)``) rather than patching a Trainer."""
 
     run: protocol.RunDir
+    dist: distributed.Distributed
     device: torch.device
     data: DataSplits
     model: nn.Module
@@ -121,17 +122,19 @@ class Parts:
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
     """The parts a config names. The seed is set before the data set and the model are built, so the same
     seed gives the same initial weights. Fills in ``cfg.image_size`` from the data set."""
-    device = pick_device(cfg.device)
+    dist = distributed.setup(cfg, pick_device(cfg.device))  # one process unless under torchrun
+    device = dist.device
     torch.manual_seed(cfg.seed)
-    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                  cfg.val_fraction, cfg.dataset_options))
-    for note in data.notes:
+    with dist.writer_first():  # one process fills a data set's cache
+        data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
+                                                      cfg.val_fraction, cfg.dataset_options))
+    for note in data.notes if dist.is_writer else ():
         log(f"warning: {note}")
     cfg.image_size = data.image_size
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
     return Parts(
-        run=protocol.RunDir(Path(cfg.runs_dir) / cfg.title), device=device, data=data, model=model,
+        run=protocol.RunDir(Path(cfg.runs_dir) / cfg.title), dist=dist, device=device, data=data, model=model,
         feedback=FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device), penalty=penalty,
         explainer=create_explainer(cfg.saliency, model, cfg.deeplift_baseline),
         sgt=SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None,
@@ -142,29 +145,33 @@ class Trainer:
     """The loop over one run directory. ``parts`` default to those ``cfg`` names (``build_parts``)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, parts: Parts | None = None):
-        self.cfg, self.log = cfg, log
         parts = parts or build_parts(cfg, log)
+        self.dist = parts.dist
+        self.cfg, self.log = cfg, log if self.dist.is_writer else _quiet
         self.run, self.device, self.data, self.model = parts.run, parts.device, parts.data, parts.model
         self.feedback, self.penalty, self.explainer = parts.feedback, parts.penalty, parts.explainer
         self.sgt, self.annotator = parts.sgt, parts.annotator
         self.amp = self.device.type == "cuda"
-        if resume:
+        if resume and self.dist.is_writer:
             for note in checkpoint.recover(self.run):
                 self.log(note)
             if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
                 self.log(f"{self.run.path} has no checkpoint yet: starting it from the beginning")
                 resume = False
+        resume = self.dist.broadcast(resume)  # rank 0's decision, after its repair of the checkpoints
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
-        self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
+        self.train_batches = BatchSource(self.data.train, self.dist.local_batch_size(cfg.batch_size), cfg.workers,
+                                         self.device)
         self.state = TrainState()
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
         self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
+        self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
 
     @property
     def penalty_impl(self) -> str:
@@ -174,6 +181,8 @@ class Trainer:
     # ------------------------------------------------------------------ status
 
     def status(self, state: str, force: bool = True, **fields) -> None:
+        if not self.dist.is_writer:
+            return
         now = time.time()
         if not force and now - self._last_heartbeat < protocol.HEARTBEAT_SECONDS:
             return
@@ -200,9 +209,11 @@ class Trainer:
         n = len(self.data.train)
         order = torch.randperm(n, generator=g)
         order = order[~self.feedback.excluded.cpu()[order]]
-        extra = max(1, self.cfg.batch_size // 8) if self.cfg.oversample else 0
+        order, g = self.dist.shard(order, g)
+        batch_size = self.train_batches.batch_size
+        extra = max(1, batch_size // 8) if self.cfg.oversample else 0
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
-        total = math.ceil(len(order) / self.cfg.batch_size)
+        total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
         started = time.time()
         for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
@@ -221,7 +232,7 @@ class Trainer:
                         progress=epoch_progress(done, total, time.time() - started))
         bar.close()
         self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
-        loss, correct, pen, count = totals.tolist()
+        loss, correct, pen, count = self.dist.sum(totals).tolist()
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
@@ -242,12 +253,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             if probe is None:
                 with recorded_batch_stats(self.model) if self.sgt is not None else nullcontext(stats) as stats:
-                    logits = self.model(x)
+                    logits = self.ddp(x)
             else:
                 keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
                 keep[rows] = False
                 with probe.context(self.model), full_precision_convolutions(probe.full_precision):
-                    out = self.model(torch.cat([x[keep], probe.inputs]))
+                    out = self.ddp(torch.cat([x[keep], probe.inputs]))
                 pen, annotated_logits = probe.finish(out[len(out) - len(probe.inputs):])
                 order = torch.cat([torch.nonzero(keep).flatten(), rows])
                 logits = torch.cat([out[:len(out) - len(probe.inputs)], annotated_logits])[order.argsort()]
@@ -268,15 +279,17 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, split: Split, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax probabilities and labels for a whole split, in index order."""
+        """Softmax probabilities and labels for a whole split, in index order (each rank predicts its
+        share under torchrun)."""
         self.model.eval()
         probs, labels = [], []
         source = BatchSource(split, batch_size, self.cfg.workers, self.device)
-        for x, y, _ in source.epoch(torch.arange(len(split))):
+        for x, y, _ in source.epoch(self.dist.eval_indices(len(split))):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 probs.append(self.model(x).float().softmax(1))
             labels.append(y)
-        return torch.cat(probs), torch.cat(labels)
+        n = len(split)
+        return self.dist.gather_rows(torch.cat(probs), n), self.dist.gather_rows(torch.cat(labels), n)
 
     def evaluate(self, split: Split) -> dict:
         probs, labels = self.predict(split)
@@ -304,9 +317,9 @@ class Trainer:
         return (self.cfg.annotator != "none" and self.cfg.queries_per_epoch > 0
                 and self.cfg.query_start_epoch <= epoch < self.cfg.epochs)
 
-    def build_queue(self, epoch: int) -> dict:
+    def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""
-        probs, labels = self.predict(self.data.train)
+        probs, labels = train_predictions or self.predict(self.data.train)
         probs, labels = probs.cpu(), labels.cpu()
         allowed = ~self.feedback.excluded.cpu()
         candidates = torch.nonzero(allowed).flatten()
@@ -390,15 +403,18 @@ class Trainer:
         self.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked, {counts['skipped']} skipped, "
                  f"{counts['excluded']} excluded as mislabelled; {len(self.feedback)} images in the feedback set")
 
-    def query_phase(self, epoch: int) -> None:
-        """Queue → wait → apply, resumable: an existing queue is reused, never resampled."""
+    def query_phase(self, epoch: int, train_predictions: tuple | None = None) -> None:
+        """Queue → wait → apply, resumable: an existing queue is reused, never resampled. Under torchrun
+        the ranks predict the training set together, then rank 0 alone does this (distributed.py)."""
         if not self.is_query_epoch(epoch) or epoch in self.state.answered:
             return
+        if self.dist.enabled and train_predictions is None:
+            return self.shared_query_phase(epoch)
         self.apply_late_feedback()
         if not self.run.last_checkpoint.exists():  # asking before training: --resume needs a checkpoint
             self.save_checkpoint(best=False)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch)
+            manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch, train_predictions)
         if not manifest["queries"]:
             self.log(f"epoch {epoch}: no training image matches the sampling rule; no queries")
             answers = []
@@ -411,11 +427,26 @@ class Trainer:
         self.save_checkpoint(best=False)
         self.status(protocol.TRAINING, phase="training", waiting_epoch=None)
 
+    def shared_query_phase(self, epoch: int) -> None:
+        """``query_phase`` under torchrun: every rank predicts its share of the training set (unless
+        the queue exists already), rank 0 asks and waits, and the others take its feedback set and state."""
+        queued = self.dist.broadcast(protocol.read_manifest(self.run, epoch) is not None)
+        predictions = tuple(t.cpu() for t in self.predict(self.data.train)) if not queued else (None, None)
+
+        def ask() -> tuple:
+            self.query_phase(epoch, predictions)
+            return self.feedback.state_dict(), self.state
+
+        feedback, state = self.dist.on_writer(ask)
+        if not self.dist.is_writer:
+            self.feedback.load_state_dict(feedback)
+            self.state = state
+
     # ------------------------------------------------------------------ tracking
 
     def track_annotated(self, epoch: int) -> None:
         """Saliency of annotated images after this epoch and its share inside their masks."""
-        if not len(self.feedback) or self.cfg.track_images <= 0:
+        if not len(self.feedback) or self.cfg.track_images <= 0 or not self.dist.is_writer:
             return
         idx = self.feedback.indices[: self.cfg.track_images].cpu()
         x, _ = gather(self.data.train, idx)
@@ -433,6 +464,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, best: bool) -> None:
+        if not self.dist.is_writer:
+            return
         checkpoint.save(self.run, {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -476,7 +509,8 @@ class Trainer:
         return self.finish()
 
     def start(self) -> None:
-        protocol.write_config(self.run, self.cfg.to_dict())
+        if self.dist.is_writer:
+            protocol.write_config(self.run, {**self.cfg.to_dict(), "world_size": self.dist.world_size})
         self.status(protocol.TRAINING, phase="starting", error=None, pid=os.getpid())
         if self.state.epoch:
             self.log(f"resuming {self.run.path} after epoch {self.state.epoch}")
@@ -497,8 +531,9 @@ class Trainer:
         """Metrics, confusion, tracking, then the checkpoint (best by validation loss), then the log line."""
         epoch = self.state.epoch = row["epoch"]
         self.state.history.append(row)
-        protocol.write_metrics(self.run, self.state.history)
-        protocol.write_confusion(self.run, epoch, self.data.class_names, confusion)
+        if self.dist.is_writer:
+            protocol.write_metrics(self.run, self.state.history)
+            protocol.write_confusion(self.run, epoch, self.data.class_names, confusion)
         self.track_annotated(epoch)
         best = row["val_loss"] < self.state.best_val_loss
         if best:
@@ -518,10 +553,15 @@ class Trainer:
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
             result["test_consistent_acc"] = self.evaluate(self.data.test_consistent)["acc"]
-        from .plots import write_plots
-        write_plots(self.run, self.state.history)
+        if self.dist.is_writer:
+            from .plots import write_plots
+            write_plots(self.run, self.state.history)
         self.status(protocol.FINISHED, phase="finished", result=result)
         return result
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0 under torchrun: rank 0 speaks for the job."""
 
 
 class _NoBar:
