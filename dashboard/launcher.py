@@ -60,6 +60,7 @@ class RunRequest:
     saliency: str
     annotator: str
     data_dir: str = ""
+    processes: int = 1                  # > 1: torchrun with this many processes (DDP, docs/distributed.md)
     extra_args: list[str] = field(default_factory=list)
 
     def trainer_args(self, runs_dir: Path) -> list[str]:
@@ -72,6 +73,9 @@ class RunRequest:
         if self.data_dir.strip():
             args += ["--data-dir", self.data_dir.strip()]
         return args + list(self.extra_args)
+
+
+MAX_PROCESSES = os.cpu_count() or 1  # processes on this machine; one per GPU where there are GPUs
 
 
 def default_title(dataset: str) -> str:
@@ -153,6 +157,8 @@ def start_run(runs_dir: Path | str, request: RunRequest, allowed_roots: list[Pat
     if not TITLE_PATTERN.match(request.title):
         raise LaunchError("the run name may use letters, digits, '.', '_' and '-' (no spaces or slashes), "
                           "starting with a letter or digit")
+    if not 1 <= request.processes <= MAX_PROCESSES:
+        raise LaunchError(f"processes must be between 1 and {MAX_PROCESSES}, got {request.processes}")
     runs_dir = Path(runs_dir).resolve()
     roots = default_allowed_roots(runs_dir) if allowed_roots is None else allowed_roots
     if request.data_dir.strip():
@@ -164,7 +170,7 @@ def start_run(runs_dir: Path | str, request: RunRequest, allowed_roots: list[Pat
         run.path.mkdir(parents=True)
     except FileExistsError:
         raise LaunchError(f"a run named {request.title!r} already exists; choose another name") from None
-    _spawn(run, request.trainer_args(runs_dir), append_log=False)
+    _spawn(run, request.trainer_args(runs_dir), append_log=False, processes=request.processes)
     return run
 
 
@@ -220,7 +226,12 @@ def resume_run(run: protocol.RunDir) -> None:
     if not run.last_checkpoint.exists():
         raise LaunchError(f"{run.name} has no checkpoint to resume from (it ended before its first epoch "
                           f"finished); start a new run instead")
-    _spawn(run, ["--resume", "--runs-dir", str(run.path.parent.resolve()), "--title", run.name], append_log=True)
+    try:  # with as many processes as its latest start
+        processes = int(protocol.read_config(run).get("world_size", 1))
+    except (OSError, ValueError, TypeError, protocol.ProtocolError):
+        processes = 1
+    _spawn(run, ["--resume", "--runs-dir", str(run.path.parent.resolve()), "--title", run.name], append_log=True,
+           processes=min(max(processes, 1), MAX_PROCESSES))
 
 
 def stop_run(run: protocol.RunDir) -> None:
@@ -262,8 +273,11 @@ def _is_local(host: str | None) -> bool:
     return not host or host == os.uname().nodename
 
 
-def _spawn(run: protocol.RunDir, args: list[str], append_log: bool) -> None:
-    argv = [sys.executable, "-m", "trainer", *args]
+def _spawn(run: protocol.RunDir, args: list[str], append_log: bool, processes: int = 1) -> None:
+    """Start the trainer in its own session (one process, or torchrun's N on this machine)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] \
+        if processes > 1 else [sys.executable]
+    argv = [*launch, "-m", "trainer", *args]
     _reap()
     with protocol.open_log(run, append=append_log) as log:
         log.write(f"$ {shlex.join(argv)}\n")

@@ -42,6 +42,7 @@ class RunSummary:
     dataset: str = ""
     model: str = ""
     annotator: str = ""
+    world_size: int = 1                 # processes of its latest start (torchrun)
     waiting_epoch: int | None = None
     error: str | None = None
     traceback: list[str] = field(default_factory=list)
@@ -87,6 +88,7 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
         run=run, state=status.get("state", "unknown"), epoch=int(status.get("epoch") or 0),
         epochs=status.get("epochs") or config.get("epochs"), dataset=config.get("dataset", ""),
         model=config.get("model", ""), annotator=config.get("annotator", ""),
+        world_size=config["world_size"] if isinstance(config.get("world_size"), int) else 1,
         waiting_epoch=status.get("waiting_epoch"), error=status.get("error"),
         traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
         feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}),

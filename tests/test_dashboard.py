@@ -391,6 +391,27 @@ def test_started_only_when_the_trainer_runs(tmp_path):
             launcher.stop_run(good)
 
 
+def test_a_run_started_with_two_processes_trains_under_torchrun_and_resumes_with_two(tmp_path):
+    run = launcher.start_run(tmp_path, launcher.RunRequest(
+        title="ddp", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random", queries_per_epoch=0,
+        query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none", processes=2,
+        extra_args=["--train-fraction", "0.05", "--val-fraction", "0.1", "--device", "cpu"]))
+    try:
+        assert launcher.await_start(run, timeout=180).state == "running"
+        assert protocol.read_config(run)["world_size"] == 2
+        assert run_reader.summarise(run).world_size == 2
+        assert "--nproc_per_node 2" in " ".join(protocol.read_launch(run)["argv"])
+    finally:
+        if launcher.live_pid(run) is not None:
+            launcher.stop_run(run)
+    with pytest.raises(launcher.LaunchError, match="processes must be between 1"):
+        launcher.start_run(tmp_path, launcher.RunRequest(
+            title="many", dataset="decoy-digits", model="hitl_cnn", epochs=1, sampling="random",
+            queries_per_epoch=0, query_start_epoch=1, penalty_weight=1, saliency="saliency", annotator="none",
+            processes=launcher.MAX_PROCESSES + 1))
+    assert not (tmp_path / "many").exists()
+
+
 def test_only_a_failed_or_stopped_run_can_be_deleted(tmp_path):
     failed = make_run(tmp_path, "failed", protocol.FAILED, error="ValueError: x")
     stopped = make_run(tmp_path, "stopped", protocol.STOPPED)

@@ -82,6 +82,8 @@ def run_details(summary: run_reader.RunSummary) -> None:
             parts.append(f"data set {summary.dataset}")
         if summary.model:
             parts.append(f"model {summary.model}")
+        if summary.world_size > 1:
+            parts.append(f"{summary.world_size} processes (torchrun)")
         st.caption(" · ".join(parts))
         if summary.state == protocol.FINISHED and summary.result:
             st.markdown(result_line(summary.result))
@@ -167,6 +169,10 @@ def new_run_form() -> None:
                 model = st.selectbox("Model", _with_first(MODELS, defaults["model"]), accept_new_options=True,
                                      help="Any timm architecture name; hitl_cnn is a small, fast network.")
                 epochs = st.number_input("Epochs", 1, 1000, defaults["epochs"])
+                processes = st.number_input(
+                    "Processes", 1, launcher.MAX_PROCESSES, 1,
+                    help="More than 1 trains with torchrun on this machine, one process per GPU (or CPU share); "
+                         "the batch size is split between them. See docs/distributed.md.")
                 annotator = st.radio("Who answers the questions", choices["annotator"],
                                      index=choices["annotator"].index(defaults["annotator"]),
                                      format_func=lambda a: ANNOTATORS.get(a, a))
@@ -193,7 +199,7 @@ def new_run_form() -> None:
                 title=title.strip() or launcher.default_title(dataset), dataset=dataset, data_dir=data_dir,
                 model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
                 queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
-                saliency=saliency, annotator=annotator), extra)
+                saliency=saliency, annotator=annotator, processes=int(processes)), extra)
 
 
 def start_from_form(request: launcher.RunRequest, extra: str) -> None:
