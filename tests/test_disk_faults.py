@@ -13,6 +13,8 @@ from trainer.annotator import OracleAnnotator
 from trainer.config import TrainConfig
 from trainer.data import DataRequest, build_dataset
 
+from test_trainer import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["-ds", "decoy-digits", "-tf", "0.1", "-vf", "0.2", "-E", "2", "-qu", "3", "--batch-size", "32", "--seed", "1"]
 
@@ -20,15 +22,6 @@ FLAGS = ["-ds", "decoy-digits", "-tf", "0.1", "-vf", "0.2", "-E", "2", "-qu", "3
 def train(args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainer", *FLAGS, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
-
-
-def wait_for(predicate, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
