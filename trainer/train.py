@@ -27,9 +27,11 @@ from torch.utils.data import DataLoader
 from . import protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
+from .counterexamples import Counterexamples
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
+from .prior import add_prior_masks
 from .model import create_classifier, load_weights
 from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
                       resolve_impl)
@@ -125,7 +127,13 @@ class Trainer:
         self.train_batches = BatchSource(self.data.train, cfg.batch_size, cfg.workers, self.device)
         self.feedback = FeedbackSet(len(self.data.train), cfg.image_size, cfg.image_size, self.device)
         self.state = TrainState()
-        self.annotator = OracleAnnotator(self.data.train) if cfg.annotator == "oracle" else None
+        self.annotator = (OracleAnnotator(self.data.train, cfg.oracle_style, cfg.oracle_skip, cfg.seed)
+                          if cfg.annotator == "oracle" else None)
+        if cfg.prior_masks and not resume:
+            add_prior_masks(self.feedback, self.data.train, cfg.prior_masks)
+        self.penalise = cfg.feedback_method != "counterexamples"
+        self.counterexamples = (None if cfg.feedback_method == "penalty" else Counterexamples(
+            self.feedback, lambda i: gather(self.data.train, i), cfg.counterexample_share, cfg.counterexample_fill))
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
         if resume:
@@ -161,6 +169,8 @@ class Trainer:
                 x = torch.cat([x, xo.to(self.device)])
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
+            if self.counterexamples is not None:
+                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g)
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
@@ -178,7 +188,7 @@ class Trainer:
         penalty and the cross-entropy share one forward and one backward; the others run their own pass
         on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
-        if len(self.feedback):
+        if len(self.feedback) and self.penalise:
             rows, masks = self.feedback.lookup(idx, self.relevance)
             if len(rows) and self.probe_fn is not None:
                 probe = self.probe_fn(self.model, x[rows], masks)
