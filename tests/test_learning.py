@@ -183,3 +183,10 @@ def test_oracle_skips_about_the_share_asked(tmp_path):
     answers = protocol.parse_feedback(protocol.read_json(trainer.run.feedback_file(0)), manifest)
     skipped = sum(a.action == protocol.ACTION_SKIP for a in answers)
     assert 10 <= skipped <= 30
+
+
+def test_the_result_reports_how_much_the_shortcut_decides(tmp_path):
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 0}, runs_dir=str(tmp_path), title="gap"), log=lambda *_: None)
+    result = trainer.fit()
+    assert result["shortcut_gap"] == pytest.approx(result["test_consistent_acc"] - result["test_acc"])
+    assert protocol.read_status(trainer.run)["result"]["shortcut_gap"] == pytest.approx(result["shortcut_gap"])

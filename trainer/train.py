@@ -476,6 +476,8 @@ class Trainer:
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
             result["test_consistent_acc"] = self.evaluate(self.data.test_consistent)["acc"]
+            # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
+            result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
         from .plots import write_plots
         write_plots(self.run, self.state.history)
         self.status(protocol.FINISHED, phase="finished", result=result)
