@@ -190,3 +190,20 @@ def test_the_result_reports_how_much_the_shortcut_decides(tmp_path):
     result = trainer.fit()
     assert result["shortcut_gap"] == pytest.approx(result["test_consistent_acc"] - result["test_acc"])
     assert protocol.read_status(trainer.run)["result"]["shortcut_gap"] == pytest.approx(result["shortcut_gap"])
+
+
+def test_counterexamples_can_fill_beyond_a_loose_mark():
+    """A mark that cuts into the region leaves a strip of it; dilating the mark fills that strip too."""
+    x = torch.zeros(4, 1, 12, 12)
+    x[:, :, 0:3, 0:3] = 1.0                      # the region
+    y = torch.tensor([0, 1, 0, 1])
+    feedback = FeedbackSet(4, 12, 12)
+    short = torch.zeros(4, 12, 12, dtype=torch.bool)
+    short[:, 0:2, 0:3] = True                    # the mark misses the region's last row
+    feedback.add_all(short)
+    g = torch.Generator().manual_seed(0)
+    donors = torch.full((4, 1, 12, 12), 0.5)
+    tight = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region")
+    loose = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region", dilate=1)
+    assert (tight.extend(donors, y, torch.arange(4), g)[0][4:, :, 2, 0:3] == 1).all()
+    assert (loose.extend(donors, y, torch.arange(4), g)[0][4:, :, 0:3, 0:3] == 0.5).all()

@@ -199,6 +199,9 @@ def _add_learning_arguments(group) -> None:
     group.add_argument("--counterexample-fill", choices=FILLS,
                        help="region: the same pixels of another image; paste: another annotated image's marked "
                             "content; mix (default): half each")
+    group.add_argument("--counterexample-dilate", type=_non_negative(int), metavar="PIXELS",
+                       help="grow each mark by this many pixels before filling it, so that a loose mark that cuts "
+                            "into the region leaves none of it (default 0)")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")

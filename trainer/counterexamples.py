@@ -31,12 +31,14 @@ FILLS = ("mix", "region", "paste")
 class Counterexamples:
     """Appends ``share × batch size`` counterexamples of randomly chosen annotated images to a batch."""
 
-    def __init__(self, feedback: FeedbackSet, gather, share: float, fill: str = "mix"):
+    def __init__(self, feedback: FeedbackSet, gather, share: float, fill: str = "mix", dilate: int = 0):
         if fill not in FILLS:
             raise ValueError(f"counterexample fill must be one of {', '.join(FILLS)}, got {fill!r}")
         if share <= 0:
             raise ValueError(f"counterexample share must be positive, got {share}")
-        self.feedback, self.gather, self.share, self.fill = feedback, gather, share, fill
+        if dilate < 0:
+            raise ValueError(f"counterexample dilation must not be negative, got {dilate}")
+        self.feedback, self.gather, self.share, self.fill, self.dilate = feedback, gather, share, fill, dilate
 
     def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
         """The batch with counterexamples appended: (x, y, idx, number appended). Their ``idx`` is the
@@ -50,6 +52,8 @@ class Counterexamples:
         xs, ys = xs.to(x.device), ys.to(y.device)
         _, masks = self.feedback.lookup(pick.to(self.feedback.device))
         masks = masks.to(x.device)
+        if self.dilate:  # a loose mark that cuts into the region would leave a strip of it, label and all
+            masks = F.max_pool2d(masks[:, None], 2 * self.dilate + 1, stride=1, padding=self.dilate)[:, 0]
         fill = fill_region(xs, x, g)
         if self.fill != "region":
             pasted = fill_paste(xs, masks, self.gather, annotated, self.feedback, g)

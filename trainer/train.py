@@ -133,7 +133,8 @@ class Trainer:
             add_prior_masks(self.feedback, self.data.train, cfg.prior_masks)
         self.penalise = cfg.feedback_method != "counterexamples"
         self.counterexamples = (None if cfg.feedback_method == "penalty" else Counterexamples(
-            self.feedback, lambda i: gather(self.data.train, i), cfg.counterexample_share, cfg.counterexample_fill))
+            self.feedback, lambda i: gather(self.data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
+            cfg.counterexample_dilate))
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
         if resume:
