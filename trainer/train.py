@@ -31,10 +31,10 @@ from .counterexamples import Counterexamples
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import explain, normalise, wrong_reason_share
 from .feedback import FeedbackSet
-from .prior import add_prior_masks
 from .model import create_classifier, load_weights
 from .penalty import (PROBES, USES_RELEVANCE, full_precision_convolutions, get_penalty, recorded_batch_stats,
                       resolve_impl)
+from .prior import add_prior_masks
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
