@@ -7,13 +7,22 @@ Methods (one full ``Trainer.fit`` each, fresh run directory):
                (the human-in-the-loop route, entropy sampling, the trainer's default timing: a round
                before training and one after each epoch);
 ``hitl_late``  the same, first asked after epoch 1 (``-se 1``, the original tool's timing);
-``all_masks``  every training image's mask given before training: the upper bound of feedback;
+``hitl_box``, ``hitl_loose``, ``hitl_partial``
+               ``hitl`` with the annotator drawing as people do (``--oracle-style``): bounding boxes; boxes
+               off by a few pixels with 20% of the queries skipped; part of each region left unmarked;
+``all_masks``  every training image's mask given before training (``--prior-masks all``): the upper
+               bound of feedback;
+``clean_masks`` masks on every image of the ``clean`` training set, where the model does not use what
+               is marked: what feedback costs when it has nothing to fix;
 ``sgt``        saliency-guided training, no masks (needs ``TrainConfig.method``);
 ``clean``      plain training on a training set whose confounder is decorrelated from the label
                (needs the data set to honour ``dataset_options={"confounded": False}``).
 
+The mask methods run once per entry of the plan's ``feedback_methods`` (``--feedback``: the penalty,
+counterexamples; None is the trainer's default).
+
 Efficiency: the first N masks of the training set (its order is already random, so the sets are
-nested random subsets) are given up front, then training is plain otherwise.
+nested random subsets) are given up front (``--prior-masks N``), then training is plain otherwise.
 
 Penalties: the mask methods again, once per penalty variant (``rrr/exact``, ``rrr/linearised``,
 ``counterfactual``, …), so that what a cheaper variant teaches is compared with the exact penalty
@@ -34,8 +43,10 @@ from trainer.train import Trainer
 
 from .plans import Plan, TrainingSetting, variant_settings
 
-MASK_METHODS = ("hitl", "hitl_late", "all_masks")
-EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training; no queries"
+MASK_METHODS = ("hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial", "all_masks", "clean_masks")
+# the simulated annotator's style and skipped share per hitl method
+ORACLE_STYLES = {"hitl_box": ("box", 0.0), "hitl_loose": ("loose", 0.2), "hitl_partial": ("partial", 0.0)}
+EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training (--prior-masks N); no queries"
 
 
 def _quiet(*_: object) -> None:
@@ -46,7 +57,7 @@ def unavailable(method: str, dataset: str) -> str | None:
     """Why ``method`` cannot run with this trainer on ``dataset``; None when it can."""
     if method == "sgt" and not hasattr(TrainConfig(), "method"):
         return "TrainConfig has no `method` field: saliency-guided training is not in this trainer"
-    if method == "clean":
+    if method in ("clean", "clean_masks"):
         try:
             default = build_dataset(dataset, DataRequest(None, None, 0)).train
             clean = build_dataset(dataset, DataRequest(None, None, 0, options={"confounded": False})).train
@@ -59,28 +70,33 @@ def unavailable(method: str, dataset: str) -> str | None:
 
 
 def train_config(setting: TrainingSetting, method: str, seed: int, device: torch.device, runs_dir: Path,
-                 title: str, variant: str | None = None) -> TrainConfig:
-    """The run's configuration; ``variant`` None keeps the trainer's default penalty."""
+                 title: str, variant: str | None = None, feedback: str | None = None) -> TrainConfig:
+    """The run's configuration; ``variant`` and ``feedback`` None keep the trainer's default penalty
+    and feedback method."""
     cfg = TrainConfig(dataset=setting.dataset, runs_dir=str(runs_dir), title=title, epochs=setting.epochs,
                       train_fraction=setting.train_fraction, queries_per_epoch=setting.queries_per_epoch,
                       annotator="oracle" if method.startswith("hitl") else "none", seed=seed, device=device.type,
                       track_images=0)
     for name, value in variant_settings(variant).items() if variant else ():
         setattr(cfg, name, value)
+    if feedback:
+        cfg.feedback_method = feedback
     if method == "hitl_late":
         cfg.query_start_epoch = 1
+    if method in ORACLE_STYLES:
+        cfg.oracle_style, cfg.oracle_skip = ORACLE_STYLES[method]
     if method == "sgt":
         cfg.method = "sgt"
-    if method == "clean":
+    if method in ("clean", "clean_masks"):
         cfg.dataset_options = {"confounded": False}
+    if method in ("all_masks", "clean_masks"):
+        cfg.prior_masks = "all"
     return cfg
 
 
-def train(cfg: TrainConfig, masks_up_front: slice | None = None) -> dict:
-    """One run; ``masks_up_front`` picks the training images whose ground-truth masks are given first."""
+def train(cfg: TrainConfig) -> dict:
+    """One run, with the row's measurements."""
     trainer = Trainer(cfg, log=_quiet)
-    if masks_up_front is not None:
-        trainer.feedback.add_all(trainer.data.train.masks[masks_up_front])
     t0 = time.perf_counter()
     result = trainer.fit()
     return {
@@ -92,6 +108,7 @@ def train(cfg: TrainConfig, masks_up_front: slice | None = None) -> dict:
         "wrong_reason": result["test_wrong_reason"],
         "seconds": round(time.perf_counter() - t0, 1),
         "impl": trainer.penalty_impl,
+        "feedback": cfg.feedback_method,
     }
 
 
@@ -105,16 +122,17 @@ def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable
                 skipped.append({"section": "learning", "dataset": setting.dataset, "method": method, "reason": reason})
                 log(f"learning {setting.dataset} {method}: skipped: {reason}")
                 continue
-            for seed in setting.seeds or plan.seeds:
-                title = f"{setting.dataset}-{method}-s{seed}"
-                cfg = train_config(setting, method, seed, device, runs_dir, title)
-                row = train(cfg, slice(None) if method == "all_masks" else None)
-                impl = row.pop("impl")
-                rows.append({"dataset": setting.dataset, "method": method,
-                             "impl": impl if method in MASK_METHODS else None, "seed": seed,
-                             "epochs": setting.epochs, **row})
-                log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
-                    f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
+            for feedback in plan.feedback_methods if method in MASK_METHODS else (None,):
+                for seed in setting.seeds or plan.seeds:
+                    title = f"{setting.dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
+                    cfg = train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)
+                    row = train(cfg)
+                    impl, used = row.pop("impl"), row.pop("feedback")
+                    masks = method in MASK_METHODS
+                    rows.append({"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
+                                 "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row})
+                    log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
+                        f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
     return rows, skipped
 
 
@@ -125,8 +143,8 @@ def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callabl
         for variant in plan.penalty_variants:
             for seed in setting.seeds or plan.seeds:
                 title = f"{setting.dataset}-{method}-{variant.replace('/', '-')}-s{seed}"
-                cfg = train_config(setting, method, seed, device, runs_dir, title, variant)
-                row = train(cfg, slice(None) if method == "all_masks" else None)
+                cfg = train_config(setting, method, seed, device, runs_dir, title, variant, feedback="penalty")
+                row = train(cfg)
                 rows.append({"dataset": setting.dataset, "method": method, "variant": variant, "seed": seed,
                              "epochs": setting.epochs, **row})
                 log(f"penalties {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f} "
@@ -140,7 +158,8 @@ def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callab
     for count in plan.efficiency_counts:
         title = f"{setting.dataset}-first{count}-s{seed}"
         cfg = train_config(setting, "plain", seed, device, runs_dir, title)
-        row = train(cfg, slice(count))
+        cfg.prior_masks = str(count)
+        row = train(cfg)
         rows.append({"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs,
                      "masks_given": count, **row})
         log(f"efficiency {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}")

@@ -10,7 +10,10 @@ import torch
 from trainer.explain import EXPLAINERS
 from trainer.penalty import PENALTIES
 
-METHODS = ("plain", "hitl", "hitl_late", "all_masks", "sgt", "clean")
+METHODS = ("plain", "hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial", "all_masks", "sgt", "clean",
+           "clean_masks")
+# How the mask methods' masks teach (--feedback); None: the trainer's default.
+FEEDBACK_METHODS = ("penalty", "counterexamples")
 
 
 def penalty_variants() -> tuple[str, ...]:
@@ -86,6 +89,8 @@ class Plan:
     penalty_setting: TrainingSetting
     penalty_methods: tuple[str, ...]
     penalty_variants: tuple[str, ...]
+    # learning: the mask methods once per feedback method (None: the trainer's default)
+    feedback_methods: tuple[str | None, ...] = (None,)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,6 +112,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             query_datasets=("decoy-digits",), query_methods=tuple(EXPLAINERS), queries=10, query_repeats=1,
             resume_rounds=2,
             penalty_setting=digits, penalty_methods=("hitl",), penalty_variants=PENALTY_VARIANTS,
+            feedback_methods=FEEDBACK_METHODS,
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.
@@ -130,6 +136,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
         query_repeats=1, resume_rounds=3,
         # 4 variants × 2 methods × 3 seeds: about 12 minutes on 2 cores, hence its own section.
         penalty_setting=digits, penalty_methods=("hitl", "all_masks"), penalty_variants=PENALTY_VARIANTS,
+        feedback_methods=FEEDBACK_METHODS,
     )
 
 

@@ -30,6 +30,9 @@ COST_TARGETS = ((0.1, 1.3), (1.0, 3.0))   # (feedback fraction, largest penalty/
 COSINE_TARGET = 0.95                      # parameter-gradient cosine of a penalty impl with exact
 NOISE_ERRORS = 2.0                          # a difference under this many standard errors is noise
 GAP_SHARE, GAIN_POINTS, WRONG_REASON_CUT, MAX_ANNOTATED = 0.8, 0.15, 5.0, 0.10
+CLEAN_SHARE = 0.8          # masks on every image reach this share of clean training's test accuracy
+STYLE_GAIN_SHARE = 0.7     # hitl_loose (loose boxes, 20% skipped) keeps this share of hitl's gain over plain
+NO_HARM_POINTS = 0.01      # masks where the model has nothing to unlearn cost at most this much accuracy
 
 
 def _mean(values: list) -> float:
@@ -52,10 +55,17 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def learning_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows by (data set, method, impl, feedback method); files from before --feedback have none."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["method"], r["impl"])].append(r)
+        groups[(r["dataset"], r["method"], r["impl"], r.get("feedback"))].append(r)
     return groups
+
+
+def _gaps(group: list[dict]) -> list[float]:
+    """Label-consistent minus decorrelated test accuracy per run: how much the shortcut decides."""
+    return [r["test_consistent_acc"] - r["test_acc"] for r in group
+            if r.get("test_consistent_acc") is not None and not math.isnan(r["test_consistent_acc"])]
 
 
 def render_learning(results: dict) -> list[str]:
@@ -64,15 +74,18 @@ def render_learning(results: dict) -> list[str]:
         return []
     out = ["#### Learning outcome", "",
            "Mean ± sd over seeds; test = the decorrelated test split, consistent = the same images with the "
-           "train-time confounder; wrong-reason = share of input-gradient attribution on the confounder.", ""]
+           "train-time confounder; gap = consistent − test (points): how much the shortcut decides; "
+           "wrong-reason = share of input-gradient attribution on the confounder; feedback = how the masks "
+           "taught (--feedback).", ""]
     body = []
-    for (dataset, method, impl), group in learning_groups(rows).items():
-        body.append([dataset, method, impl or "–", len(group), group[0]["epochs"],
+    for (dataset, method, impl, feedback), group in learning_groups(rows).items():
+        body.append([dataset, method, feedback or "–", impl or "–", len(group), group[0]["epochs"],
                      f"{_mean([r['n_annotated'] for r in group]):.0f} / {group[0]['n_train']}",
                      _pm([r["test_acc"] for r in group], 100), _pm([r["test_consistent_acc"] for r in group], 100),
-                     _pm([r["min_val_loss"] for r in group], 1, 3), _pm([r["wrong_reason"] for r in group], 1, 3)])
-    out += _table(["data set", "method", "impl", "seeds", "epochs", "annotated / train", "test acc %",
-                   "consistent acc %", "min val loss", "wrong-reason"], body)
+                     _pm(_gaps(group), 100), _pm([r["min_val_loss"] for r in group], 1, 3),
+                     _pm([r["wrong_reason"] for r in group], 1, 3)])
+    out += _table(["data set", "method", "feedback", "impl", "seeds", "epochs", "annotated / train", "test acc %",
+                   "consistent acc %", "gap", "min val loss", "wrong-reason"], body)
     for s in results.get("skipped", []):
         out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
     return out + [""]
@@ -181,10 +194,15 @@ def cosine_targets(rows: list[dict]) -> list[str]:
 def learning_targets(rows: list[dict]) -> list[str]:
     groups = learning_groups(rows)
     lines = []
-    for (dataset, method, impl), hitl in groups.items():
+
+    def acc_of(dataset: str, method: str, impl=None, feedback=None) -> float | None:
+        group = groups.get((dataset, method, impl, feedback))
+        return _mean([r["test_acc"] for r in group]) if group else None
+
+    for (dataset, method, impl, feedback), hitl in groups.items():
         if method != "hitl":
             continue
-        plain, full = groups.get((dataset, "plain", None)), groups.get((dataset, "all_masks", impl))
+        plain, full = groups.get((dataset, "plain", None, None)), groups.get((dataset, "all_masks", impl, feedback))
         if not plain or not full:
             continue
         acc = {name: _mean([r["test_acc"] for r in g]) for name, g in (("plain", plain), ("hitl", hitl), ("all", full))}
@@ -193,7 +211,7 @@ def learning_targets(rows: list[dict]) -> list[str]:
         gap = acc["all"] - acc["plain"]
         recovered = (acc["hitl"] - acc["plain"]) / gap if gap > 0 else math.nan
         cut = wrong["plain"] / wrong["hitl"] if wrong["hitl"] > 0 else math.inf
-        where = f"{dataset}, impl {impl}"
+        where = f"{dataset}, {f'feedback {feedback}, ' if feedback else ''}impl {impl}"
         if gap > 0:
             verdict = "**holds**" if recovered >= GAP_SHARE and share <= MAX_ANNOTATED else "**fails**"
             detail = f"{recovered:.0%} of the {100 * gap:.1f}-point gap"
@@ -208,6 +226,24 @@ def learning_targets(rows: list[dict]) -> list[str]:
         lines.append(f"- wrong-reason share cut ≥{WRONG_REASON_CUT:g}× vs plain ({where}): "
                      f"{'**holds**' if cut >= WRONG_REASON_CUT else '**fails**'} ({wrong['plain']:.3f} → "
                      f"{wrong['hitl']:.3f}, {cut:.1f}×)")
+        clean = acc_of(dataset, "clean")
+        if clean:
+            ratio = acc["all"] / clean
+            lines.append(f"- all_masks reaches ≥{CLEAN_SHARE:.0%} of clean training's test accuracy ({where}): "
+                         f"{'**holds**' if ratio >= CLEAN_SHARE else '**fails**'} ({100 * acc['all']:.1f}% vs "
+                         f"{100 * clean:.1f}%, {ratio:.0%})")
+        loose = acc_of(dataset, "hitl_loose", impl, feedback)
+        if loose is not None and gain > 0:
+            kept = (loose - acc["plain"]) / gain
+            lines.append(f"- hitl_loose (loose boxes, 20% skipped) keeps ≥{STYLE_GAIN_SHARE:.0%} of hitl's gain "
+                         f"({where}): {'**holds**' if kept >= STYLE_GAIN_SHARE else '**fails**'} ({kept:.0%}: "
+                         f"{100 * loose:.1f}% against {100 * acc['hitl']:.1f}%)")
+        clean_masks = acc_of(dataset, "clean_masks", impl, feedback)
+        if clean and clean_masks is not None:
+            cost = clean - clean_masks
+            lines.append(f"- masks where nothing needs unlearning cost ≤{100 * NO_HARM_POINTS:.0f} point ({where}): "
+                         f"{'**holds**' if cost <= NO_HARM_POINTS else '**fails**'} (clean {100 * clean:.1f}%, "
+                         f"clean_masks {100 * clean_masks:.1f}%, {100 * -cost:+.1f} points)")
     return lines
 
 

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--feedback-timeout", type=_non_negative(float),
                     help="seconds to wait for a mask file; 0 waits for ever (default). On timeout training goes "
                          "on without feedback for that epoch, and a later answer is applied at the next epoch end")
+    _add_learning_arguments(p.add_argument_group("how masks teach, masks given up front, the simulated annotator"))
     p.add_argument("--options-json", action="store_true", help="print these options as JSON and exit")
     return p
 
@@ -199,6 +200,45 @@ def describe_options() -> dict:
             "help": action.help, "type": "switch" if action.nargs == 0 else types.get(action.dest, "str"),
             "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required"})
     return {"options": options, "defaults": defaults}
+
+
+def _add_learning_arguments(group) -> None:
+    from .annotator import STYLES
+    from .counterexamples import FEEDBACK_METHODS, FILLS
+    from .prior import parse_prior_masks
+
+    def prior(text: str) -> str:
+        try:
+            return parse_prior_masks(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    def skip_share(text: str) -> float:
+        v = _non_negative(float)(text)
+        if v >= 1:
+            raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+        return v
+
+    group.add_argument("--feedback", dest="feedback_method", choices=FEEDBACK_METHODS,
+                       help="how masks reach the weights: penalty (--penalty on annotated images, default), "
+                            "counterexamples (annotated images re-entered with the marked pixels replaced, same "
+                            "label; trainer/counterexamples.py) or both")
+    group.add_argument("--counterexample-share", type=_positive(float),
+                       help="counterexamples appended to each batch, as a share of its size (default 0.5)")
+    group.add_argument("--counterexample-fill", choices=FILLS,
+                       help="region: the same pixels of another image; paste: another annotated image's marked "
+                            "content; mix (default): half each")
+    group.add_argument("--counterexample-dilate", type=_non_negative(int), metavar="PIXELS",
+                       help="grow each mark by this many pixels before filling it, so that a loose mark that cuts "
+                            "into the region leaves none of it (default 0)")
+    group.add_argument("--prior-masks", type=prior, metavar="all|N",
+                       help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
+                            "column) of the first N training images, or all, from the start")
+    group.add_argument("--oracle-style", choices=STYLES,
+                       help="how the simulated annotator draws: exact (default), box, loose (a box off by a few "
+                            "pixels) or partial (part of the region unmarked)")
+    group.add_argument("--oracle-skip", type=skip_share, metavar="SHARE",
+                       help="share of queries the simulated annotator skips (default 0)")
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:

@@ -43,6 +43,14 @@ class TrainConfig:
     workers: int | None = None            # DataLoader workers for data on disk; None: up to 4, one core spare
     track_images: int = 32                  # annotated images whose saliency is saved every epoch
     dataset_options: dict = field(default_factory=dict)
+    # how masks teach (trainer/counterexamples.py), masks given up front, the simulated annotator's style
+    feedback_method: str = "penalty"        # penalty | counterexamples | both
+    counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
+    counterexample_fill: str = "mix"        # mix | region | paste
+    counterexample_dilate: int = 0          # pixels the marks grow by before they are filled
+    prior_masks: str | None = None          # all | N: ground-truth masks of the first N training images
+    oracle_style: str = "exact"             # exact | box | loose | partial (trainer/annotator.py)
+    oracle_skip: float = 0.0                # share of queries the simulated annotator skips
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
+from .counterexamples import Counterexamples
 from .data import DataRequest, DataSplits, Split, build_dataset
 from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
@@ -35,6 +36,7 @@ from .model import create_classifier, load_weights
 from .linearised import full_precision_convolutions
 from .modes import recorded_batch_stats
 from .penalty import Penalty, penalty_class, resolve_impl
+from .prior import add_prior_masks
 from .sampling import SAMPLERS, entropy
 from .sgt import SaliencyGuided
 
@@ -117,6 +119,7 @@ class Parts:
     explainer: Explainer
     sgt: SaliencyGuided | None
     annotator: OracleAnnotator | None
+    counterexamples: Counterexamples | None   # --feedback counterexamples or both
 
 
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
@@ -133,12 +136,17 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
     cfg.image_size = data.image_size
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
+    feedback = FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device)
     return Parts(
         run=protocol.RunDir(Path(cfg.runs_dir) / cfg.title), dist=dist, device=device, data=data, model=model,
-        feedback=FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device), penalty=penalty,
+        feedback=feedback, penalty=penalty,
         explainer=create_explainer(cfg.saliency, model, cfg.deeplift_baseline),
         sgt=SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None,
-        annotator=OracleAnnotator(data.train) if cfg.annotator == "oracle" else None)
+        annotator=(OracleAnnotator(data.train, cfg.oracle_style, cfg.oracle_skip, cfg.seed)
+                   if cfg.annotator == "oracle" else None),
+        counterexamples=None if cfg.feedback_method == "penalty" else Counterexamples(
+            feedback, lambda i: gather(data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
+            cfg.counterexample_dilate))
 
 
 class Trainer:
@@ -150,7 +158,7 @@ class Trainer:
         self.cfg, self.log = cfg, log if self.dist.is_writer else _quiet
         self.run, self.device, self.data, self.model = parts.run, parts.device, parts.data, parts.model
         self.feedback, self.penalty, self.explainer = parts.feedback, parts.penalty, parts.explainer
-        self.sgt, self.annotator = parts.sgt, parts.annotator
+        self.sgt, self.annotator, self.counterexamples = parts.sgt, parts.annotator, parts.counterexamples
         self.amp = self.device.type == "cuda"
         if resume and self.dist.is_writer:
             for note in checkpoint.recover(self.run):
@@ -166,6 +174,9 @@ class Trainer:
         self.train_batches = BatchSource(self.data.train, self.dist.local_batch_size(cfg.batch_size), cfg.workers,
                                          self.device)
         self.state = TrainState()
+        self.penalise = cfg.feedback_method != "counterexamples"
+        if cfg.prior_masks and not resume:
+            add_prior_masks(self.feedback, self.data.train, cfg.prior_masks)
         self._last_heartbeat = 0.0
         self._status_fields: dict = {}
         self._status_problem: str | None = None
@@ -224,6 +235,8 @@ class Trainer:
                 x = torch.cat([x, xo.to(self.device)])
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
+            if self.counterexamples is not None:
+                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g)
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
@@ -243,7 +256,7 @@ class Trainer:
         the penalty and the cross-entropy share one forward and one backward; the others run their own
         pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
-        if len(self.feedback):
+        if len(self.feedback) and self.penalise:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
@@ -553,6 +566,8 @@ class Trainer:
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
             result["test_consistent_acc"] = self.evaluate(self.data.test_consistent)["acc"]
+            # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
+            result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
         if self.dist.is_writer:
             from .plots import write_plots
             write_plots(self.run, self.state.history)

@@ -1,0 +1,209 @@
+"""How masks teach beyond the penalty: counterexamples, masks given up front (from a csv data set or
+the generated sets), a run's masks exported as a csv data set and read back, and the simulated
+annotator's human-like styles."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures_real import make_csv
+
+from trainer import protocol
+from trainer.annotator import OracleAnnotator
+from trainer.cli import CLIError, parse_args
+from trainer.config import TrainConfig
+from trainer.counterexamples import Counterexamples
+from trainer.data import DataError, DataRequest, build_dataset
+from trainer.data.base import TensorSplit
+from trainer.export import LABELS_FILE, export_run
+from trainer.feedback import FeedbackSet
+from trainer.train import Trainer
+
+TINY = dict(dataset="decoy-digits", train_fraction=0.1, val_fraction=0.2, epochs=1, batch_size=32, seed=1,
+            annotator="none", track_images=0, device="cpu")
+
+
+def toy_images(n: int, confounded: bool, g: torch.Generator):
+    """12×12 grey images whose class is a faint bar (horizontal: 1, vertical: 0) under noise, with a
+    3×3 corner patch that is white for class 1 and black for class 0 (or random when not confounded)."""
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = 0.5 + 0.3 * torch.randn(n, 1, 12, 12, generator=g)
+    x[y == 1, :, 5:7, 2:10] += 0.4
+    x[y == 0, :, 2:10, 5:7] += 0.4
+    patch = y if confounded else torch.randint(0, 2, (n,), generator=g)
+    x[:, :, 0:3, 0:3] = patch[:, None, None, None].float()
+    masks = torch.zeros(n, 12, 12, dtype=torch.bool)
+    masks[:, 0:3, 0:3] = True
+    return x, y, masks
+
+
+def train_toy(annotated: int) -> tuple[float, float]:
+    """A linear classifier trained on the confounded toy set, with counterexamples of the first
+    ``annotated`` images; its decorrelated test accuracy and the share of its weight on the patch."""
+    g = torch.Generator().manual_seed(0)
+    x, y, masks = toy_images(64, True, g)
+    x_test, y_test, _ = toy_images(400, False, g)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    feedback = FeedbackSet(len(x), 12, 12)
+    feedback.add_all(masks[:annotated])
+    counterexamples = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill="region")
+    for _ in range(150):
+        idx = torch.randint(len(x), (32,), generator=g)
+        xb, yb, idx, _ = counterexamples.extend(x[idx], y[idx], idx, g)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = float((model(x_test).argmax(1) == y_test).float().mean())
+    w = model[1].weight.detach().view(2, 12, 12)
+    decisive = (w[1] - w[0]).abs()
+    return acc, float(decisive[0:3, 0:3].sum() / decisive.sum())
+
+
+def test_counterexamples_move_the_decision_off_the_marked_region():
+    plain_acc, plain_share = train_toy(annotated=0)
+    acc, share = train_toy(annotated=8)
+    assert plain_acc < 0.65, "the toy's patch must be the shortcut plain training takes"
+    assert acc > 0.75 and acc > plain_acc + 0.15
+    assert share < plain_share / 2
+
+
+def test_counterexamples_replace_only_the_marked_pixels_and_keep_the_label():
+    g = torch.Generator().manual_seed(0)
+    x, y, masks = toy_images(16, True, g)
+    feedback = FeedbackSet(16, 12, 12)
+    feedback.add_all(masks[:4])
+    for fill in ("region", "paste", "mix"):
+        ce = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill=fill)
+        xb, yb, idx, k = ce.extend(x[4:12], y[4:12], torch.arange(4, 12), g)
+        assert k == 4 and len(xb) == 12 and set(idx[-k:].tolist()) <= {0, 1, 2, 3}
+        originals = x[idx[-k:]]
+        outside = ~masks[0]
+        assert torch.equal(xb[-k:][:, :, outside], originals[:, :, outside])
+        assert torch.equal(yb[-k:], y[idx[-k:]])
+    # paste: the patch comes from another annotated image's patch (all black or white here)
+    ce = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="paste")
+    xb, _, _, k = ce.extend(x[4:12], y[4:12], torch.arange(4, 12), g)
+    patches = xb[-k:, 0, 0:3, 0:3]
+    assert all(bool((p == 0).all() or (p == 1).all()) for p in patches)
+
+
+def test_feedback_flag_picks_counterexamples_penalty_or_both(tmp_path):
+    results = {}
+    for method in ("counterexamples", "both"):
+        cfg = TrainConfig(**TINY, runs_dir=str(tmp_path), title=method, feedback_method=method, prior_masks="20")
+        trainer = Trainer(cfg, log=lambda *_: None)
+        assert len(trainer.feedback) == 20
+        results[method] = trainer.train_one_epoch(1)
+    assert results["counterexamples"]["penalty"] == 0  # no penalty pass at all
+    assert results["both"]["penalty"] > 0
+    with pytest.raises(CLIError, match="--feedback"):
+        parse_args(["--feedback", "bogus", "-md", str(tmp_path)])
+
+
+def test_prior_masks_are_read_from_a_csv_data_set(tmp_path):
+    make_csv(tmp_path / "data", n=12, masks=True)
+    cfg = TrainConfig(**{**TINY, "dataset": "csv", "train_fraction": 1.0, "val_fraction": 1.0},
+                      data_dir=str(tmp_path / "data"), image_size=32, runs_dir=str(tmp_path), title="csv",
+                      prior_masks="all")
+    trainer = Trainer(cfg, log=lambda *_: None)
+    train = trainer.data.train
+    expected = [i for i in range(len(train)) if train.gt_mask(i) is not None and train.gt_mask(i).any()]
+    assert 0 < len(expected) < len(train)  # every third image of make_csv has no mask
+    assert sorted(trainer.feedback.indices.tolist()) == expected
+    rows, masks = trainer.feedback.lookup(torch.tensor(expected))
+    assert masks[:, :, :16].all() and not masks[:, :, 16:].any()  # the left half, as drawn
+    make_csv(tmp_path / "plain", n=12)
+    with pytest.raises(DataError, match="no masks"):
+        Trainer(TrainConfig(**{**TINY, "dataset": "csv"}, data_dir=str(tmp_path / "plain"), image_size=32,
+                            runs_dir=str(tmp_path), title="nomasks", prior_masks="3"), log=lambda *_: None)
+
+
+def test_export_then_import_gives_the_same_images_labels_and_masks(tmp_path):
+    cfg = TrainConfig(**TINY, runs_dir=str(tmp_path / "runs"), title="source", prior_masks="7")
+    source = Trainer(cfg, log=lambda *_: None)
+    protocol.write_config(source.run, cfg.to_dict())
+    source.save_checkpoint(best=False)
+    out = tmp_path / "exported"
+    counts = export_run(source.run, out)
+    assert counts["masks"] == 7 and counts["train"] == len(source.data.train)
+    with open(out / LABELS_FILE, newline="") as f:
+        assert next(csv.reader(f)) == ["path", "label", "mask", "split"]
+
+    back = build_dataset("csv", DataRequest(str(out), source.data.image_size, 0))
+    assert len(back.train) == len(source.data.train) and len(back.val) == len(source.data.val)
+    assert len(back.test) == len(source.data.test)
+    for i in range(len(source.data.train)):
+        image, label, _ = source.data.train[i]
+        image_back, label_back, _ = back.train[i]
+        assert back.class_names[label_back] == source.data.class_names[label]
+        assert torch.allclose(image_back, image, atol=1 / 255)
+        mask_back = back.train.gt_mask(i)
+        if i < 7:
+            assert torch.equal(mask_back, source.data.train.gt_mask(i))
+        else:
+            assert not mask_back.any()
+
+    again = Trainer(TrainConfig(**{**TINY, "dataset": "csv", "train_fraction": 1.0, "val_fraction": 1.0},
+                                data_dir=str(out), image_size=source.data.image_size, runs_dir=str(tmp_path / "runs"),
+                                title="again", prior_masks="all"), log=lambda *_: None)
+    assert torch.equal(again.feedback.masks, source.feedback.masks)
+    with pytest.raises(DataError, match="not empty"):
+        export_run(source.run, out)
+
+
+def test_oracle_styles_draw_like_people(tmp_path):
+    size, masks = 64, torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:23, 40:53] = True
+    split = TensorSplit("train", torch.zeros(1, 3, size, size, dtype=torch.uint8), torch.zeros(1), masks)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(OracleAnnotator(split, "box").draw(masks[0], g), masks[0])
+    loose = [OracleAnnotator(split, "loose").draw(masks[0], g) for _ in range(50)]
+    assert any(not torch.equal(m, masks[0]) for m in loose)
+    assert np.mean([float((m & masks[0]).sum() / masks[0].sum()) for m in loose]) > 0.85
+    partial = [OracleAnnotator(split, "partial").draw(masks[0], g) for _ in range(20)]
+    kept = [float(m.sum() / masks[0].sum()) for m in partial]
+    assert all(0.45 <= k <= 0.75 for k in kept) and all(not (m & ~masks[0]).any() for m in partial)
+    with pytest.raises(DataError, match="style"):
+        OracleAnnotator(split, "scribble")
+
+
+def test_oracle_skips_about_the_share_asked(tmp_path):
+    cfg = TrainConfig(**{**TINY, "annotator": "oracle", "epochs": 0}, runs_dir=str(tmp_path), title="skip",
+                      oracle_skip=0.5, queries_per_epoch=40)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    manifest = trainer.build_queue(0)
+    assert trainer.annotator(trainer.run, 0)
+    answers = protocol.parse_feedback(protocol.read_json(trainer.run.feedback_file(0)), manifest)
+    skipped = sum(a.action == protocol.ACTION_SKIP for a in answers)
+    assert 10 <= skipped <= 30
+
+
+def test_the_result_reports_how_much_the_shortcut_decides(tmp_path):
+    trainer = Trainer(TrainConfig(**{**TINY, "epochs": 0}, runs_dir=str(tmp_path), title="gap"), log=lambda *_: None)
+    result = trainer.fit()
+    assert result["shortcut_gap"] == pytest.approx(result["test_consistent_acc"] - result["test_acc"])
+    assert protocol.read_status(trainer.run)["result"]["shortcut_gap"] == pytest.approx(result["shortcut_gap"])
+
+
+def test_counterexamples_can_fill_beyond_a_loose_mark():
+    """A mark that cuts into the region leaves a strip of it; dilating the mark fills that strip too."""
+    x = torch.zeros(4, 1, 12, 12)
+    x[:, :, 0:3, 0:3] = 1.0                      # the region
+    y = torch.tensor([0, 1, 0, 1])
+    feedback = FeedbackSet(4, 12, 12)
+    short = torch.zeros(4, 12, 12, dtype=torch.bool)
+    short[:, 0:2, 0:3] = True                    # the mark misses the region's last row
+    feedback.add_all(short)
+    g = torch.Generator().manual_seed(0)
+    donors = torch.full((4, 1, 12, 12), 0.5)
+    tight = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region")
+    loose = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region", dilate=1)
+    assert (tight.extend(donors, y, torch.arange(4), g)[0][4:, :, 2, 0:3] == 1).all()
+    assert (loose.extend(donors, y, torch.arange(4), g)[0][4:, :, 0:3, 0:3] == 0.5).all()

@@ -1,0 +1,97 @@
+"""Counterexamples: annotated images re-entered with what a person marked replaced, same label.
+
+A mark says "this region must not decide the class". A counterexample states it as data: the annotated
+image with its marked pixels taken from elsewhere, keeping its label, so a model that reads the label
+off the marked region is wrong on it (the explanatory-interactive-learning typology's CE strategy,
+Teso & Kersting 2019). Fills are drawn afresh for every batch, so one annotated image yields a new
+counterexample each time it is used.
+
+Two fills, mixed half and half by default (``--counterexample-fill``):
+
+``region``  the same pixels of another image of the batch (mostly background: what the image would
+            look like without the marked object);
+``paste``   the marked content of another annotated image, resized into this image's marked box (the
+            marked object, from an image of any class: what it looks like when it does not go with
+            the label).
+
+The input-gradient penalty does not need to see a shortcut's gradient for this to work, which is why
+it removes the sticker of ``synthetic-lesions`` where RRR does not (docs/learning.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .feedback import FeedbackSet
+
+FEEDBACK_METHODS = ("penalty", "counterexamples", "both")
+FILLS = ("mix", "region", "paste")
+
+
+class Counterexamples:
+    """Appends ``share × batch size`` counterexamples of randomly chosen annotated images to a batch."""
+
+    def __init__(self, feedback: FeedbackSet, gather, share: float, fill: str = "mix", dilate: int = 0):
+        if fill not in FILLS:
+            raise ValueError(f"counterexample fill must be one of {', '.join(FILLS)}, got {fill!r}")
+        if share <= 0:
+            raise ValueError(f"counterexample share must be positive, got {share}")
+        if dilate < 0:
+            raise ValueError(f"counterexample dilation must not be negative, got {dilate}")
+        self.feedback, self.gather, self.share, self.fill, self.dilate = feedback, gather, share, fill, dilate
+
+    def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
+        """The batch with counterexamples appended: (x, y, idx, number appended). Their ``idx`` is the
+        annotated image's, so a penalty that also runs (``--feedback both``) sees them as annotated."""
+        if not len(self.feedback):
+            return x, y, idx, 0
+        k = max(1, round(self.share * len(x)))
+        annotated = self.feedback.indices.cpu()
+        pick = annotated[torch.randint(len(annotated), (k,), generator=g)]
+        xs, ys = self.gather(pick)
+        xs, ys = xs.to(x.device), ys.to(y.device)
+        _, masks = self.feedback.lookup(pick.to(self.feedback.device))
+        masks = masks.to(x.device)
+        if self.dilate:  # a loose mark that cuts into the region would leave a strip of it, label and all
+            masks = F.max_pool2d(masks[:, None], 2 * self.dilate + 1, stride=1, padding=self.dilate)[:, 0]
+        fill = fill_region(xs, x, g)
+        if self.fill != "region":
+            pasted = fill_paste(xs, masks, self.gather, annotated, self.feedback, g)
+            use = torch.ones(k, dtype=torch.bool) if self.fill == "paste" else torch.rand(k, generator=g) < 0.5
+            fill[use.to(x.device)] = pasted[use.to(x.device)]
+        m = masks[:, None]
+        ce = xs * (1 - m) + fill * m
+        return torch.cat([x, ce]), torch.cat([y, ys]), torch.cat([idx, pick.to(idx.device)]), k
+
+
+def fill_region(xs: torch.Tensor, donors: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """For each image of ``xs``, a random image of ``donors`` (the same pixels are used)."""
+    return donors[torch.randint(len(donors), (len(xs),), generator=g).to(donors.device)]
+
+
+def fill_paste(xs: torch.Tensor, masks: torch.Tensor, gather, annotated: torch.Tensor, feedback: FeedbackSet,
+               g: torch.Generator) -> torch.Tensor:
+    """For each image, another annotated image's marked box resized onto this image's marked box
+    (the rest of the returned image is the original; only the marked pixels are used)."""
+    donors = annotated[torch.randint(len(annotated), (len(xs),), generator=g)]
+    dx, _ = gather(donors)
+    dx = dx.to(xs.device)
+    _, dmasks = feedback.lookup(donors.to(feedback.device))
+    out = xs.clone()
+    for i in range(len(xs)):
+        box, dbox = _box(masks[i]), _box(dmasks[i].to(xs.device))
+        if box is None or dbox is None:
+            continue
+        (y0, y1, x0, x1), (v0, v1, u0, u1) = box, dbox
+        crop = dx[i:i + 1, :, v0:v1, u0:u1]
+        out[i, :, y0:y1, x0:x1] = F.interpolate(crop, size=(y1 - y0, x1 - x0), mode="bilinear",
+                                                align_corners=False)[0]
+    return out
+
+
+def _box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """The bounding box (y0, y1, x0, x1) of an H×W mask's nonzero pixels; None when empty."""
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if not len(rows):
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1

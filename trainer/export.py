@@ -1,0 +1,105 @@
+"""``hitl-export RUN DIR``: a run's data and the masks it was given, as a csv data set.
+
+``DIR/labels.csv`` has the columns ``path,label,mask,split`` that ``--dataset csv`` reads: every
+training, validation and test image as the trainer saw it (PNG at the run's image size), and for each
+annotated training image its mask (PNG, white = must not rely on), the union of every answer the run
+applied (its last checkpoint's feedback set). Images a person flagged as mislabelled are left out.
+``hitl-train --dataset csv --data-dir DIR --prior-masks all`` then trains with those masks from the
+start. Images and masks are written first and ``labels.csv`` last, so a half-finished export is no
+data set."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import protocol
+from .config import TrainConfig
+from .data import DataError, DataRequest, build_dataset
+
+LABELS_FILE = "labels.csv"
+
+
+def mask_png(mask: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_feedback(run: protocol.RunDir) -> dict:
+    """The feedback set (position, masks, excluded) from the run's last checkpoint."""
+    path = run.last_checkpoint
+    if not path.exists():
+        raise DataError(f"{run.path} has no checkpoint ({protocol.LAST_CHECKPOINT}): nothing to export yet")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["feedback"]
+    except Exception as e:
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def export_run(run: protocol.RunDir, out: Path) -> dict:
+    """Write the csv data set; returns counts per split and of masks."""
+    from .train import png_bytes
+
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty; export into a new folder")
+    cfg = TrainConfig.from_dict(protocol.read_config(run))
+    feedback = load_feedback(run)
+    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
+                                                  cfg.val_fraction, cfg.dataset_options))
+    position, masks, excluded = feedback["position"], feedback["masks"], feedback["excluded"]
+    rows, counts = [], {"masks": 0}
+    for part, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        if split is None:
+            continue
+        counts[part] = 0
+        for i in range(len(split)):
+            if part == "train" and bool(excluded[i]):
+                continue
+            image, label, _ = split[i]
+            path = f"{part}/{i:05d}.png"
+            protocol.atomic_write_bytes(out / path, png_bytes(image))
+            mask = ""
+            if part == "train" and int(position[i]) >= 0:
+                mask = f"masks/{i:05d}.png"
+                protocol.atomic_write_bytes(out / mask, mask_png(masks[int(position[i])]))
+                counts["masks"] += 1
+            rows.append({"path": path, "label": data.class_names[label], "mask": mask, "split": part})
+            counts[part] += 1
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["path", "label", "mask", "split"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    protocol.atomic_write_text(out / LABELS_FILE, text.getvalue())
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hitl-export", description=__doc__.splitlines()[0])
+    p.add_argument("run", help="run directory, or a run name under --runs-dir")
+    p.add_argument("out", help="folder to write the csv data set into (new or empty)")
+    p.add_argument("-md", "--runs-dir", default="checkpoints")
+    args = p.parse_args(argv)
+    path = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
+    run = protocol.RunDir(path)
+    if not run.exists():
+        print(f"hitl-export: error: {path} is not a run directory (no {protocol.CONFIG_FILE})", file=sys.stderr)
+        return 2
+    try:
+        counts = export_run(run, Path(args.out))
+    except (DataError, protocol.ProtocolError) as e:
+        print(f"hitl-export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {counts.get('train', 0)} training images ({counts['masks']} with masks), "
+          f"{counts.get('val', 0)} validation and {counts.get('test', 0)} test images to {args.out}/{LABELS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
