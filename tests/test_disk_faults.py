@@ -57,7 +57,7 @@ def test_a_waiting_trainer_outlives_its_folder_turning_read_only(mountable):
     time.sleep(2 * protocol.HEARTBEAT_SECONDS + 1)  # heartbeats fail meanwhile
     assert proc.poll() is None, proc.stderr.read()
     remount(mountable, "rw")
-    cfg = TrainConfig(**{k: v for k, v in protocol.read_config(run).items() if k != "format"})
+    cfg = TrainConfig.from_dict(protocol.read_config(run))
     data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
                                                   cfg.val_fraction, cfg.dataset_options))
     assert OracleAnnotator(data.train)(run, 1)
