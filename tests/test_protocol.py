@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -157,3 +158,16 @@ def test_run_files_are_as_readable_as_the_umask_allows(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
     assert protocol.submit_feedback(protocol.RunDir(tmp_path), 1, "test", [])
     assert protocol.RunDir(tmp_path).feedback_file(1).stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
+
+
+def test_undefined_numbers_are_written_as_null_and_old_files_with_nan_still_read(tmp_path):
+    """A run without ground-truth masks has no wrong-reason share, and a run stopped before its first epoch no
+    best loss: the status stays strict JSON that every reader (the dashboard) reads; runs of earlier versions
+    wrote NaN and still open."""
+    run = protocol.RunDir(tmp_path)
+    protocol.write_status(run, protocol.FINISHED, result={"test_wrong_reason": float("nan"), "best_val_loss": float("inf"),
+                                                          "test_acc": 0.5})
+    assert "NaN" not in run.status.read_text() and "Infinity" not in run.status.read_text()
+    assert protocol.read_status(run)["result"] == {"test_wrong_reason": None, "best_val_loss": None, "test_acc": 0.5}
+    run.status.write_text('{"format": 1, "state": "finished", "result": {"test_wrong_reason": NaN}}')
+    assert math.isnan(protocol.read_status(run)["result"]["test_wrong_reason"])

@@ -138,7 +138,19 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: a NaN or infinite number (an undefined metric, a best loss before any epoch) is null."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=1, sort_keys=False, default=_json_default,
+                                       allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def exclusive_write_bytes(path: Path | str, data: bytes) -> bool:
@@ -184,20 +196,21 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: Path | str) -> Any:
-    """Read a JSON file; a missing file raises FileNotFoundError, a broken one ProtocolError."""
+    """Read a JSON file the trainer or dashboard wrote; a missing file raises FileNotFoundError, a broken
+    one ProtocolError. Runs of earlier versions wrote NaN and Infinity: they still read."""
     path = Path(path)
-    return parse_json(path.read_bytes(), path.name)
+    return parse_json(path.read_bytes(), path.name, finite_only=False)
 
 
-def parse_json(data: bytes, name: str) -> Any:
-    """JSON text as written by this protocol: UTF-8, no NaN or Infinity; anything else is a ProtocolError
-    naming ``name`` (never quoting the content)."""
+def parse_json(data: bytes, name: str, finite_only: bool = True) -> Any:
+    """JSON text as written by this protocol: UTF-8 and, with ``finite_only`` (a mask file), no NaN or
+    Infinity; anything else is a ProtocolError naming ``name`` (never quoting the content)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant) if finite_only else json.loads(text)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except RecursionError:
