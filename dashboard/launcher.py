@@ -220,12 +220,13 @@ def delete_run(run: protocol.RunDir) -> None:
 
 
 def resume_run(run: protocol.RunDir) -> None:
-    """Continue a stopped, failed or stale run from its last checkpoint."""
+    """Continue a stopped, failed or stale run from its last checkpoint (from the beginning when it stopped
+    before its first one)."""
     if live_pid(run) is not None or protocol.read_status(run)["state"] in LIVE_STATES:
         raise LaunchError(f"{run.name} is still running")
-    if not run.last_checkpoint.exists():
-        raise LaunchError(f"{run.name} has no checkpoint to resume from (it ended before its first epoch "
-                          f"finished); start a new run instead")
+    if not run.exists():
+        raise LaunchError(f"{run.name} has no {protocol.CONFIG_FILE} to resume from (it stopped while starting); "
+                          f"delete it or start a new run")
     try:  # with as many processes as its latest start
         processes = int(protocol.read_config(run).get("world_size", 1))
     except (OSError, ValueError, TypeError, protocol.ProtocolError):

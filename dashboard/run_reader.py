@@ -65,7 +65,7 @@ class RunSummary:
 
     @property
     def can_resume(self) -> bool:
-        return self.state in (protocol.STALE, protocol.STOPPED, protocol.FAILED) and self.run.last_checkpoint.exists()
+        return self.state in (protocol.STALE, protocol.STOPPED, protocol.FAILED) and self.run.exists()
 
 
 def list_run_dirs(runs_dir: Path | str) -> list[protocol.RunDir]:

@@ -203,9 +203,9 @@ def test_summaries_name_every_state(tmp_path):
     finished = by_name["finished"]
     assert (finished.epoch, finished.epochs, finished.result["test_acc"]) == (4, 4, 0.9)
     assert finished.best_val_loss == pytest.approx(2.2 / 4) and finished.best_val_acc == pytest.approx(1.0)
-    assert not stale.last_checkpoint.exists() and not by_name["stale"].can_resume
-    stale.last_checkpoint.write_bytes(b"checkpoint")
-    assert run_reader.summarise(stale).can_resume
+    assert not stale.last_checkpoint.exists() and by_name["stale"].can_resume  # from the beginning
+    stale.config.unlink()
+    assert not run_reader.summarise(stale).can_resume
 
 
 def test_a_run_started_from_the_dashboard_shows_before_the_trainer_reports(tmp_path):
@@ -335,7 +335,8 @@ def test_launcher_refuses_what_cannot_work(tmp_path):
     request.title = "taken"
     with pytest.raises(launcher.LaunchError, match="already exists"):
         launcher.start_run(tmp_path, request)
-    with pytest.raises(launcher.LaunchError, match="no checkpoint"):
+    protocol.RunDir(tmp_path / "taken").config.unlink()  # killed while starting: nothing to resume from
+    with pytest.raises(launcher.LaunchError, match="no config.json"):
         launcher.resume_run(protocol.RunDir(tmp_path / "taken"))
     with pytest.raises(launcher.LaunchError, match="not running"):
         launcher.stop_run(protocol.RunDir(tmp_path / "taken"))
@@ -498,7 +499,7 @@ def test_runs_page_lists_runs_and_their_trouble(app, tmp_path, monkeypatch):
     assert "ValueError" in texts(at.code)
     at.selectbox(key="run").set_value("silent").run()
     assert "stopped responding" in texts(at.warning)
-    assert "cannot be resumed" in texts(at.caption)
+    assert "resuming starts it from the beginning" in texts(at.caption)
     at.selectbox(key="run").set_value("waiting").run()
     at.button(key="stop-waiting").click().run()
     assert [run.name for run in stopped] == ["waiting"]

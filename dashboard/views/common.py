@@ -241,8 +241,7 @@ def log_tail(summary: RunSummary, expanded: bool = False) -> None:
 
 def resume_button(summary: RunSummary) -> None:
     if not summary.run.last_checkpoint.exists():
-        st.caption("It cannot be resumed: it ended before its first epoch was saved. Start a new run instead.")
-        return
+        st.caption("It stopped before its first checkpoint: resuming starts it from the beginning.")
     if st.button("Resume this run", key=f"resume-{summary.name}", icon=":material/play_arrow:", type="primary"):
         try:
             launcher.resume_run(summary.run)
