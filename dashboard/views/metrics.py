@@ -70,8 +70,10 @@ def line_chart(frame: pd.DataFrame, title: str, columns: dict[str, str], tick_fo
     colour = "run" if overlay else "metric"
     figure = px.line(long, x="epoch", y="value", color=colour, line_dash="metric" if overlay else None,
                      markers=True, title=title, color_discrete_sequence=px.colors.qualitative.D3)
-    figure.update_layout(height=320, margin=dict(l=10, r=10, t=50, b=10), legend_title_text="",
-                         yaxis_title=None, xaxis=dict(title="epoch", dtick=1))
+    # the legend under the plot: beside it, long run names leave the plot a sliver of the width
+    figure.update_layout(height=380 + 22 * long[colour].nunique() * (2 if overlay else 0), legend_title_text="",
+                         margin=dict(l=10, r=10, t=50, b=10), yaxis_title=None, xaxis=dict(title="epoch", dtick=1),
+                         legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
     if tick_format:
         figure.update_yaxes(tickformat=tick_format)
     return figure
