@@ -207,3 +207,10 @@ def test_counterexamples_can_fill_beyond_a_loose_mark():
     loose = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region", dilate=1)
     assert (tight.extend(donors, y, torch.arange(4), g)[0][4:, :, 2, 0:3] == 1).all()
     assert (loose.extend(donors, y, torch.arange(4), g)[0][4:, :, 0:3, 0:3] == 0.5).all()
+
+
+def test_counterexample_flags_without_counterexamples_are_refused(capsys):
+    from trainer.cli import main as cli_main
+    assert cli_main(["--counterexample-share", "0.3", "--annotator", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--counterexample-share only apply with --feedback counterexamples or both" in err and err.count("\n") == 1

@@ -350,6 +350,11 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
         unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
+    if cfg.feedback_method == "penalty":
+        unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
+                                                      "counterexample_dilate") if k in given]
+        if unused:
+            raise CLIError(f"{', '.join(unused)} only apply with --feedback counterexamples or both")
     if resumed is not None and resumed.get("head", "pool") != cfg.head:
         raise CLIError(f"--head cannot change on --resume (the checkpoint has the {resumed.get('head', 'pool')} head); "
                        f"start a new run with --init-from {Path(cfg.runs_dir) / cfg.title / protocol.LAST_CHECKPOINT}")
