@@ -29,7 +29,7 @@ import torch
 from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.config import TrainConfig
-from trainer.data import DataRequest, Split, build_dataset
+from trainer.data import Split, build_run_dataset
 
 FLAGS = ["-ds", "decoy-digits", "-tf", "0.2", "-vf", "0.3", "-E", "3", "-qu", "4", "--batch-size", "32",
          "--seed", "3", "-se", "0", "--device", "cpu"]
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_run = protocol.RunDir(workdir / "reference")
         expected = outcome(ref_run)
         cfg = TrainConfig.from_dict(protocol.read_config(ref_run))
-        train = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                       cfg.val_fraction, cfg.dataset_options)).train
+        train = build_run_dataset(cfg).train
         print(f"reference: {window:.1f} s uninterrupted; kills land within that time of each start", flush=True)
         verdicts = []
         for i in range(args.runs):

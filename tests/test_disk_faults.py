@@ -11,7 +11,7 @@ import pytest
 from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.config import TrainConfig
-from trainer.data import DataRequest, build_dataset
+from trainer.data import DataRequest, build_dataset, build_run_dataset
 
 from test_trainer import wait_for
 
@@ -58,8 +58,7 @@ def test_a_waiting_trainer_outlives_its_folder_turning_read_only(mountable):
     assert proc.poll() is None, proc.stderr.read()
     remount(mountable, "rw")
     cfg = TrainConfig.from_dict(protocol.read_config(run))
-    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                  cfg.val_fraction, cfg.dataset_options))
+    data = build_run_dataset(cfg)
     assert OracleAnnotator(data.train)(run, 1)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -84,11 +83,10 @@ class OracleAnnotator:
 def watch(run: protocol.RunDir, poll: float = 0.5, log=print) -> int:
     """Answer every pending queue of ``run`` until it finishes, fails or stops."""
     from .config import TrainConfig
-    from .data import DataRequest, build_dataset
+    from .data import build_run_dataset
 
     cfg = TrainConfig.from_dict(protocol.read_config(run))
-    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                  cfg.val_fraction, cfg.dataset_options))
+    data = build_run_dataset(cfg)
     oracle = OracleAnnotator(data.train, cfg.oracle_style, cfg.oracle_skip, cfg.seed)
     answered = 0
     while True:
@@ -108,18 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-md", "--runs-dir", default="checkpoints")
     p.add_argument("--once", action="store_true", help="answer the pending queue (if any) and exit")
     args = p.parse_args(argv)
-    path = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
-    run = protocol.RunDir(path)
-    if not run.exists():
-        print(f"hitl-oracle: error: {path} is not a run directory (no {protocol.CONFIG_FILE})", file=sys.stderr)
-        return 2
     try:
+        run = protocol.run_from_argument(args.run, args.runs_dir)
         if args.once:
             from .config import TrainConfig
-            from .data import DataRequest, build_dataset
+            from .data import build_run_dataset
             cfg = TrainConfig.from_dict(protocol.read_config(run))
-            data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed,
-                                                          cfg.train_fraction, cfg.val_fraction, cfg.dataset_options))
+            data = build_run_dataset(cfg)
             epoch = protocol.pending_epoch(run)
             done = epoch is not None and OracleAnnotator(data.train, cfg.oracle_style, cfg.oracle_skip,
                                                          cfg.seed)(run, epoch)

@@ -21,14 +21,13 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import checkpoint, protocol
 from .config import TrainConfig
-from .data import DataError, DataRequest, Split, build_dataset
+from .data import DataError, Split, build_run_dataset
 from .explain import EXPLAINERS, create_explainer, wrong_reason_share
 from .model import ModelError, create_classifier
 from .inputs import fill_values, masked
@@ -129,8 +128,7 @@ def evaluate_run(run: protocol.RunDir, explainers: list[str] | None = None, imag
             raise EvaluationError(f"unknown explainer {name!r}; choose from {', '.join(sorted(EXPLAINERS))}")
         if EXPLAINERS[name].needs_attention_head and cfg.head != "attention":
             raise EvaluationError(f"explainer {name} needs a run trained with --head attention")
-    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                  cfg.val_fraction, cfg.dataset_options))
+    data = build_run_dataset(cfg)
     split_name = split_name or ("test" if data.test is not None else "val")
     split = data.test if split_name == "test" else data.val
     if split is None:
@@ -192,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = p.parse_args(argv)
-    path = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
-    run = protocol.RunDir(path)
     try:
-        if not run.exists():
-            raise EvaluationError(f"{path} is not a run directory (no {protocol.CONFIG_FILE})")
+        run = protocol.run_from_argument(args.run, args.runs_dir)
         if args.images < 1 or args.steps < 1 or args.batch_size < 1:
             raise EvaluationError("--images, --steps and --batch-size must be positive")
         parse_fill(args.fill)

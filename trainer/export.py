@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import protocol
 from .config import TrainConfig
-from .data import DataError, DataRequest, build_dataset
+from .data import DataError, build_run_dataset
 
 LABELS_FILE = "labels.csv"
 
@@ -51,8 +51,7 @@ def export_run(run: protocol.RunDir, out: Path) -> dict:
         raise DataError(f"{out} is not empty; export into a new folder")
     cfg = TrainConfig.from_dict(protocol.read_config(run))
     feedback = load_feedback(run)
-    data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                  cfg.val_fraction, cfg.dataset_options))
+    data = build_run_dataset(cfg)
     position, masks, excluded = feedback["position"], feedback["masks"], feedback["excluded"]
     rows, counts = [], {"masks": 0}
     for part, split in (("train", data.train), ("val", data.val), ("test", data.test)):
@@ -86,13 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="folder to write the csv data set into (new or empty)")
     p.add_argument("-md", "--runs-dir", default="checkpoints")
     args = p.parse_args(argv)
-    path = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
-    run = protocol.RunDir(path)
-    if not run.exists():
-        print(f"hitl-export: error: {path} is not a run directory (no {protocol.CONFIG_FILE})", file=sys.stderr)
-        return 2
     try:
-        counts = export_run(run, Path(args.out))
+        counts = export_run(protocol.run_from_argument(args.run, args.runs_dir), Path(args.out))
     except (DataError, protocol.ProtocolError) as e:
         print(f"hitl-export: error: {e}", file=sys.stderr)
         return 2

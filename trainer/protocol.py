@@ -274,6 +274,16 @@ class RunDir:
         return self.config.exists() or self.launch.exists()
 
 
+def run_from_argument(run: str, runs_dir: str | Path) -> RunDir:
+    """A command's run argument: a run folder, or a run name under ``runs_dir``; ProtocolError if it
+    holds no run."""
+    path = Path(run) if Path(run).is_dir() else Path(runs_dir) / run
+    found = RunDir(path)
+    if not found.exists():
+        raise ProtocolError(f"{path} is not a run directory (no {CONFIG_FILE})")
+    return found
+
+
 # --------------------------------------------------------------------------- config and status
 
 def write_config(run: RunDir, config: dict) -> None:

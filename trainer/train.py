@@ -28,7 +28,7 @@ from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
 from .counterexamples import Counterexamples
-from .data import DataRequest, DataSplits, Split, build_dataset
+from .data import DataSplits, Split, build_run_dataset
 from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
 from .metrics import classification_metrics
@@ -129,8 +129,7 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
     device = dist.device
     torch.manual_seed(cfg.seed)
     with dist.writer_first():  # one process fills a data set's cache
-        data = build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
-                                                      cfg.val_fraction, cfg.dataset_options))
+        data = build_run_dataset(cfg)
     for note in data.notes if dist.is_writer else ():
         log(f"warning: {note}")
     cfg.image_size = data.image_size

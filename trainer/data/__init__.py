@@ -4,12 +4,9 @@ from __future__ import annotations
 from .base import DataError, DataRequest, DataSplits, Split, TensorSplit
 from .synthetic import SYNTHETIC_BUILDERS
 
-DATASETS = dict(SYNTHETIC_BUILDERS)
-try:  # loaders for files on disk (APTOS 2019, ISIC 2017, NCI, folder, csv)
-    from .real import REAL_BUILDERS
-    DATASETS.update(REAL_BUILDERS)
-except ImportError:  # pragma: no cover - only while real.py is being written
-    pass
+from .real import REAL_BUILDERS
+
+DATASETS = {**SYNTHETIC_BUILDERS, **REAL_BUILDERS}  # loaders for files on disk: APTOS 2019, ISIC 2017, NCI, folder, csv
 
 
 def build_dataset(name: str, request: DataRequest) -> DataSplits:
@@ -20,4 +17,10 @@ def build_dataset(name: str, request: DataRequest) -> DataSplits:
     return builder(request)
 
 
-__all__ = ["DATASETS", "DataError", "DataRequest", "DataSplits", "Split", "TensorSplit", "build_dataset"]
+def build_run_dataset(cfg) -> DataSplits:
+    """The data set a run's config (a TrainConfig) names, built as its trainer built it."""
+    return build_dataset(cfg.dataset, DataRequest(cfg.data_dir, cfg.image_size, cfg.seed, cfg.train_fraction,
+                                                  cfg.val_fraction, cfg.dataset_options))
+
+
+__all__ = ["DATASETS", "DataError", "DataRequest", "DataSplits", "Split", "TensorSplit", "build_dataset", "build_run_dataset"]
