@@ -119,7 +119,7 @@ class Parts:
     explainer: Explainer
     sgt: SaliencyGuided | None
     annotator: OracleAnnotator | None
-    counterexamples: Counterexamples | None   # --feedback counterexamples or both
+    counterexamples: Counterexamples | None   # --feedback counterexamples or both; draws from ``feedback``
 
 
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
