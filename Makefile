@@ -9,7 +9,7 @@ ARGS   ?=
 NPROC  ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback clean
 
 ## help: list the targets
 help:
@@ -65,6 +65,10 @@ bench-quick:
 ## bench-penalties: what each penalty variant teaches, 3 seeds (about 15 min), into the same results file
 bench-penalties:
 	$(PY) -m bench --only penalties $(ARGS)
+
+## bench-feedback: penalty, counterexamples and both compared, 3 seeds, two data sets (JOBS=2 runs at a time; about 75 min on 2 cores), into <device>-feedback.json
+bench-feedback:
+	$(PY) -m bench --only feedback --jobs $(or $(JOBS),2) $(ARGS)
 
 ## clean: remove generated data, runs and caches (keeps .venv)
 clean:

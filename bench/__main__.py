@@ -1,8 +1,9 @@
-"""``python -m bench [--quick] [--device cpu|cuda] [--only learning|cost|latency|penalties]``: run the
-benchmarks and write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per
-machine and preset). With ``--only``, the other sections of an existing file are kept. The
-``penalties`` section (what each penalty variant teaches) runs only when asked for: it would double
-the default run's time."""
+"""``python -m bench [--quick] [--device cpu|cuda] [--only SECTION] [--jobs N]``: run the benchmarks and
+write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per machine and
+preset). With ``--only``, the other sections of an existing file are kept. The ``penalties`` section
+(what each penalty variant teaches), the ``feedback`` section (what each --feedback method teaches,
+issue 15's targets) and ``distributed`` run only when asked for: each would double the default run's
+time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial)."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ from .plans import Plan, make_plan
 from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("learning", "cost", "latency", "penalties", "distributed")
+SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed")
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
+TRAINING_SECTIONS = ("learning", "penalties", "feedback")  # whole training runs: --jobs applies
+OWN_FILE_SECTIONS = ("feedback",)  # measured on a schedule of their own: <device>-feedback.json by default
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
@@ -38,6 +41,9 @@ NOTES = {
               "briefly (plain), train mode",
     "penalties": "the mask methods once per penalty variant, same seeds; a difference is within noise when it "
                  "is under twice its standard error",
+    "feedback": "the mask methods once per --feedback method, same seeds; hitl_loose: boxes off by up to two "
+                "margins with 20% of queries skipped; clean_masks: masks on every image of a training set whose "
+                "confounder does not go with the label",
     "distributed": "images per second of the second epoch (training and validation) of a plain decoy-digits run, "
                    "batch 64, in one process and through torchrun; on CPU the processes share the cores",
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
@@ -49,16 +55,20 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> dict:
+def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
+                jobs: int = 1) -> dict:
     if section == "learning":
-        rows, skipped = learning.run_learning(plan, device, runs_dir, log)
+        rows, skipped = learning.run_learning(plan, device, runs_dir, log, jobs)
         return {"learning": rows, "skipped": skipped,
-                "efficiency": learning.run_efficiency(plan, device, runs_dir, log)}
+                "efficiency": learning.run_efficiency(plan, device, runs_dir, log, jobs)}
+    if section == "feedback":
+        rows, skipped = learning.run_feedback(plan, device, runs_dir, log, jobs)
+        return {"feedback": rows, "skipped": skipped}
     if section == "cost":
         return {"cost": cost.run_cost(plan, device, runs_dir, log),
                 "cosine": cost.run_cosine(plan, device, runs_dir, log)}
     if section == "penalties":
-        return {"penalties": learning.run_penalties(plan, device, runs_dir, log)}
+        return {"penalties": learning.run_penalties(plan, device, runs_dir, log, jobs)}
     if section == "distributed":
         return {"distributed": distributed.run_distributed(device, runs_dir, log)}
     return {"latency": latency.run_query_latency(plan, device, runs_dir, log)
@@ -66,18 +76,21 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
 
 
 def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = DEFAULT_SECTIONS,
-                   log: Callable[[str], None] = log, save: Callable[[dict], None] = lambda results: None) -> dict:
+                   log: Callable[[str], None] = log, save: Callable[[dict], None] = lambda results: None,
+                   jobs: int = 1) -> dict:
     """Run the chosen sections in fresh run directories under a temporary folder; the results dict.
 
     A failing section is logged and recorded under ``errors`` and the others still run; ``save``
     receives the results after every section, so a long run that fails late keeps what it measured."""
     results: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
-                     "plan": plan.to_dict(), "notes": NOTES, "seconds": {}, "skipped": [], "errors": []}
+                     "plan": plan.to_dict(), "notes": NOTES, "seconds": {}, "skipped": [], "errors": [],
+                     "jobs": {section: jobs for section in sections if section in TRAINING_SECTIONS}}
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         for section in sections:
             t0 = time.perf_counter()
             try:
-                part = run_section(section, plan, device, Path(tmp), log)
+                part = run_section(section, plan, device, Path(tmp), log,
+                                   jobs if section in TRAINING_SECTIONS else 1)
             except Exception as e:
                 log(f"{section} failed:\n{traceback.format_exc()}")
                 results["errors"].append({"section": section, "error": f"{type(e).__name__}: {e}"})
@@ -107,6 +120,7 @@ def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
     merged = dict(old)
     merged.update({k: v for k, v in new.items() if k not in ("seconds", "skipped")})
     merged["seconds"] = {**old.get("seconds", {}), **new["seconds"]}
+    merged["jobs"] = {**old.get("jobs", {}), **new.get("jobs", {})}
     merged["skipped"] = [s for s in old.get("skipped", []) if s["section"] not in sections] + new["skipped"]
     merged["errors"] = [e for e in old.get("errors", []) if e["section"] not in sections] + new["errors"]
     return merged
@@ -119,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     p.add_argument("--name", help="results file name (default: the device, with -quick for --quick)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="training runs at a time in the learning, penalties and feedback sections (default 1)")
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)
     except ValueError as e:
         p.error(str(e))
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else DEFAULT_SECTIONS
-    name = args.name or device.type + ("-quick" if args.quick else "")
+    name = args.name or "-".join([device.type] + (["quick"] if args.quick else [])
+                                 + [s for s in sections if s in OWN_FILE_SECTIONS])
     path = args.results_dir / f"{name}.json"
     plan = make_plan(args.quick, device)
     log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
@@ -138,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
         log(f"wrote {path}")
 
-    results = run_benchmarks(plan, device, sections, save=save)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    results = run_benchmarks(plan, device, sections, save=save, jobs=args.jobs)
     print(render_file(path, json.loads(path.read_text())) if path.exists() else "nothing measured")
     return 1 if results["errors"] else 0
 

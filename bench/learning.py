@@ -18,8 +18,9 @@ Methods (one full ``Trainer.fit`` each, fresh run directory):
 ``clean``      plain training on a training set whose confounder is decorrelated from the label
                (needs the data set to honour ``dataset_options={"confounded": False}``).
 
-The mask methods run once per entry of the plan's ``feedback_methods`` (``--feedback``: the penalty,
-counterexamples; None is the trainer's default).
+``learning`` runs the mask methods with the trainer's default feedback method; ``feedback`` runs the
+plan's ``feedback_runs`` with the mask methods once per ``--feedback`` method (the penalty,
+counterexamples, both).
 
 Efficiency: the first N masks of the training set (its order is already random, so the sets are
 nested random subsets) are given up front (``--prior-masks N``), then training is plain otherwise.
@@ -31,7 +32,10 @@ on the same seeds.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -107,60 +111,98 @@ def train(cfg: TrainConfig) -> dict:
         "min_val_loss": result["best_val_loss"],
         "wrong_reason": result["test_wrong_reason"],
         "seconds": round(time.perf_counter() - t0, 1),
-        "impl": trainer.penalty_impl,
+        "impl": None if cfg.feedback_method == "counterexamples" else trainer.penalty_impl,
         "feedback": cfg.feedback_method,
     }
 
 
-def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> tuple[list, list]:
-    """Rows for every (data set, method, seed), and the methods skipped with the reason."""
-    rows, skipped = [], []
-    for setting in plan.learning:
-        for method in plan.methods:
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def train_all(configs: list[TrainConfig], jobs: int, log: Callable[[str], None]) -> list[dict]:
+    """Rows of ``configs``, in order: one run after another, or ``jobs`` at a time in processes of their
+    own, the cores shared out (each run is seeded, so its result does not depend on ``jobs``; its
+    ``seconds`` do)."""
+    if jobs <= 1:
+        return [_logged(cfg, train(cfg), log) for cfg in configs]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(train, cfg) for cfg in configs]
+        for cfg, future in zip(configs, futures):
+            _logged(cfg, future.result(), log)
+        return [f.result() for f in futures]
+
+
+def _logged(cfg: TrainConfig, row: dict, log: Callable[[str], None]) -> dict:
+    log(f"{cfg.title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
+        f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
+    return row
+
+
+def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple[str, ...],
+             feedback_methods: tuple[str | None, ...], seeds: tuple[int, ...], device: torch.device, runs_dir: Path,
+             log: Callable[[str], None], jobs: int = 1) -> tuple[list, list]:
+    """Rows for every (data set, method, seed), the mask methods once per feedback method (None: the
+    trainer's default), and the methods skipped with the reason."""
+    skipped, planned = [], []
+    for setting in settings:
+        for method in methods:
             reason = unavailable(method, setting.dataset)
             if reason:
-                skipped.append({"section": "learning", "dataset": setting.dataset, "method": method, "reason": reason})
-                log(f"learning {setting.dataset} {method}: skipped: {reason}")
+                skipped.append({"section": section, "dataset": setting.dataset, "method": method, "reason": reason})
+                log(f"{setting.dataset} {method}: skipped: {reason}")
                 continue
-            for feedback in plan.feedback_methods if method in MASK_METHODS else (None,):
-                for seed in setting.seeds or plan.seeds:
+            for feedback in feedback_methods if method in MASK_METHODS else (None,):
+                for seed in setting.seeds or seeds:
                     title = f"{setting.dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
-                    cfg = train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)
-                    row = train(cfg)
-                    impl, used = row.pop("impl"), row.pop("feedback")
-                    masks = method in MASK_METHODS
-                    rows.append({"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
-                                 "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row})
-                    log(f"learning {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
-                        f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
+                    planned.append((setting, method, seed,
+                                    train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)))
+    rows = []
+    for (setting, method, seed, _), row in zip(planned, train_all([p[-1] for p in planned], jobs, log)):
+        impl, used = row.pop("impl"), row.pop("feedback")
+        masks = method in MASK_METHODS
+        rows.append({"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
+                     "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row})
     return rows, skipped
 
 
-def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list:
+def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
+                 jobs: int = 1) -> tuple[list, list]:
+    """Every method on every data set and seed, with the trainer's default feedback method."""
+    return run_grid("learning", plan.learning, plan.methods, (None,), plan.seeds, device, runs_dir, log, jobs)
+
+
+def run_feedback(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
+                 jobs: int = 1) -> tuple[list, list]:
+    """The feedback section's runs, the mask methods once per feedback method."""
+    return run_grid("feedback", plan.feedback_settings, plan.feedback_runs, plan.feedback_methods, plan.seeds, device, runs_dir,
+                    log, jobs)
+
+
+def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
+                  jobs: int = 1) -> list:
     """Rows for every (method, penalty variant, seed) on the plan's penalty setting."""
-    setting, rows = plan.penalty_setting, []
-    for method in plan.penalty_methods:
-        for variant in plan.penalty_variants:
-            for seed in setting.seeds or plan.seeds:
-                title = f"{setting.dataset}-{method}-{variant.replace('/', '-')}-s{seed}"
-                cfg = train_config(setting, method, seed, device, runs_dir, title, variant, feedback="penalty")
-                row = train(cfg)
-                rows.append({"dataset": setting.dataset, "method": method, "variant": variant, "seed": seed,
-                             "epochs": setting.epochs, **row})
-                log(f"penalties {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f} "
-                    f"({row['seconds']:.0f} s)")
-    return rows
+    setting = plan.penalty_setting
+    planned = [(method, variant, seed,
+                train_config(setting, method, seed, device, runs_dir,
+                             f"{setting.dataset}-{method}-{variant.replace('/', '-')}-s{seed}", variant,
+                             feedback="penalty"))
+               for method in plan.penalty_methods for variant in plan.penalty_variants
+               for seed in setting.seeds or plan.seeds]
+    return [{"dataset": setting.dataset, "method": method, "variant": variant, "seed": seed, "epochs": setting.epochs,
+             **row}
+            for (method, variant, seed, _), row in zip(planned, train_all([p[-1] for p in planned], jobs, log))]
 
 
-def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None]) -> list:
+def run_efficiency(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
+                   jobs: int = 1) -> list:
     setting, seed = plan.efficiency, plan.seeds[0]
-    rows = []
+    configs = []
     for count in plan.efficiency_counts:
-        title = f"{setting.dataset}-first{count}-s{seed}"
-        cfg = train_config(setting, "plain", seed, device, runs_dir, title)
+        cfg = train_config(setting, "plain", seed, device, runs_dir, f"{setting.dataset}-first{count}-s{seed}")
         cfg.prior_masks = str(count)
-        row = train(cfg)
-        rows.append({"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs,
-                     "masks_given": count, **row})
-        log(f"efficiency {title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}")
-    return rows
+        configs.append(cfg)
+    return [{"dataset": setting.dataset, "seed": seed, "epochs": setting.epochs, "masks_given": count, **row}
+            for count, row in zip(plan.efficiency_counts, train_all(configs, jobs, log))]

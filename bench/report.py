@@ -68,11 +68,12 @@ def _gaps(group: list[dict]) -> list[float]:
             if r.get("test_consistent_acc") is not None and not math.isnan(r["test_consistent_acc"])]
 
 
-def render_learning(results: dict) -> list[str]:
-    rows = results.get("learning") or []
+def render_learning(results: dict, section: str = "learning", title: str = "Learning outcome") -> list[str]:
+    rows = results.get(section) or []
     if not rows:
         return []
-    out = ["#### Learning outcome", "",
+    note = results.get("notes", {}).get(section)
+    out = [f"#### {title}", "", (note + ". " if note else "") +
            "Mean ± sd over seeds; test = the decorrelated test split, consistent = the same images with the "
            "train-time confounder; gap = consistent − test (points): how much the shortcut decides; "
            "wrong-reason = share of input-gradient attribution on the confounder; feedback = how the masks "
@@ -87,8 +88,13 @@ def render_learning(results: dict) -> list[str]:
     out += _table(["data set", "method", "feedback", "impl", "seeds", "epochs", "annotated / train", "test acc %",
                    "consistent acc %", "gap", "min val loss", "wrong-reason"], body)
     for s in results.get("skipped", []):
-        out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
+        if s.get("section", "learning") == section:
+            out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
     return out + [""]
+
+
+def render_feedback(results: dict) -> list[str]:
+    return render_learning(results, "feedback", "What each feedback method teaches")
 
 
 def render_efficiency(results: dict) -> list[str]:
@@ -293,7 +299,7 @@ def with_current_names(results: dict) -> dict:
         return penalty + slash + IMPL_ALIASES.get(impl, impl)
 
     results = dict(results)
-    for section in ("learning", "cost", "cosine", "penalties"):
+    for section in ("learning", "feedback", "cost", "cosine", "penalties"):
         results[section] = [{**r, **{k: current(r[k]) for k in ("impl", "variant") if isinstance(r.get(k), str)}}
                             for r in results.get(section) or []]
     notes = results.get("notes", {})
@@ -312,14 +318,16 @@ def render_file(path: Path, results: dict) -> str:
            f"{plan.get('preset', '?')}; load average {_load(m['load_average'])} at the start, "
            f"{_load(m.get('load_average_end', []))} at the end "
            f"(a shared machine slows every timing; ratios compare interleaved steps); section seconds "
-           f"{results.get('seconds', {})}.", ""]
-    for render in (render_learning, render_efficiency, render_cost, render_cosine, render_penalties, render_latency,
-                   render_distributed):
+           f"{results.get('seconds', {})}"
+           + (f"; training runs at a time {results['jobs']} (their seconds are shared-core times)"
+              if any(n > 1 for n in results.get("jobs", {}).values()) else "") + ".", ""]
+    for render in (render_learning, render_efficiency, render_feedback, render_cost, render_cosine, render_penalties,
+                   render_latency, render_distributed):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
     targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
-               + learning_targets(results.get("learning") or [])
+               + learning_targets(results.get("learning") or []) + learning_targets(results.get("feedback") or [])
                + penalty_targets(results.get("penalties") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]

@@ -254,6 +254,20 @@ def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[
     return protocol.read_saliency(run.tracking_map(epoch, index), shape)
 
 
+# --------------------------------------------------------------------------- test results
+
+TEST_COLUMNS = ["run", "test_acc", "test_consistent_acc", "shortcut_gap", "test_wrong_reason"]
+
+
+def test_results(summaries: list[RunSummary]) -> pd.DataFrame:
+    """The held-out test figures finished runs report in their status (one row per run that has a test
+    split): accuracy, accuracy where the confounder still matches the label, the gap between them (how
+    much the shortcut decides) and the wrong-reason share. Missing or malformed figures are NaN."""
+    rows = [(s.name, *(_number(s.result.get(c)) for c in TEST_COLUMNS[1:]))
+            for s in summaries if "test_acc" in s.result]
+    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 CURVE_COLUMNS = ["run", "explainer", "fraction", "masked_accuracy", "deletion"]

@@ -24,13 +24,15 @@ TINY = Plan(
     resume_rounds=1,
     penalty_setting=TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05, queries_per_epoch=3, seeds=(0, 1)),
     penalty_methods=("hitl",), penalty_variants=("rrr/exact", "counterfactual"),
+    feedback_settings=(TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05, queries_per_epoch=3),),
+    feedback_runs=("plain", "hitl"), feedback_methods=("penalty", "counterexamples"),
 )
 
 
 @pytest.fixture(scope="module")
 def results():
-    return run_benchmarks(TINY, torch.device("cpu"), ("learning", "cost", "latency", "penalties"),
-                          log=lambda message: None)
+    return run_benchmarks(TINY, torch.device("cpu"), ("learning", "cost", "latency", "penalties", "feedback"),
+                          log=lambda message: None, jobs=2)
 
 
 def test_every_section_has_its_keys(results):
@@ -60,6 +62,11 @@ def test_every_section_has_its_keys(results):
     assert [(r["variant"], r["seed"]) for r in penalties] == \
         [("rrr/exact", 0), ("rrr/exact", 1), ("counterfactual", 0), ("counterfactual", 1)]
     assert all(r["n_annotated"] > 0 and 0 <= r["test_acc"] <= 1 for r in penalties)
+    feedback = results["feedback"]  # trained two at a time, in processes of their own
+    assert [(r["method"], r["feedback"], r["impl"]) for r in feedback] == \
+        [("plain", None, None), ("hitl", "penalty", "exact"), ("hitl", "counterexamples", None)]
+    assert all(r["n_annotated"] > 0 for r in feedback[1:])
+    assert results["jobs"] == {"learning": 2, "penalties": 2, "feedback": 2}
     latency = {(r["what"], r["method"]) for r in results["latency"]}
     assert latency == {("query_queue", "gradcam"), ("submit_to_applied", None), ("submit_to_resume", None)}
     assert all(r["seconds"] > 0 for r in results["latency"])
@@ -69,8 +76,8 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
     path = tmp_path / "cpu-test.json"
     path.write_text(json.dumps(results))
     markdown = report.render_all([path])
-    for heading in ("Learning outcome", "Step cost", "What each penalty teaches", "Latency", "Targets",
-                    "Reference figures"):
+    for heading in ("Learning outcome", "Step cost", "What each penalty teaches", "What each feedback method teaches",
+                    "Latency", "Targets", "Reference figures"):
         assert heading in markdown
     assert "counterfactual teaches as rrr/exact does (decoy-digits, hitl): test accuracy" in markdown
     assert "linearised parameter-gradient cosine with exact ≥ 0.95 on every batch: **holds**" in markdown

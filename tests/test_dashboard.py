@@ -644,8 +644,10 @@ def test_progress_inside_the_epoch_shows_while_training(app, tmp_path):
 
 
 def test_metrics_page_overlays_runs(app, tmp_path):
-    make_run(tmp_path, "first", protocol.FINISHED, epochs_done=3)
-    make_run(tmp_path, "second", protocol.FINISHED, epochs_done=2)
+    make_run(tmp_path, "first", protocol.FINISHED, epochs_done=3,
+             result={"test_acc": 0.9, "test_consistent_acc": 0.95, "shortcut_gap": 0.05, "test_wrong_reason": 0.1})
+    make_run(tmp_path, "second", protocol.FINISHED, epochs_done=2,
+             result={"test_acc": 0.5, "test_consistent_acc": 1.0, "shortcut_gap": 0.5, "test_wrong_reason": "?"})
     at = app("metrics")
     assert [m.label for m in at.metric] == ["Epochs done", "Validation accuracy", "Best validation loss",
                                            "Images with feedback"]
@@ -655,6 +657,18 @@ def test_metrics_page_overlays_runs(app, tmp_path):
     at.multiselect[0].set_value(["second"]).run()
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {trace["legendgroup"].split(",")[0] for trace in figure["data"]} == {"first", "second"}
+    # the behavioural measure of the shortcut, run beside run; an unreadable figure is left blank
+    table = at.dataframe[0].value
+    assert table.run.tolist() == ["first", "second"]
+    assert table.shortcut_gap.tolist() == [0.05, 0.5]
+    assert table.test_wrong_reason.isna().tolist() == [False, True]
+
+
+def test_metrics_page_without_a_label_consistent_split_shows_test_accuracy_only(app, tmp_path):
+    make_run(tmp_path, "real", protocol.FINISHED, epochs_done=2, result={"test_acc": 0.8})
+    table = app("metrics").dataframe[0].value
+    assert list(table.columns) == ["run", "test_acc", "test_wrong_reason"]
+    assert table.test_acc.tolist() == [0.8]
 
 
 def test_learning_page_shows_marks_and_saliency(app, tmp_path):

@@ -41,27 +41,37 @@ class Counterexamples:
         self.feedback, self.gather, self.share, self.fill, self.dilate = feedback, gather, share, fill, dilate
 
     def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
-        """The batch with counterexamples appended: (x, y, idx, number appended). Their ``idx`` is the
-        annotated image's, so a penalty that also runs (``--feedback both``) sees them as annotated."""
+        """The batch with its annotated images replaced by counterexamples of themselves and ``share ×
+        batch size`` counterexamples of random annotated images appended: (x, y, idx, number appended).
+        An annotated image is never shown as it is: with its shortcut intact it would teach the shortcut
+        again. Every row keeps its annotated image's ``idx``, so a penalty that also runs (``--feedback
+        both``) sees them as annotated."""
         if not len(self.feedback):
             return x, y, idx, 0
-        k = max(1, round(self.share * len(x)))
+        rows, masks = self.feedback.lookup(idx)
         annotated = self.feedback.indices.cpu()
+        if len(rows):
+            x = x.clone()
+            x[rows] = self._replace_marked(x[rows], masks.to(x.device), x, annotated, g)
+        k = max(1, round(self.share * len(x)))
         pick = annotated[torch.randint(len(annotated), (k,), generator=g)]
         xs, ys = self.gather(pick)
-        xs, ys = xs.to(x.device), ys.to(y.device)
         _, masks = self.feedback.lookup(pick.to(self.feedback.device))
-        masks = masks.to(x.device)
+        ce = self._replace_marked(xs.to(x.device), masks.to(x.device), x, annotated, g)
+        return torch.cat([x, ce]), torch.cat([y, ys.to(y.device)]), torch.cat([idx, pick.to(idx.device)]), k
+
+    def _replace_marked(self, xs: torch.Tensor, masks: torch.Tensor, batch: torch.Tensor, annotated: torch.Tensor,
+                        g: torch.Generator) -> torch.Tensor:
+        """``xs`` with the (dilated) marked pixels taken from the fill."""
         if self.dilate:  # a loose mark that cuts into the region would leave a strip of it, label and all
             masks = F.max_pool2d(masks[:, None], 2 * self.dilate + 1, stride=1, padding=self.dilate)[:, 0]
-        fill = fill_region(xs, x, g)
+        fill = fill_region(xs, batch, g)
         if self.fill != "region":
             pasted = fill_paste(xs, masks, self.gather, annotated, self.feedback, g)
-            use = torch.ones(k, dtype=torch.bool) if self.fill == "paste" else torch.rand(k, generator=g) < 0.5
-            fill[use.to(x.device)] = pasted[use.to(x.device)]
+            use = torch.ones(len(xs), dtype=torch.bool) if self.fill == "paste" else torch.rand(len(xs), generator=g) < 0.5
+            fill[use.to(xs.device)] = pasted[use.to(xs.device)]
         m = masks[:, None]
-        ce = xs * (1 - m) + fill * m
-        return torch.cat([x, ce]), torch.cat([y, ys]), torch.cat([idx, pick.to(idx.device)]), k
+        return xs * (1 - m) + fill * m
 
 
 def fill_region(xs: torch.Tensor, donors: torch.Tensor, g: torch.Generator) -> torch.Tensor:

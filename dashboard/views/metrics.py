@@ -46,7 +46,36 @@ def charts(names: list[str]) -> None:
             figure = line_chart(frame, title, columns, tick_format, overlay=len(names) > 1)
             if figure is not None:
                 st.plotly_chart(figure, key=f"chart-{i}")
+    test_results([run_reader.summarise(common.run_dir(name)) for name in names])
     confusion_matrix(common.run_dir(names[0]))
+
+
+def test_results(summaries: list[run_reader.RunSummary]) -> None:
+    """The finished runs' held-out test figures side by side; the shortcut gap is the behavioural
+    measure of what feedback changed, the wrong-reason share the input-gradient one."""
+    table = run_reader.test_results(summaries)
+    if table.empty:
+        return
+    st.subheader("Held-out test, after training")
+    consistent = table.test_consistent_acc.notna().any()
+    if consistent:
+        st.caption("On the test split the confounder (sticker, patch, corner mark) is independent of the label; "
+                   "in the label-consistent copy of it, it goes with the label as in training. The gap between "
+                   "the two is how much the shortcut decides: near 0 when the model ignores it, about 50 points "
+                   "on two classes when it decides alone.")
+    else:
+        table = table.drop(columns=["test_consistent_acc", "shortcut_gap"])
+    st.dataframe(table, hide_index=True, column_config={
+        "run": st.column_config.TextColumn("Run"),
+        "test_acc": st.column_config.NumberColumn("Test accuracy", format="percent"),
+        "test_consistent_acc": st.column_config.NumberColumn("Label-consistent accuracy", format="percent"),
+        "shortcut_gap": st.column_config.NumberColumn(
+            "Shortcut gap", format="percent", help="Label-consistent minus test accuracy: lower is better"),
+        "test_wrong_reason": st.column_config.NumberColumn(
+            "Wrong-reason share", format="%.3f",
+            help="Share of input-gradient attribution inside the confounder's true region (an input-gradient "
+                 "measure: a flat gradient can hide a shortcut that the gap shows)"),
+    })
 
 
 def tiles(frame: pd.DataFrame) -> None:
