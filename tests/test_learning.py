@@ -15,7 +15,7 @@ from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
-from trainer.counterexamples import Counterexamples
+from trainer.counterexamples import Counterexamples, dilation_pixels
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.export import LABELS_FILE, export_run
@@ -207,6 +207,32 @@ def test_counterexamples_can_fill_beyond_a_loose_mark():
     loose = Counterexamples(feedback, lambda i: (x[i], y[i]), share=1.0, fill="region", dilate=1)
     assert (tight.extend(donors, y, torch.arange(4), g)[0][4:, :, 2, 0:3] == 1).all()
     assert (loose.extend(donors, y, torch.arange(4), g)[0][4:, :, 0:3, 0:3] == 0.5).all()
+
+
+def test_an_annotated_image_in_a_batch_enters_as_a_counterexample_of_itself():
+    """Shown unchanged, an annotated image would teach its shortcut again; the rest of the batch is untouched."""
+    x = torch.full((32, 1, 12, 12), 0.5)
+    x[:2, :, 0:3, 0:3] = 1.0                     # two annotated images with their region
+    y = torch.zeros(32, dtype=torch.long)
+    feedback = FeedbackSet(32, 12, 12)
+    marks = torch.zeros(2, 12, 12, dtype=torch.bool)
+    marks[:, 0:3, 0:3] = True
+    for i in range(2):
+        feedback.add(i, marks[i])
+    ce = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.05, fill="region")
+    xb, yb, idx, k = ce.extend(x, y, torch.arange(32), torch.Generator().manual_seed(0))
+    assert len(xb) == 32 + k and torch.equal(idx[:32], torch.arange(32)) and torch.equal(yb[:32], y)
+    assert (xb[:2, :, 0:3, 0:3] == 0.5).all()     # the marked pixels come from the other images
+    assert torch.equal(xb[:2, :, 3:, :], x[:2, :, 3:, :]) and torch.equal(xb[2:32], x[2:])
+
+
+def test_auto_dilation_grows_with_the_image():
+    assert [dilation_pixels("auto", s) for s in (16, 32, 64, 224)] == [1, 1, 2, 7]
+    assert dilation_pixels(3, 224) == 3
+    assert parse_args(["--feedback", "counterexamples", "--counterexample-dilate", "4"])[0].counterexample_dilate == 4
+    assert parse_args(["--feedback", "both"])[0].counterexample_dilate == "auto"
+    with pytest.raises(CLIError, match="expected auto or a number of pixels, got 'wide'"):
+        parse_args(["--feedback", "both", "--counterexample-dilate", "wide"])
 
 
 def test_counterexample_flags_without_counterexamples_are_refused(capsys):

@@ -228,9 +228,16 @@ def _add_learning_arguments(group) -> None:
     group.add_argument("--counterexample-fill", choices=FILLS,
                        help="region: the same pixels of another image; paste: another annotated image's marked "
                             "content; mix (default): half each")
-    group.add_argument("--counterexample-dilate", type=_non_negative(int), metavar="PIXELS",
+    def dilation(text: str) -> int | str:
+        if text == "auto":
+            return text
+        if not text.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected auto or a number of pixels, got {text!r}")
+        return int(text)
+
+    group.add_argument("--counterexample-dilate", type=dilation, metavar="auto|PIXELS",
                        help="grow each mark by this many pixels before filling it, so that a loose mark that cuts "
-                            "into the region leaves none of it (default 0)")
+                            "into the region leaves none of it (default auto: 1/32 of the image side)")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")

@@ -26,6 +26,15 @@ from .feedback import FeedbackSet
 
 FEEDBACK_METHODS = ("penalty", "counterexamples", "both")
 FILLS = ("mix", "region", "paste")
+AUTO_DILATION_SHARE = 1 / 32  # of the image's longer side (docs/learning.md: rough marks)
+
+
+def dilation_pixels(setting: int | str, image_size: int) -> int:
+    """``--counterexample-dilate``: a number of pixels, or ``auto``: 1/32 of the image side (2 px at
+    64 px, 7 at 224), about how far a quickly drawn box misses a region's edge."""
+    if setting == "auto":
+        return max(1, round(image_size * AUTO_DILATION_SHARE))
+    return int(setting)
 
 
 class Counterexamples:

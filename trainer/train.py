@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
-from .counterexamples import Counterexamples
+from .counterexamples import Counterexamples, dilation_pixels
 from .data import DataSplits, Split, build_run_dataset
 from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
@@ -145,7 +145,7 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
                    if cfg.annotator == "oracle" else None),
         counterexamples=None if cfg.feedback_method == "penalty" else Counterexamples(
             feedback, lambda i: gather(data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
-            cfg.counterexample_dilate))
+            dilation_pixels(cfg.counterexample_dilate, cfg.image_size)))
 
 
 class Trainer:
