@@ -660,7 +660,7 @@ def test_metrics_page_overlays_runs(app, tmp_path):
     # the behavioural measure of the shortcut, run beside run; an unreadable figure is left blank
     table = at.dataframe[0].value
     assert table.run.tolist() == ["first", "second"]
-    assert table.shortcut_gap.tolist() == [0.05, 0.5]
+    assert table.shortcut_gap.tolist() == pytest.approx([5.0, 50.0])  # points
     assert table.test_wrong_reason.isna().tolist() == [False, True]
 
 
@@ -668,7 +668,7 @@ def test_metrics_page_without_a_label_consistent_split_shows_test_accuracy_only(
     make_run(tmp_path, "real", protocol.FINISHED, epochs_done=2, result={"test_acc": 0.8})
     table = app("metrics").dataframe[0].value
     assert list(table.columns) == ["run", "test_acc", "test_wrong_reason"]
-    assert table.test_acc.tolist() == [0.8]
+    assert table.test_acc.tolist() == pytest.approx([80.0])
 
 
 def test_learning_page_shows_marks_and_saliency(app, tmp_path):

@@ -60,17 +60,19 @@ def test_results(summaries: list[run_reader.RunSummary]) -> None:
     consistent = table.test_consistent_acc.notna().any()
     if consistent:
         st.caption("On the test split the confounder (sticker, patch, corner mark) is independent of the label; "
-                   "in the label-consistent copy of it, it goes with the label as in training. The gap between "
-                   "the two is how much the shortcut decides: near 0 when the model ignores it, about 50 points "
-                   "on two classes when it decides alone.")
+                   "in its label-consistent copy it goes with the label, as in training. The gap between the two "
+                   "is how much the shortcut decides: near 0 when the model ignores it; when the shortcut decides "
+                   "alone, test accuracy falls to chance and the gap is the rest.")
     else:
         table = table.drop(columns=["test_consistent_acc", "shortcut_gap"])
+    points = [c for c in ("test_acc", "test_consistent_acc", "shortcut_gap") if c in table]
+    table[points] = table[points] * 100
     st.dataframe(table, hide_index=True, column_config={
         "run": st.column_config.TextColumn("Run"),
-        "test_acc": st.column_config.NumberColumn("Test accuracy", format="percent"),
-        "test_consistent_acc": st.column_config.NumberColumn("Label-consistent accuracy", format="percent"),
+        "test_acc": st.column_config.NumberColumn("Test accuracy", format="%.1f%%"),
+        "test_consistent_acc": st.column_config.NumberColumn("Label-consistent accuracy", format="%.1f%%"),
         "shortcut_gap": st.column_config.NumberColumn(
-            "Shortcut gap", format="percent", help="Label-consistent minus test accuracy: lower is better"),
+            "Shortcut gap", format="%.1f points", help="Label-consistent minus test accuracy: lower is better"),
         "test_wrong_reason": st.column_config.NumberColumn(
             "Wrong-reason share", format="%.3f",
             help="Share of input-gradient attribution inside the confounder's true region (an input-gradient "
