@@ -62,16 +62,20 @@ def summary_table(results: dict[str, dict]) -> str:
     plain, feedback = results["plain"], results["feedback"]
     rows = [("test accuracy (decorrelated)", "test_acc", "{:.1%}"),
             ("test accuracy (label-consistent)", "test_consistent_acc", "{:.1%}"),
+            ("shortcut gap (consistent − test)", "shortcut_gap", "{:.1%}"),
             ("wrong-reason share", "test_wrong_reason", "{:.3f}"),
             ("min validation loss", "best_val_loss", "{:.3f}"),
             ("annotated images", "n_feedback", "{}"),
             ("seconds", "seconds", "{:.0f}")]
     lines = ["", f"{'':34}{'plain':>12}{'feedback':>12}"]
     for label, key, fmt in rows:
-        lines.append(f"{label:34}{fmt.format(plain[key]):>12}{fmt.format(feedback[key]):>12}")
+        if key in plain and key in feedback:
+            lines.append(f"{label:34}{fmt.format(plain[key]):>12}{fmt.format(feedback[key]):>12}")
     gain = feedback["test_acc"] - plain["test_acc"]
+    gap = (f", the shortcut gap by {(feedback['shortcut_gap'] - plain['shortcut_gap']) * 100:+.1f} points"
+           if "shortcut_gap" in plain and "shortcut_gap" in feedback else "")
     lines.append(f"\nFeedback on {feedback['n_feedback']} images changed decorrelated test accuracy by "
-                 f"{gain * 100:+.1f} points and the wrong-reason share from "
+                 f"{gain * 100:+.1f} points{gap} and the wrong-reason share from "
                  f"{plain['test_wrong_reason']:.3f} to {feedback['test_wrong_reason']:.3f}.")
     return "\n".join(lines)
 
