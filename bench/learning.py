@@ -9,7 +9,8 @@ Methods (one full ``Trainer.fit`` each, fresh run directory):
 ``hitl_late``  the same, first asked after epoch 1 (``-se 1``, the original tool's timing);
 ``hitl_box``, ``hitl_loose``, ``hitl_partial``
                ``hitl`` with the annotator drawing as people do (``--oracle-style``): bounding boxes; boxes
-               off by a few pixels with 20% of the queries skipped; part of each region left unmarked;
+               off by a few pixels with 20% of the queries skipped (counterexamples grow these marks:
+               ``--counterexample-dilate auto``); part of each region left unmarked;
 ``all_masks``  every training image's mask given before training (``--prior-masks all``): the upper
                bound of feedback;
 ``clean_masks`` masks on every image of the ``clean`` training set, where the model does not use what
@@ -48,8 +49,9 @@ from trainer.train import Trainer
 from .plans import Plan, TrainingSetting, variant_settings
 
 MASK_METHODS = ("hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial", "all_masks", "clean_masks")
-# the simulated annotator's style and skipped share per hitl method
-ORACLE_STYLES = {"hitl_box": ("box", 0.0), "hitl_loose": ("loose", 0.2), "hitl_partial": ("partial", 0.0)}
+# the simulated annotator's style and skipped share per hitl method, and the counterexamples' dilation
+# (rough marks are grown, as docs/learning.md advises for them)
+ORACLE_STYLES = {"hitl_box": ("box", 0.0, 0), "hitl_loose": ("loose", 0.2, "auto"), "hitl_partial": ("partial", 0.0, 0)}
 EFFICIENCY_HOW = "first N ground-truth masks of the training set added before training (--prior-masks N); no queries"
 
 
@@ -88,7 +90,7 @@ def train_config(setting: TrainingSetting, method: str, seed: int, device: torch
     if method == "hitl_late":
         cfg.query_start_epoch = 1
     if method in ORACLE_STYLES:
-        cfg.oracle_style, cfg.oracle_skip = ORACLE_STYLES[method]
+        cfg.oracle_style, cfg.oracle_skip, cfg.counterexample_dilate = ORACLE_STYLES[method]
     if method == "sgt":
         cfg.method = "sgt"
     if method in ("clean", "clean_masks"):

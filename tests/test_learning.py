@@ -230,7 +230,8 @@ def test_auto_dilation_grows_with_the_image():
     assert [dilation_pixels("auto", s) for s in (16, 32, 64, 224)] == [1, 1, 2, 7]
     assert dilation_pixels(3, 224) == 3
     assert parse_args(["--feedback", "counterexamples", "--counterexample-dilate", "4"])[0].counterexample_dilate == 4
-    assert parse_args(["--feedback", "both"])[0].counterexample_dilate == "auto"
+    assert parse_args(["--feedback", "both", "--counterexample-dilate", "auto"])[0].counterexample_dilate == "auto"
+    assert parse_args(["--feedback", "both"])[0].counterexample_dilate == 0
     with pytest.raises(CLIError, match="expected auto or a number of pixels, got 'wide'"):
         parse_args(["--feedback", "both", "--counterexample-dilate", "wide"])
 

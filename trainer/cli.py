@@ -237,7 +237,8 @@ def _add_learning_arguments(group) -> None:
 
     group.add_argument("--counterexample-dilate", type=dilation, metavar="auto|PIXELS",
                        help="grow each mark by this many pixels before filling it, so that a loose mark that cuts "
-                            "into the region leaves none of it (default auto: 1/32 of the image side)")
+                            "into the region leaves none of it; auto: 1/32 of the image side, for rough marks "
+                            "(default 0: with exact marks growing them costs accuracy, docs/learning.md)")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")

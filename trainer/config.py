@@ -47,7 +47,7 @@ class TrainConfig:
     feedback_method: str = "penalty"        # penalty | counterexamples | both
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste
-    counterexample_dilate: int | str = "auto"  # pixels the marks grow by before they are filled; auto: 1/32 of the side
+    counterexample_dilate: int | str = 0    # pixels the marks grow by before they are filled; auto: 1/32 of the side
     prior_masks: str | None = None          # all | N: ground-truth masks of the first N training images
     oracle_style: str = "exact"             # exact | box | loose | partial (trainer/annotator.py)
     oracle_skip: float = 0.0                # share of queries the simulated annotator skips

@@ -7,8 +7,9 @@ Teso & Kersting 2019). Fills are drawn afresh for every batch, so one annotated 
 counterexample each time it is used. An annotated image never enters a batch as it is: where the
 sampler or the oversampling brings one, it comes as a counterexample of itself (with masks on every
 image that makes the confounder uninformative in every batch: 96.5% instead of 88.8% on
-synthetic-lesions, docs/learning.md). Marks grow by ``--counterexample-dilate`` pixels first (``auto``:
-1/32 of the image side), so that a quickly drawn box that cuts into the region leaves none of it.
+synthetic-lesions, docs/learning.md). Marks can grow by ``--counterexample-dilate`` pixels first
+(``auto``: 1/32 of the image side), so that a quickly drawn box that cuts into the region leaves none
+of it; with exact marks that costs accuracy, so the default is 0 (docs/learning.md, rough marks).
 
 Two fills, mixed half and half by default (``--counterexample-fill``):
 
