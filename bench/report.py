@@ -94,7 +94,11 @@ def render_learning(results: dict, section: str = "learning", title: str = "Lear
 
 
 def render_feedback(results: dict) -> list[str]:
-    return render_learning(results, "feedback", "What each feedback method teaches")
+    out = render_learning(results, "feedback", "What each feedback method teaches")
+    if out and results.get("not_run"):
+        out += [f"*Not run (the benchmark was stopped for time; docs/learning.md has single runs of some):* "
+                f"{', '.join(results['not_run'])}.", ""]
+    return out
 
 
 def render_efficiency(results: dict) -> list[str]:

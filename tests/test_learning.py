@@ -15,7 +15,7 @@ from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
-from trainer.counterexamples import Counterexamples, dilation_pixels
+from trainer.counterexamples import Counterexamples, dilation_pixels, resolve_feedback
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.export import LABELS_FILE, export_run
@@ -226,6 +226,25 @@ def test_an_annotated_image_in_a_batch_enters_as_a_counterexample_of_itself():
     assert torch.equal(xb[:2, :, 3:, :], x[:2, :, 3:, :]) and torch.equal(xb[2:32], x[2:])
 
 
+def test_a_run_saved_before_feedback_methods_existed_keeps_the_penalty():
+    saved = TrainConfig().to_dict()
+    del saved["feedback_method"]
+    assert TrainConfig.from_dict(saved).feedback_method == "penalty"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).feedback_method == TrainConfig().feedback_method == "auto"
+
+
+@pytest.mark.parametrize("dataset, method", [("decoy-digits", "both"), ("synthetic-lesions", "counterexamples")])
+def test_auto_feedback_is_resolved_by_data_set_and_saved(tmp_path, dataset, method):
+    cfg = TrainConfig(dataset=dataset, runs_dir=str(tmp_path), title="auto", epochs=1, train_fraction=0.05,
+                      val_fraction=0.1, annotator="none", prior_masks="4", track_images=0)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    assert (cfg.feedback_method, trainer.counterexamples is not None, trainer.penalise) == \
+        (method, True, method == "both")
+    trainer.fit()
+    assert protocol.read_config(trainer.run)["feedback_method"] == method  # a resume does the same
+    assert resolve_feedback("penalty", dataset) == "penalty"  # a method named is kept
+
+
 def test_auto_dilation_grows_with_the_image():
     assert [dilation_pixels("auto", s) for s in (16, 32, 64, 224)] == [1, 1, 2, 7]
     assert dilation_pixels(3, 224) == 3
@@ -238,6 +257,6 @@ def test_auto_dilation_grows_with_the_image():
 
 def test_counterexample_flags_without_counterexamples_are_refused(capsys):
     from trainer.cli import main as cli_main
-    assert cli_main(["--counterexample-share", "0.3", "--annotator", "none"]) == 2
+    assert cli_main(["--feedback", "penalty", "--counterexample-share", "0.3", "--annotator", "none"]) == 2
     err = capsys.readouterr().err
     assert "--counterexample-share only apply with --feedback counterexamples or both" in err and err.count("\n") == 1

@@ -220,9 +220,10 @@ def _add_learning_arguments(group) -> None:
         return v
 
     group.add_argument("--feedback", dest="feedback_method", choices=FEEDBACK_METHODS,
-                       help="how masks reach the weights: penalty (--penalty on annotated images, default), "
+                       help="how masks reach the weights: penalty (--penalty on annotated images), "
                             "counterexamples (annotated images re-entered with the marked pixels replaced, same "
-                            "label; trainer/counterexamples.py) or both")
+                            "label; trainer/counterexamples.py), both, or auto (default): both on decoy-digits, "
+                            "counterexamples elsewhere (docs/learning.md)")
     group.add_argument("--counterexample-share", type=_positive(float),
                        help="counterexamples appended to each batch, as a share of its size (default 0.5)")
     group.add_argument("--counterexample-fill", choices=FILLS,

@@ -44,7 +44,7 @@ class TrainConfig:
     track_images: int = 32                  # annotated images whose saliency is saved every epoch
     dataset_options: dict = field(default_factory=dict)
     # how masks teach (trainer/counterexamples.py), masks given up front, the simulated annotator's style
-    feedback_method: str = "penalty"        # penalty | counterexamples | both
+    feedback_method: str = "auto"           # auto (by data set) | penalty | counterexamples | both
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste
     counterexample_dilate: int | str = 0    # pixels the marks grow by before they are filled; auto: 1/32 of the side
@@ -57,5 +57,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config as saved; a run saved before a setting existed keeps what it trained with then."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**FORMER_DEFAULTS, **{k: v for k, v in d.items() if k in names}})
+
+
+# Settings whose default changed, with what a run saved before they existed used.
+FORMER_DEFAULTS = {"feedback_method": "penalty"}

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
 from .config import TrainConfig
-from .counterexamples import Counterexamples, dilation_pixels
+from .counterexamples import Counterexamples, dilation_pixels, resolve_feedback
 from .data import DataSplits, Split, build_run_dataset
 from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
@@ -124,7 +124,8 @@ class Parts:
 
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
     """The parts a config names. The seed is set before the data set and the model are built, so the same
-    seed gives the same initial weights. Fills in ``cfg.image_size`` from the data set."""
+    seed gives the same initial weights. Fills in ``cfg.image_size`` from the data set and resolves
+    ``--feedback auto``, so the saved config says what the run does."""
     dist = distributed.setup(cfg, pick_device(cfg.device))  # one process unless under torchrun
     device = dist.device
     torch.manual_seed(cfg.seed)
@@ -133,6 +134,7 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
     for note in data.notes if dist.is_writer else ():
         log(f"warning: {note}")
     cfg.image_size = data.image_size
+    cfg.feedback_method = resolve_feedback(cfg.feedback_method, cfg.dataset)
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
     feedback = FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device)
