@@ -76,6 +76,7 @@ def step_config(setting: StepSetting, variant: str, device: torch.device, runs_d
                       image_size=setting.image_size, model=setting.model, batch_size=setting.batch_size,
                       annotator="none", device=device.type, runs_dir=str(runs_dir),
                       title=f"cost-{setting.model}-{setting.image_size}-{variant.replace('/', '-')}",
+                      feedback_method="penalty",  # what is timed is the penalty (counterexamples join in the epoch loop)
                       **variant_settings(variant))
 
 
