@@ -60,6 +60,7 @@ class RunRequest:
     saliency: str
     annotator: str
     data_dir: str = ""
+    feedback_method: str = "auto"       # how marks teach (--feedback)
     processes: int = 1                  # > 1: torchrun with this many processes (DDP, docs/distributed.md)
     extra_args: list[str] = field(default_factory=list)
 
@@ -69,7 +70,7 @@ class RunRequest:
                 "--queries-per-epoch", str(self.queries_per_epoch),
                 "--query-start-epoch", str(self.query_start_epoch),
                 "--lambda", f"{self.penalty_weight:g}", "--saliency", self.saliency,
-                "--annotator", self.annotator]
+                "--annotator", self.annotator, "--feedback", self.feedback_method]
         if self.data_dir.strip():
             args += ["--data-dir", self.data_dir.strip()]
         return args + list(self.extra_args)

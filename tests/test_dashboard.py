@@ -26,10 +26,11 @@ H = W = 32
 CLASSES = [str(i) for i in range(10)]
 OPTIONS = {
     "choices": {"dataset": ["decoy-digits", "folder"], "annotator": ["human", "oracle", "none"],
-                "sampling": ["high_entropy", "random"], "saliency": ["deeplift", "saliency"]},
+                "sampling": ["high_entropy", "random"], "saliency": ["deeplift", "saliency"],
+                "feedback_method": ["auto", "penalty", "counterexamples", "both"]},
     "defaults": {"dataset": "decoy-digits", "model": "hitl_cnn", "epochs": 8, "annotator": "human",
                  "sampling": "high_entropy", "queries_per_epoch": 10, "query_start_epoch": 1,
-                 "penalty_weight": 10.0, "saliency": "deeplift"},
+                 "penalty_weight": 10.0, "saliency": "deeplift", "feedback_method": "auto"},
 }
 
 
@@ -312,14 +313,14 @@ def test_log_tail_keeps_the_last_lines(tmp_path):
 def test_run_request_becomes_trainer_flags(tmp_path):
     request = launcher.RunRequest(title="t", dataset="folder", model="resnet18", epochs=3, sampling="random",
                                   queries_per_epoch=4, query_start_epoch=2, penalty_weight=2.5, saliency="saliency",
-                                  annotator="human", data_dir=" /data/x ",
+                                  annotator="human", data_dir=" /data/x ", feedback_method="counterexamples",
                                   extra_args=launcher.parse_extra_args("--batch-size 16 --lr 1e-3"))
     args = request.trainer_args(tmp_path)
     flags = dict(zip(args[:-4:2], args[1:-4:2]))
     assert flags == {"--runs-dir": str(tmp_path), "--title": "t", "--dataset": "folder", "--model": "resnet18",
                      "--epochs": "3", "--sampling": "random", "--queries-per-epoch": "4",
                      "--query-start-epoch": "2", "--lambda": "2.5", "--saliency": "saliency",
-                     "--annotator": "human", "--data-dir": "/data/x"}
+                     "--annotator": "human", "--feedback": "counterexamples", "--data-dir": "/data/x"}
     assert args[-4:] == ["--batch-size", "16", "--lr", "1e-3"]
     with pytest.raises(launcher.LaunchError, match="could not read"):
         launcher.parse_extra_args('--title "unclosed')
@@ -514,10 +515,14 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     at.text_input[0].set_value("my-run")
     at.number_input[0].set_value(3)
     at.radio[0].set_value("oracle")
+    feedback = next(s for s in at.selectbox if s.label == "How your marks teach")
+    assert feedback.value == "auto"
+    feedback.set_value("counterexamples")
     at.button(key="FormSubmitter:new-run-Start training").click().run()
     (root, request), = started
     assert root == tmp_path and request.title == "my-run"
     assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
+    assert request.feedback_method == "counterexamples"
     assert "Started **my-run**" in texts(at.success)
 
 

@@ -23,6 +23,12 @@ SAMPLING = {
     "low_entropy": "Confidently wrong images first",
     "random": "At random",
 }
+FEEDBACK = {
+    "auto": "Whatever teaches most on this data set (default)",
+    "counterexamples": "Counterexamples: the image again, marks filled from other images",
+    "penalty": "Penalty on the model's gradients inside the marks",
+    "both": "Both",
+}
 MODELS = ["hitl_cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
 GENERATED_DATASETS = ("decoy-digits", "synthetic-lesions")
 
@@ -184,9 +190,17 @@ def new_run_form() -> None:
                 start = st.number_input("First epoch that asks", 0, 1000, defaults["query_start_epoch"],
                                         help="0 asks once before training too: marks given then keep the model "
                                              "from learning the shortcut at all.")
+                feedback_method = st.selectbox(
+                    "How your marks teach", choices["feedback_method"],
+                    index=choices["feedback_method"].index(defaults["feedback_method"]),
+                    format_func=lambda f: FEEDBACK.get(f, f),
+                    help="The default takes the penalty and counterexamples together on decoy-digits and "
+                         "counterexamples alone elsewhere: on lesion-like images the penalty does not move the "
+                         "model off a marked sticker (docs/learning.md).")
                 weight = st.number_input(
-                    "Feedback weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
-                    help="How strongly the model is pushed away from the regions you mark; 0 ignores them.")
+                    "Penalty weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
+                    help="How strongly the penalty pushes the model away from the regions you mark; not used "
+                         "by counterexamples alone.")
                 saliency = st.selectbox("Saliency method", choices["saliency"],
                                         index=choices["saliency"].index(defaults["saliency"]),
                                         help="How the dashboard shows what the model looked at.")
@@ -199,7 +213,8 @@ def new_run_form() -> None:
                 title=title.strip() or launcher.default_title(dataset), dataset=dataset, data_dir=data_dir,
                 model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
                 queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
-                saliency=saliency, annotator=annotator, processes=int(processes)), extra)
+                saliency=saliency, annotator=annotator, feedback_method=feedback_method,
+                processes=int(processes)), extra)
 
 
 def start_from_form(request: launcher.RunRequest, extra: str) -> None:
