@@ -31,7 +31,7 @@ from .feedback import FeedbackSet
 
 FEEDBACK_METHODS = ("auto", "penalty", "counterexamples", "both")
 # --feedback auto, by data set (docs/learning.md, 3 seeds each): on decoy-digits the penalty sees the
-# patch and both together teach the most (hitl 85.5% against 81.1% penalty, 68.3% counterexamples); on
+# patch and both together teach the most (hitl 89.3% against 81.1% penalty, 68.3% counterexamples); on
 # synthetic-lesions no penalty moves the model off the sticker and only counterexamples do (63.3%
 # against 50.4% for both, plain 49.2%), so every other data set (photographs, your own) gets them alone.
 AUTO_FEEDBACK = {"decoy-digits": "both"}
