@@ -91,7 +91,7 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
         world_size=config["world_size"] if isinstance(config.get("world_size"), int) else 1,
         waiting_epoch=status.get("waiting_epoch"), error=status.get("error"),
         traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
-        feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}),
+        feedback_error=status.get("feedback_error"), result=dict(status["result"]) if isinstance(status.get("result"), dict) else {},
         updated=float(status.get("heartbeat") or mtime(run.path)))
     launch = protocol.read_launch(run)
     if launch is not None and launcher.launch_is_newer(launch, status):
@@ -259,12 +259,14 @@ def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[
 TEST_COLUMNS = ["run", "test_acc", "test_consistent_acc", "shortcut_gap", "test_wrong_reason"]
 
 
-def test_results(summaries: list[RunSummary]) -> pd.DataFrame:
+def test_results(runs: list[protocol.RunDir]) -> pd.DataFrame:
     """The held-out test figures finished runs report in their status (one row per run that has a test
     split): accuracy, accuracy where the confounder still matches the label, the gap between them (how
-    much the shortcut decides) and the wrong-reason share. Missing or malformed figures are NaN."""
-    rows = [(s.name, *(_number(s.result.get(c)) for c in TEST_COLUMNS[1:]))
-            for s in summaries if "test_acc" in s.result]
+    much the shortcut decides) and the wrong-reason share. Missing or malformed figures are NaN. Reads
+    the status files only: the Metrics page calls it every refresh."""
+    results = [(run.name, protocol.read_status(run).get("result")) for run in runs]
+    rows = [(name, *(_number(result.get(c)) for c in TEST_COLUMNS[1:]))
+            for name, result in results if isinstance(result, dict) and "test_acc" in result]
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
 
 

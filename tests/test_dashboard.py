@@ -653,15 +653,16 @@ def test_metrics_page_overlays_runs(app, tmp_path):
              result={"test_acc": 0.9, "test_consistent_acc": 0.95, "shortcut_gap": 0.05, "test_wrong_reason": 0.1})
     make_run(tmp_path, "second", protocol.FINISHED, epochs_done=2,
              result={"test_acc": 0.5, "test_consistent_acc": 1.0, "shortcut_gap": 0.5, "test_wrong_reason": "?"})
+    make_run(tmp_path, "broken", protocol.FINISHED, epochs_done=2, result=["not", "a", "result"])
     at = app("metrics")
     assert [m.label for m in at.metric] == ["Epochs done", "Validation accuracy", "Best validation loss",
                                            "Images with feedback"]
     charts = at.get("plotly_chart")
     assert len(charts) == 5  # four metric charts and the confusion matrix
     at.selectbox(key="run").set_value("first").run()
-    at.multiselect[0].set_value(["second"]).run()
+    at.multiselect[0].set_value(["second", "broken"]).run()
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert {trace["legendgroup"].split(",")[0] for trace in figure["data"]} == {"first", "second"}
+    assert {trace["legendgroup"].split(",")[0] for trace in figure["data"]} == {"first", "second", "broken"}
     # the behavioural measure of the shortcut, run beside run; an unreadable figure is left blank
     table = at.dataframe[0].value
     assert table.run.tolist() == ["first", "second"]

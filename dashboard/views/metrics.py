@@ -46,14 +46,14 @@ def charts(names: list[str]) -> None:
             figure = line_chart(frame, title, columns, tick_format, overlay=len(names) > 1)
             if figure is not None:
                 st.plotly_chart(figure, key=f"chart-{i}")
-    test_results([run_reader.summarise(common.run_dir(name)) for name in names])
+    test_results([common.run_dir(name) for name in names])
     confusion_matrix(common.run_dir(names[0]))
 
 
-def test_results(summaries: list[run_reader.RunSummary]) -> None:
+def test_results(runs: list[protocol.RunDir]) -> None:
     """The finished runs' held-out test figures side by side; the shortcut gap is the behavioural
     measure of what feedback changed, the wrong-reason share the input-gradient one."""
-    table = run_reader.test_results(summaries)
+    table = run_reader.test_results(runs)
     if table.empty:
         return
     st.subheader("Held-out test, after training")
