@@ -42,8 +42,8 @@ NOTES = {
     "penalties": "the mask methods once per penalty variant, same seeds; a difference is within noise when it "
                  "is under twice its standard error",
     "feedback": "the mask methods once per --feedback method, same seeds; hitl_loose: boxes off by up to two "
-                "margins with 20% of queries skipped, counterexamples filling them grown by 1/32 of the side; clean_masks: masks on every image of a training set whose "
-                "confounder does not go with the label",
+                "margins with 20% of queries skipped, counterexamples filling them grown by 1/32 of the side; "
+                "clean_masks: masks on every image of a training set whose confounder does not go with the label",
     "distributed": "images per second of the second epoch (training and validation) of a plain decoy-digits run, "
                    "batch 64, in one process and through torchrun; on CPU the processes share the cores",
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
