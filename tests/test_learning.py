@@ -260,3 +260,20 @@ def test_counterexample_flags_without_counterexamples_are_refused(capsys):
     assert cli_main(["--feedback", "penalty", "--counterexample-share", "0.3", "--annotator", "none"]) == 2
     err = capsys.readouterr().err
     assert "--counterexample-share only apply with --feedback counterexamples or both" in err and err.count("\n") == 1
+
+
+def test_feedback_indices_follow_every_change_of_the_set():
+    """``indices`` is kept between changes (every batch asks for it): an added image or a loaded state shows."""
+    feedback = FeedbackSet(10, 4, 4)
+    mark = torch.ones(4, 4, dtype=torch.bool)
+    feedback.add(7, mark)
+    feedback.add(2, mark)
+    assert feedback.indices.tolist() == [7, 2]
+    feedback.add(7, mark)            # a second mark for the same image changes nothing here
+    feedback.add(5, mark)
+    assert feedback.indices.tolist() == [7, 2, 5]
+    other = FeedbackSet(10, 4, 4)
+    other.add(1, mark)
+    assert other.indices.tolist() == [1]
+    other.load_state_dict(feedback.state_dict())
+    assert other.indices.tolist() == [7, 2, 5]

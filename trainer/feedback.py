@@ -21,15 +21,19 @@ class FeedbackSet:
         self.masks = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.relevant = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.excluded = torch.zeros(num_images, dtype=torch.bool, device=self.device)
+        self._indices: torch.Tensor | None = None  # ``indices``, until an image is added
 
     def __len__(self) -> int:
         return len(self.masks)
 
     @property
     def indices(self) -> torch.Tensor:
-        """Dataset indices of the annotated images, in the order they were first annotated."""
-        order = torch.nonzero(self.position >= 0).flatten()
-        return order[self.position[order].argsort()]
+        """Dataset indices of the annotated images, in the order they were first annotated. Kept until
+        the set changes: every training batch asks for them."""
+        if self._indices is None:
+            order = torch.nonzero(self.position >= 0).flatten()
+            self._indices = order[self.position[order].argsort()]
+        return self._indices
 
     def add(self, index: int, mask: torch.Tensor, relevant: torch.Tensor | None = None) -> None:
         mask = mask.to(self.device, torch.bool)
@@ -42,6 +46,7 @@ class FeedbackSet:
             self.relevant[pos] |= relevant
         else:
             self.position[index] = len(self.masks)
+            self._indices = None
             self.masks = torch.cat([self.masks, mask[None]])
             self.relevant = torch.cat([self.relevant, relevant[None]])
 
@@ -86,6 +91,7 @@ class FeedbackSet:
 
     def load_state_dict(self, state: dict) -> None:
         self.position = state["position"].to(self.device)
+        self._indices = None
         self.masks = state["masks"].to(self.device)
         self.relevant = state.get("relevant", torch.zeros_like(state["masks"])).to(self.device)  # older checkpoints
         self.excluded = state["excluded"].to(self.device)
