@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from trainer.protocol import atomic_write_text
 from trainer.train import pick_device
 
 from . import cost, distributed, latency, learning
@@ -56,13 +57,18 @@ def log(message: str) -> None:
 
 
 def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                jobs: int = 1) -> dict:
+                jobs: int = 1, progress: Callable[[dict], None] = lambda part: None) -> dict:
+    """The section's results; a training section also hands ``progress`` its rows after every run, with
+    the runs not finished under ``not_run``."""
+    def rows_so_far(rows: list, left: list) -> None:
+        progress({section: rows, "not_run": {section: left}})
+
     if section == "learning":
-        rows, skipped = learning.run_learning(plan, device, runs_dir, log, jobs)
+        rows, skipped = learning.run_learning(plan, device, runs_dir, log, jobs, rows_so_far)
         return {"learning": rows, "skipped": skipped,
                 "efficiency": learning.run_efficiency(plan, device, runs_dir, log, jobs)}
     if section == "feedback":
-        rows, skipped = learning.run_feedback(plan, device, runs_dir, log, jobs)
+        rows, skipped = learning.run_feedback(plan, device, runs_dir, log, jobs, rows_so_far)
         return {"feedback": rows, "skipped": skipped}
     if section == "cost":
         return {"cost": cost.run_cost(plan, device, runs_dir, log),
@@ -81,18 +87,28 @@ def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] =
     """Run the chosen sections in fresh run directories under a temporary folder; the results dict.
 
     A failing section is logged and recorded under ``errors`` and the others still run; ``save``
-    receives the results after every section, so a long run that fails late keeps what it measured."""
+    receives the results after every section and every finished training run (the runs still to come
+    under ``not_run``), so a long run that fails or is stopped late keeps what it measured."""
     results: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(device),
                      "plan": plan.to_dict(), "notes": NOTES, "seconds": {}, "skipped": [], "errors": [],
-                     "jobs": {section: jobs for section in sections if section in TRAINING_SECTIONS}}
+                     "not_run": {}, "jobs": {section: jobs for section in sections if section in TRAINING_SECTIONS}}
+    partial: dict = {}
+
+    def progress(part: dict) -> None:
+        partial.clear()
+        partial.update(part, not_run={**results["not_run"], **part["not_run"]})
+        save(finite({**results, **partial}))
+
     with tempfile.TemporaryDirectory(prefix="hitl-bench-") as tmp:
         for section in sections:
             t0 = time.perf_counter()
+            partial.clear()
             try:
                 part = run_section(section, plan, device, Path(tmp), log,
-                                   jobs if section in TRAINING_SECTIONS else 1)
+                                   jobs if section in TRAINING_SECTIONS else 1, progress)
             except Exception as e:
                 log(f"{section} failed:\n{traceback.format_exc()}")
+                results.update(partial)  # the runs it finished
                 results["errors"].append({"section": section, "error": f"{type(e).__name__}: {e}"})
             else:
                 results["skipped"] += part.pop("skipped", [])
@@ -123,6 +139,8 @@ def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
     merged["jobs"] = {**old.get("jobs", {}), **new.get("jobs", {})}
     merged["skipped"] = [s for s in old.get("skipped", []) if s["section"] not in sections] + new["skipped"]
     merged["errors"] = [e for e in old.get("errors", []) if e["section"] not in sections] + new["errors"]
+    merged["not_run"] = {**{k: v for k, v in old.get("not_run", {}).items() if k not in sections},
+                         **new.get("not_run", {})}
     return merged
 
 
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if earlier is not None:
             results = merge(earlier, results, sections)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")  # read while it runs
         log(f"wrote {path}")
 
     if args.jobs < 1:

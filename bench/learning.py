@@ -36,7 +36,7 @@ import math
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -122,19 +122,29 @@ def _worker_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def train_all(configs: list[TrainConfig], jobs: int, log: Callable[[str], None]) -> list[dict]:
+def train_all(configs: list[TrainConfig], jobs: int, log: Callable[[str], None],
+              on_row: Callable[[int, dict], None] = lambda i, row: None) -> list[dict]:
     """Rows of ``configs``, in order: one run after another, or ``jobs`` at a time in processes of their
     own, the cores shared out (each run is seeded, so its result does not depend on ``jobs``; its
-    ``seconds`` do)."""
+    ``seconds`` do). ``on_row(i, row)`` hears of each run as it finishes, so a long section that is
+    stopped keeps what it measured."""
+    rows: list = [None] * len(configs)
+
+    def finished(i: int, row: dict) -> None:
+        rows[i] = _logged(configs[i], row, log)
+        on_row(i, row)
+
     if jobs <= 1:
-        return [_logged(cfg, train(cfg), log) for cfg in configs]
+        for i, cfg in enumerate(configs):
+            finished(i, train(cfg))
+        return rows
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads,
                              initargs=(threads,)) as pool:
-        futures = [pool.submit(train, cfg) for cfg in configs]
-        for cfg, future in zip(configs, futures):
-            _logged(cfg, future.result(), log)
-        return [f.result() for f in futures]
+        futures = {pool.submit(train, cfg): i for i, cfg in enumerate(configs)}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    return rows
 
 
 def _logged(cfg: TrainConfig, row: dict, log: Callable[[str], None]) -> dict:
@@ -145,9 +155,11 @@ def _logged(cfg: TrainConfig, row: dict, log: Callable[[str], None]) -> dict:
 
 def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple[str, ...],
              feedback_methods: tuple[str | None, ...], seeds: tuple[int, ...], device: torch.device, runs_dir: Path,
-             log: Callable[[str], None], jobs: int = 1) -> tuple[list, list]:
+             log: Callable[[str], None], jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None
+             ) -> tuple[list, list]:
     """Rows for every (data set, method, seed), the mask methods once per feedback method (None: the
-    trainer's default), and the methods skipped with the reason."""
+    trainer's default), and the methods skipped with the reason. ``progress(rows, not_run)`` hears the
+    rows finished so far (in plan order) and the titles of the runs not finished yet, after each run."""
     skipped, planned = [], []
     for setting in settings:
         for method in methods:
@@ -161,26 +173,32 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
                     title = f"{setting.dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
                     planned.append((setting, method, seed,
                                     train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)))
-    rows = []
-    for (setting, method, seed, _), row in zip(planned, train_all([p[-1] for p in planned], jobs, log)):
+    rows: list = [None] * len(planned)
+
+    def finished(i: int, row: dict) -> None:
+        (setting, method, seed, _), row = planned[i], dict(row)
         impl, used = row.pop("impl"), row.pop("feedback")
         masks = method in MASK_METHODS
-        rows.append({"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
-                     "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row})
+        rows[i] = {"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
+                   "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row}
+        progress([r for r in rows if r is not None], [p[-1].title for p, r in zip(planned, rows) if r is None])
+
+    train_all([p[-1] for p in planned], jobs, log, finished)
     return rows, skipped
 
 
 def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                 jobs: int = 1) -> tuple[list, list]:
+                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None) -> tuple[list, list]:
     """Every method on every data set and seed, with the trainer's default feedback method."""
-    return run_grid("learning", plan.learning, plan.methods, (None,), plan.seeds, device, runs_dir, log, jobs)
+    return run_grid("learning", plan.learning, plan.methods, (None,), plan.seeds, device, runs_dir, log, jobs,
+                    progress)
 
 
 def run_feedback(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                 jobs: int = 1) -> tuple[list, list]:
+                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None) -> tuple[list, list]:
     """The feedback section's runs, the mask methods once per feedback method."""
-    return run_grid("feedback", plan.feedback_settings, plan.feedback_runs, plan.feedback_methods, plan.seeds, device, runs_dir,
-                    log, jobs)
+    return run_grid("feedback", plan.feedback_settings, plan.feedback_runs, plan.feedback_methods, plan.seeds,
+                    device, runs_dir, log, jobs, progress)
 
 
 def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],

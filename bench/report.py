@@ -90,15 +90,15 @@ def render_learning(results: dict, section: str = "learning", title: str = "Lear
     for s in results.get("skipped", []):
         if s.get("section", "learning") == section:
             out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
+    not_run = (results.get("not_run") or {}).get(section)
+    if not_run:
+        out.append(f"\n*Not finished when the file was written (the benchmark was stopped or is still running):* "
+                   f"{', '.join(not_run)}.")
     return out + [""]
 
 
 def render_feedback(results: dict) -> list[str]:
-    out = render_learning(results, "feedback", "What each feedback method teaches")
-    if out and results.get("not_run"):
-        out += [f"*Not run (the benchmark was stopped for time; docs/learning.md has single runs of some):* "
-                f"{', '.join(results['not_run'])}.", ""]
-    return out
+    return render_learning(results, "feedback", "What each feedback method teaches")
 
 
 def render_efficiency(results: dict) -> list[str]:

@@ -30,9 +30,15 @@ TINY = Plan(
 
 
 @pytest.fixture(scope="module")
-def results():
+def saved() -> list[dict]:
+    """Every results file the run wrote, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def results(saved):
     return run_benchmarks(TINY, torch.device("cpu"), ("learning", "cost", "latency", "penalties", "feedback"),
-                          log=lambda message: None, jobs=2)
+                          log=lambda message: None, save=lambda r: saved.append(json.loads(json.dumps(r))), jobs=2)
 
 
 def test_every_section_has_its_keys(results):
@@ -88,3 +94,23 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
     assert report.write_readme(markdown, readme)
     text = readme.read_text()
     assert "STALE TABLE" not in text and "Step cost" in text and text.endswith(f"{report.END}\nend\n")
+
+
+def test_a_stopped_section_keeps_the_runs_it_finished(results, saved, tmp_path):
+    """The file on disk is rewritten after every training run: a benchmark stopped hours into a section
+    keeps its finished rows and names the rest, and the report says they are missing."""
+    titles = {"decoy-digits-plain-s0", "decoy-digits-hitl-penalty-s0", "decoy-digits-hitl-counterexamples-s0"}
+    during = [s for s in saved if s.get("feedback") and s["not_run"].get("feedback")]
+    assert [len(s["feedback"]) for s in during] == [1, 2]
+    for snapshot in during:
+        finished = {f"{r['dataset']}-{r['method']}{'-' + r['feedback'] if r['feedback'] else ''}-s{r['seed']}"
+                    for r in snapshot["feedback"]}
+        left = set(snapshot["not_run"]["feedback"])
+        assert finished | left == titles and not finished & left
+        assert snapshot["penalties"] == results["penalties"]  # the sections before it are kept
+    assert saved[-1]["not_run"] == results["not_run"] == {}  # all finished: nothing listed as missing
+    path = tmp_path / "cpu-test.json"
+    path.write_text(json.dumps(during[0]))
+    markdown = report.render_all([path])
+    assert "Not finished when the file was written" in markdown
+    assert all(t in markdown for t in during[0]["not_run"]["feedback"])

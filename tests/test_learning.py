@@ -15,7 +15,7 @@ from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
-from trainer.counterexamples import Counterexamples, dilation_pixels, resolve_feedback
+from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_marks, resolve_feedback
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.export import LABELS_FILE, export_run
@@ -40,7 +40,7 @@ def toy_images(n: int, confounded: bool, g: torch.Generator):
     return x, y, masks
 
 
-def train_toy(annotated: int) -> tuple[float, float]:
+def train_toy(annotated: int, transfer: float = 0.0) -> tuple[float, float]:
     """A linear classifier trained on the confounded toy set, with counterexamples of the first
     ``annotated`` images; its decorrelated test accuracy and the share of its weight on the patch."""
     g = torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def train_toy(annotated: int) -> tuple[float, float]:
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     feedback = FeedbackSet(len(x), 12, 12)
     feedback.add_all(masks[:annotated])
-    counterexamples = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill="region")
+    counterexamples = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill="region", transfer=transfer)
     for _ in range(150):
         idx = torch.randint(len(x), (32,), generator=g)
         xb, yb, idx, _ = counterexamples.extend(x[idx], y[idx], idx, g)
@@ -72,6 +72,59 @@ def test_counterexamples_move_the_decision_off_the_marked_region():
     assert plain_acc < 0.65, "the toy's patch must be the shortcut plain training takes"
     assert acc > 0.75 and acc > plain_acc + 0.15
     assert share < plain_share / 2
+
+
+def test_a_mark_that_recurs_at_one_place_reaches_images_nobody_marked():
+    """Three marked images show the patch's place; carrying it to unannotated images makes the
+    shortcut stop paying everywhere: three marks then teach what eight did not without it."""
+    few_acc, _ = train_toy(annotated=3)
+    acc, share = train_toy(annotated=3, transfer=0.5)
+    eight_acc, _ = train_toy(annotated=8)
+    assert acc > 0.9 and acc > few_acc + 0.15 and acc > eight_acc
+    assert share < 0.05
+
+
+def test_only_small_marks_that_recur_at_one_place_are_carried():
+    corner = torch.zeros(12, 12, dtype=torch.bool)
+    corner[0:3, 0:3] = True
+    shifted = torch.zeros(12, 12, dtype=torch.bool)
+    shifted[1:4, 0:3] = True                       # a rough mark of the same corner
+    marks = [corner, corner, shifted]
+    for i in range(3):                             # marks on the object: each somewhere else
+        blob = torch.zeros(12, 12, dtype=torch.bool)
+        blob[3 * i + 1:3 * i + 3, 8 - 3 * i:10 - 3 * i] = True
+        marks.append(blob)
+    big = torch.ones(12, 12, dtype=torch.bool)
+    big[:2] = False
+    marks += [big, big, big]                       # too large to be an artefact's place
+    marks += [corner]                              # with a relevant region drawn
+    masks = torch.stack(marks)
+    relevant = torch.zeros_like(masks)
+    relevant[-1, 5:8, 5:8] = True
+    assert recurring_marks(masks, relevant).tolist() == [0, 1, 2]
+    assert recurring_marks(masks[:2], relevant[:2]).tolist() == []   # two alike are not yet a place
+    assert len(recurring_marks(masks[:0], relevant[:0])) == 0
+
+
+def test_carried_marks_fill_only_unannotated_images_and_keep_every_label():
+    g = torch.Generator().manual_seed(0)
+    x, y, masks = toy_images(64, True, g)
+    feedback = FeedbackSet(64, 12, 12)
+    feedback.add_all(masks[:3])
+    batch = torch.arange(3, 64)
+    off = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill="region")
+    assert torch.equal(off.extend(x[batch], y[batch], batch, g)[0][:61], x[batch])
+    on = Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, fill="region", transfer=0.5)
+    xb, yb, idx, _ = on.extend(x[batch], y[batch], batch, g)
+    changed = (xb[:61] != x[batch]).flatten(1).any(1)
+    assert 15 <= int(changed.sum()) <= 45           # about half of them
+    assert torch.equal(xb[:61][:, :, ~masks[0]], x[batch][:, :, ~masks[0]])  # only the carried place
+    assert torch.equal(yb[:61], y[batch]) and torch.equal(idx[:61], batch)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, transfer=1.5)
+    assert parse_args(["--counterexample-transfer", "0"])[0].counterexample_transfer == 0
+    with pytest.raises(CLIError, match="between 0 and 1, got nan"):
+        parse_args(["--counterexample-transfer", "nan"])
 
 
 def test_counterexamples_replace_only_the_marked_pixels_and_keep_the_label():
@@ -228,8 +281,9 @@ def test_an_annotated_image_in_a_batch_enters_as_a_counterexample_of_itself():
 
 def test_a_run_saved_before_feedback_methods_existed_keeps_the_penalty():
     saved = TrainConfig().to_dict()
-    del saved["feedback_method"]
+    del saved["feedback_method"], saved["counterexample_transfer"]
     assert TrainConfig.from_dict(saved).feedback_method == "penalty"
+    assert TrainConfig.from_dict(saved).counterexample_transfer == 0.0  # resumed as it was trained
     assert TrainConfig.from_dict(TrainConfig().to_dict()).feedback_method == TrainConfig().feedback_method == "auto"
 
 

@@ -213,9 +213,15 @@ def _add_learning_arguments(group) -> None:
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
+    def share(text: str) -> float:
+        v = _non_negative(float)(text)
+        if not v <= 1:  # nan too
+            raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+        return v
+
     def skip_share(text: str) -> float:
         v = _non_negative(float)(text)
-        if v >= 1:
+        if not v < 1:  # nan too
             raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
         return v
 
@@ -240,6 +246,11 @@ def _add_learning_arguments(group) -> None:
                        help="grow each mark by this many pixels before filling it, so that a loose mark that cuts "
                             "into the region leaves none of it; auto: 1/32 of the image side, for rough marks "
                             "(default 0: with exact marks growing them costs accuracy, docs/learning.md)")
+    group.add_argument("--counterexample-transfer", type=share, metavar="SHARE",
+                       help="share of each batch's unannotated images that also get a mark drawn at the same "
+                            "place on at least 3 annotated images (a sticker in a corner, a ruler along the edge), "
+                            "filled: the artefact stops paying on images nobody marked (default 0.5; 0: only "
+                            "annotated images)")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")
@@ -361,7 +372,8 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
     if cfg.feedback_method == "penalty":
         unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
-                                                      "counterexample_dilate") if k in given]
+                                                      "counterexample_dilate", "counterexample_transfer")
+                  if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --feedback counterexamples or both")
     if resumed is not None and resumed.get("head", "pool") != cfg.head:

@@ -22,6 +22,7 @@ class FeedbackSet:
         self.relevant = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.excluded = torch.zeros(num_images, dtype=torch.bool, device=self.device)
         self._indices: torch.Tensor | None = None  # ``indices``, until an image is added
+        self.version = 0  # changes whenever a mask does: what is derived from the masks is kept until then
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -40,6 +41,7 @@ class FeedbackSet:
         if not mask.any():
             return
         relevant = torch.zeros_like(mask) if relevant is None else relevant.to(self.device, torch.bool) & ~mask
+        self.version += 1
         pos = int(self.position[index])
         if pos >= 0:
             self.masks[pos] |= mask
@@ -92,6 +94,7 @@ class FeedbackSet:
     def load_state_dict(self, state: dict) -> None:
         self.position = state["position"].to(self.device)
         self._indices = None
+        self.version += 1
         self.masks = state["masks"].to(self.device)
         self.relevant = state.get("relevant", torch.zeros_like(state["masks"])).to(self.device)  # older checkpoints
         self.excluded = state["excluded"].to(self.device)

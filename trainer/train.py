@@ -147,7 +147,7 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
                    if cfg.annotator == "oracle" else None),
         counterexamples=None if cfg.feedback_method == "penalty" else Counterexamples(
             feedback, lambda i: gather(data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
-            dilation_pixels(cfg.counterexample_dilate, cfg.image_size)))
+            dilation_pixels(cfg.counterexample_dilate, cfg.image_size), cfg.counterexample_transfer))
 
 
 class Trainer:
