@@ -57,18 +57,22 @@ def log(message: str) -> None:
 
 
 def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                jobs: int = 1, progress: Callable[[dict], None] = lambda part: None) -> dict:
+                jobs: int = 1, progress: Callable[[dict], None] = lambda part: None, match: tuple[str, ...] = ()
+                ) -> dict:
     """The section's results; a training section also hands ``progress`` its rows after every run, with
-    the runs not finished under ``not_run``."""
+    the runs not finished under ``not_run``. ``match``: only the learning and feedback runs whose title
+    contains one of these strings (the efficiency rows are then not run)."""
     def rows_so_far(rows: list, left: list) -> None:
         progress({section: rows, "not_run": {section: left}})
 
     if section == "learning":
-        rows, skipped = learning.run_learning(plan, device, runs_dir, log, jobs, rows_so_far)
+        rows, skipped = learning.run_learning(plan, device, runs_dir, log, jobs, rows_so_far, match)
+        if match:
+            return {"learning": rows, "skipped": skipped}
         return {"learning": rows, "skipped": skipped,
                 "efficiency": learning.run_efficiency(plan, device, runs_dir, log, jobs)}
     if section == "feedback":
-        rows, skipped = learning.run_feedback(plan, device, runs_dir, log, jobs, rows_so_far)
+        rows, skipped = learning.run_feedback(plan, device, runs_dir, log, jobs, rows_so_far, match)
         return {"feedback": rows, "skipped": skipped}
     if section == "cost":
         return {"cost": cost.run_cost(plan, device, runs_dir, log),
@@ -83,7 +87,7 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
 
 def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] = DEFAULT_SECTIONS,
                    log: Callable[[str], None] = log, save: Callable[[dict], None] = lambda results: None,
-                   jobs: int = 1) -> dict:
+                   jobs: int = 1, match: tuple[str, ...] = ()) -> dict:
     """Run the chosen sections in fresh run directories under a temporary folder; the results dict.
 
     A failing section is logged and recorded under ``errors`` and the others still run; ``save``
@@ -105,7 +109,7 @@ def run_benchmarks(plan: Plan, device: torch.device, sections: tuple[str, ...] =
             partial.clear()
             try:
                 part = run_section(section, plan, device, Path(tmp), log,
-                                   jobs if section in TRAINING_SECTIONS else 1, progress)
+                                   jobs if section in TRAINING_SECTIONS else 1, progress, match)
             except Exception as e:
                 log(f"{section} failed:\n{traceback.format_exc()}")
                 results.update(partial)  # the runs it finished
@@ -131,8 +135,30 @@ def finite(value):
     return value
 
 
-def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
-    """An earlier file's sections that were not run again are kept, with their own timings."""
+def merge_rows(old: dict, new: dict, section: str) -> tuple[list, list]:
+    """A section's rows after a ``--match`` run: the earlier file's, each replaced by the new row of the
+    same title, new titles after them; and the titles still not run. A kept row without a ``git``
+    version gets the earlier file's."""
+    fresh = {r["title"]: r for r in new.get(section, [])}
+    rows = []
+    for r in old.get(section, []):
+        title = r.get("title") or run_title(r, section)
+        rows.append(fresh.pop(title, None) or {"title": title, **r, "git": r.get("git", old["machine"].get("git"))})
+    rows += fresh.values()
+    done = {r["title"] for r in rows}
+    not_run = [t for t in old.get("not_run", {}).get(section, []) if t not in done]
+    return rows, not_run + [t for t in new.get("not_run", {}).get(section, []) if t not in not_run]
+
+
+def run_title(row: dict, section: str) -> str:
+    """The run title of a row written before rows had one (feedback rows name their feedback method)."""
+    feedback = row.get("feedback") if section == "feedback" else None
+    return f"{row['dataset']}-{row['method']}{'-' + feedback if feedback else ''}-s{row['seed']}"
+
+
+def merge(old: dict, new: dict, sections: tuple[str, ...], match: tuple[str, ...] = ()) -> dict:
+    """An earlier file's sections that were not run again are kept, with their own timings; with
+    ``match``, the training sections' rows that were not run again too."""
     merged = dict(old)
     merged.update({k: v for k, v in new.items() if k not in ("seconds", "skipped")})
     merged["seconds"] = {**old.get("seconds", {}), **new["seconds"]}
@@ -141,6 +167,9 @@ def merge(old: dict, new: dict, sections: tuple[str, ...]) -> dict:
     merged["errors"] = [e for e in old.get("errors", []) if e["section"] not in sections] + new["errors"]
     merged["not_run"] = {**{k: v for k, v in old.get("not_run", {}).items() if k not in sections},
                          **new.get("not_run", {})}
+    for section in sections if match else ():
+        if section in ("learning", "feedback"):
+            merged[section], merged["not_run"][section] = merge_rows(old, new, section)
     return merged
 
 
@@ -151,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     p.add_argument("--name", help="results file name (default: the device, with -quick for --quick)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--match", action="append", default=[], metavar="TEXT",
+                   help="with --only learning or feedback: run only the runs whose title contains TEXT "
+                        "(repeatable); the file's other rows are kept, each with the git version it was measured at")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="training runs at a time in the learning, penalties and feedback sections (default 1)")
     args = p.parse_args(argv)
@@ -164,18 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"{name}.json"
     plan = make_plan(args.quick, device)
     log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
+    if args.match and not set(sections) <= {"learning", "feedback"}:
+        p.error("--match needs --only learning or --only feedback")
     earlier = json.loads(path.read_text()) if args.only and path.exists() else None
+    match = tuple(args.match)
 
     def save(results: dict) -> None:
         if earlier is not None:
-            results = merge(earlier, results, sections)
+            results = merge(earlier, results, sections, match)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")  # read while it runs
         log(f"wrote {path}")
 
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
-    results = run_benchmarks(plan, device, sections, save=save, jobs=args.jobs)
+    results = run_benchmarks(plan, device, sections, save=save, jobs=args.jobs, match=match)
     print(render_file(path, json.loads(path.read_text())) if path.exists() else "nothing measured")
     return 1 if results["errors"] else 0
 

@@ -46,6 +46,7 @@ from trainer.config import TrainConfig
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.train import Trainer
 
+from .machine import git_version
 from .plans import Plan, TrainingSetting, variant_settings
 
 MASK_METHODS = ("hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial", "all_masks", "clean_masks")
@@ -155,12 +156,14 @@ def _logged(cfg: TrainConfig, row: dict, log: Callable[[str], None]) -> dict:
 
 def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple[str, ...],
              feedback_methods: tuple[str | None, ...], seeds: tuple[int, ...], device: torch.device, runs_dir: Path,
-             log: Callable[[str], None], jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None
-             ) -> tuple[list, list]:
+             log: Callable[[str], None], jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None,
+             match: tuple[str, ...] = ()) -> tuple[list, list]:
     """Rows for every (data set, method, seed), the mask methods once per feedback method (None: the
     trainer's default), and the methods skipped with the reason. ``progress(rows, not_run)`` hears the
-    rows finished so far (in plan order) and the titles of the runs not finished yet, after each run."""
-    skipped, planned = [], []
+    rows finished so far (in plan order) and the titles of the runs not finished yet, after each run.
+    With ``match``, only the runs whose title contains one of its strings; each row has its ``title``
+    and the ``git`` version it was measured at."""
+    skipped, planned, version = [], [], git_version()
     for setting in settings:
         for method in methods:
             reason = unavailable(method, setting.dataset)
@@ -171,6 +174,8 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
             for feedback in feedback_methods if method in MASK_METHODS else (None,):
                 for seed in setting.seeds or seeds:
                     title = f"{setting.dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
+                    if match and not any(m in title for m in match):
+                        continue
                     planned.append((setting, method, seed,
                                     train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)))
     rows: list = [None] * len(planned)
@@ -179,8 +184,9 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
         (setting, method, seed, _), row = planned[i], dict(row)
         impl, used = row.pop("impl"), row.pop("feedback")
         masks = method in MASK_METHODS
-        rows[i] = {"dataset": setting.dataset, "method": method, "impl": impl if masks else None,
-                   "feedback": used if masks else None, "seed": seed, "epochs": setting.epochs, **row}
+        rows[i] = {"title": planned[i][-1].title, "dataset": setting.dataset, "method": method,
+                   "impl": impl if masks else None, "feedback": used if masks else None, "seed": seed,
+                   "epochs": setting.epochs, **row, "git": version}
         progress([r for r in rows if r is not None], [p[-1].title for p, r in zip(planned, rows) if r is None])
 
     train_all([p[-1] for p in planned], jobs, log, finished)
@@ -188,17 +194,19 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
 
 
 def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None) -> tuple[list, list]:
+                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None,
+                 match: tuple[str, ...] = ()) -> tuple[list, list]:
     """Every method on every data set and seed, with the trainer's default feedback method."""
     return run_grid("learning", plan.learning, plan.methods, (None,), plan.seeds, device, runs_dir, log, jobs,
-                    progress)
+                    progress, match)
 
 
 def run_feedback(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],
-                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None) -> tuple[list, list]:
+                 jobs: int = 1, progress: Callable[[list, list], None] = lambda rows, left: None,
+                 match: tuple[str, ...] = ()) -> tuple[list, list]:
     """The feedback section's runs, the mask methods once per feedback method."""
     return run_grid("feedback", plan.feedback_settings, plan.feedback_runs, plan.feedback_methods, plan.seeds,
-                    device, runs_dir, log, jobs, progress)
+                    device, runs_dir, log, jobs, progress, match)
 
 
 def run_penalties(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],

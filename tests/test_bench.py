@@ -114,3 +114,26 @@ def test_a_stopped_section_keeps_the_runs_it_finished(results, saved, tmp_path):
     markdown = report.render_all([path])
     assert "Not finished when the file was written" in markdown
     assert all(t in markdown for t in during[0]["not_run"]["feedback"])
+
+
+def test_a_matched_rerun_replaces_only_its_rows_and_says_when_each_was_measured():
+    """``--match`` reruns a few runs (a changed default): the file keeps the other rows, each marked
+    with the version it was measured at, and what was not run before stays listed until it is."""
+    from bench.__main__ import merge
+
+    def row(method, feedback, seed, acc, **extra):
+        return {"dataset": "d", "method": method, "feedback": feedback, "seed": seed, "test_acc": acc, **extra}
+
+    old = {"machine": {"git": "old1"}, "seconds": {}, "skipped": [], "errors": [],
+           "feedback": [row("plain", None, 0, 0.5), row("hitl", "penalty", 0, 0.7), row("hitl", "both", 0, 0.8)],
+           "not_run": {"feedback": ["d-all_masks-both-s0", "d-all_masks-penalty-s0"]}}
+    new = {"machine": {"git": "new2"}, "seconds": {"feedback": 1.0}, "skipped": [], "errors": [],
+           "feedback": [row("hitl", "both", 0, 0.9, title="d-hitl-both-s0", git="new2"),
+                        row("all_masks", "both", 0, 0.95, title="d-all_masks-both-s0", git="new2")],
+           "not_run": {"feedback": ["d-clean_masks-both-s0"]}}
+    merged = merge(old, new, ("feedback",), ("-both-",))
+    assert [(r["title"], r["test_acc"], r["git"]) for r in merged["feedback"]] == [
+        ("d-plain-s0", 0.5, "old1"), ("d-hitl-penalty-s0", 0.7, "old1"), ("d-hitl-both-s0", 0.9, "new2"),
+        ("d-all_masks-both-s0", 0.95, "new2")]
+    assert merged["not_run"]["feedback"] == ["d-all_masks-penalty-s0", "d-clean_masks-both-s0"]
+    assert merge(old, new, ("feedback",))["feedback"] == new["feedback"]  # without --match: the new section
