@@ -3,7 +3,9 @@ write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one 
 preset). With ``--only``, the other sections of an existing file are kept. The ``penalties`` section
 (what each penalty variant teaches), the ``feedback`` section (what each --feedback method teaches,
 issue 15's targets) and ``distributed`` run only when asked for: each would double the default run's
-time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial)."""
+time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial). ``--match
+TEXT`` reruns only the learning or feedback runs whose title contains TEXT, keeping the file's other
+rows (each row says which git version measured it)."""
 from __future__ import annotations
 
 import argparse

@@ -90,11 +90,22 @@ def render_learning(results: dict, section: str = "learning", title: str = "Lear
     for s in results.get("skipped", []):
         if s.get("section", "learning") == section:
             out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
+    versions = defaultdict(list)
+    for r in rows:
+        versions[r.get("git") or "unrecorded"].append(r.get("title") or f"{r['dataset']}-{r['method']}")
+    if len(versions) > 1:  # rows rerun with --match after a change: say which code measured which
+        out.append("\n*Measured at more than one version (git):* " + "; ".join(
+            f"{version}: {len(titles)} runs ({_runs_named(titles)})" for version, titles in versions.items()) + ".")
     not_run = (results.get("not_run") or {}).get(section)
     if not_run:
         out.append(f"\n*Not finished when the file was written (the benchmark was stopped or is still running):* "
                    f"{', '.join(not_run)}.")
     return out + [""]
+
+
+def _runs_named(titles: list[str]) -> str:
+    """Run titles without their seeds, each once: 'd-hitl-both, d-plain'."""
+    return ", ".join(dict.fromkeys(t.rsplit("-s", 1)[0] for t in titles))
 
 
 def render_feedback(results: dict) -> list[str]:

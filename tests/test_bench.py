@@ -137,3 +137,8 @@ def test_a_matched_rerun_replaces_only_its_rows_and_says_when_each_was_measured(
         ("d-all_masks-both-s0", 0.95, "new2")]
     assert merged["not_run"]["feedback"] == ["d-all_masks-penalty-s0", "d-clean_masks-both-s0"]
     assert merge(old, new, ("feedback",))["feedback"] == new["feedback"]  # without --match: the new section
+    for r in merged["feedback"]:
+        r.update(impl=None, epochs=1, n_annotated=1, n_train=2, test_consistent_acc=1.0, min_val_loss=0.1,
+                 wrong_reason=0.1)
+    markdown = "\n".join(report.render_feedback(merged))
+    assert "Measured at more than one version (git):* old1: 2 runs (d-plain, d-hitl-penalty); new2: 2 runs" in markdown
