@@ -120,6 +120,12 @@ def test_carried_marks_fill_only_unannotated_images_and_keep_every_label():
     assert 15 <= int(changed.sum()) <= 45           # about half of them
     assert torch.equal(xb[:61][:, :, ~masks[0]], x[batch][:, :, ~masks[0]])  # only the carried place
     assert torch.equal(yb[:61], y[batch]) and torch.equal(idx[:61], batch)
+    # a batch of annotated images only: the same batch, and the same random stream, as without carrying
+    everyone = FeedbackSet(64, 12, 12)
+    everyone.add_all(masks)
+    same = [Counterexamples(everyone, lambda i: (x[i], y[i]), share=0.5, transfer=t).extend(
+        x[batch], y[batch], batch, torch.Generator().manual_seed(1))[0] for t in (0.0, 0.5)]
+    assert torch.equal(*same)
     with pytest.raises(ValueError, match="between 0 and 1"):
         Counterexamples(feedback, lambda i: (x[i], y[i]), share=0.5, transfer=1.5)
     assert parse_args(["--counterexample-transfer", "0"])[0].counterexample_transfer == 0

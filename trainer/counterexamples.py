@@ -110,7 +110,7 @@ class Counterexamples:
                          g: torch.Generator) -> torch.Tensor:
         """``x`` with ``transfer`` of its unannotated rows given a recurring mark each, filled."""
         recurring = self.recurring()
-        if not len(recurring):
+        if not len(recurring) or len(rows) == len(x):  # nothing to carry, or nobody unmarked: no draw either
             return x
         chosen = torch.rand(len(x), generator=g) < self.transfer
         chosen[rows.cpu()] = False
