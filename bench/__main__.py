@@ -144,18 +144,13 @@ def merge_rows(old: dict, new: dict, section: str) -> tuple[list, list]:
     fresh = {r["title"]: r for r in new.get(section, [])}
     rows = []
     for r in old.get(section, []):
-        title = r.get("title") or run_title(r, section)
+        title = r.get("title") or learning.run_title(  # a row from before rows had titles
+            r["dataset"], r["method"], r.get("feedback") if section == "feedback" else None, r["seed"])
         rows.append(fresh.pop(title, None) or {"title": title, **r, "git": r.get("git", old["machine"].get("git"))})
     rows += fresh.values()
     done = {r["title"] for r in rows}
     not_run = [t for t in old.get("not_run", {}).get(section, []) if t not in done]
     return rows, not_run + [t for t in new.get("not_run", {}).get(section, []) if t not in not_run]
-
-
-def run_title(row: dict, section: str) -> str:
-    """The run title of a row written before rows had one (feedback rows name their feedback method)."""
-    feedback = row.get("feedback") if section == "feedback" else None
-    return f"{row['dataset']}-{row['method']}{'-' + feedback if feedback else ''}-s{row['seed']}"
 
 
 def merge(old: dict, new: dict, sections: tuple[str, ...], match: tuple[str, ...] = ()) -> dict:

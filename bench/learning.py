@@ -173,7 +173,7 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
                 continue
             for feedback in feedback_methods if method in MASK_METHODS else (None,):
                 for seed in setting.seeds or seeds:
-                    title = f"{setting.dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
+                    title = run_title(setting.dataset, method, feedback, seed)
                     if match and not any(m in title for m in match):
                         continue
                     planned.append((setting, method, seed,
@@ -191,6 +191,12 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
 
     train_all([p[-1] for p in planned], jobs, log, finished)
     return rows, skipped
+
+
+def run_title(dataset: str, method: str, feedback: str | None, seed: int) -> str:
+    """A grid run's title (its run folder's name, and what ``--match`` searches): the feedback method
+    appears only where the section names one."""
+    return f"{dataset}-{method}{'-' + feedback if feedback else ''}-s{seed}"
 
 
 def run_learning(plan: Plan, device: torch.device, runs_dir: Path, log: Callable[[str], None],

@@ -21,8 +21,8 @@ class FeedbackSet:
         self.masks = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.relevant = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         self.excluded = torch.zeros(num_images, dtype=torch.bool, device=self.device)
-        self._indices: torch.Tensor | None = None  # ``indices``, until an image is added
         self.version = 0  # changes whenever a mask does: what is derived from the masks is kept until then
+        self._indices: tuple[int, torch.Tensor] | None = None  # (version, ``indices``)
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -31,10 +31,10 @@ class FeedbackSet:
     def indices(self) -> torch.Tensor:
         """Dataset indices of the annotated images, in the order they were first annotated. Kept until
         the set changes: every training batch asks for them."""
-        if self._indices is None:
+        if self._indices is None or self._indices[0] != self.version:
             order = torch.nonzero(self.position >= 0).flatten()
-            self._indices = order[self.position[order].argsort()]
-        return self._indices
+            self._indices = self.version, order[self.position[order].argsort()]
+        return self._indices[1]
 
     def add(self, index: int, mask: torch.Tensor, relevant: torch.Tensor | None = None) -> None:
         mask = mask.to(self.device, torch.bool)
@@ -48,7 +48,6 @@ class FeedbackSet:
             self.relevant[pos] |= relevant
         else:
             self.position[index] = len(self.masks)
-            self._indices = None
             self.masks = torch.cat([self.masks, mask[None]])
             self.relevant = torch.cat([self.relevant, relevant[None]])
 
@@ -93,7 +92,6 @@ class FeedbackSet:
 
     def load_state_dict(self, state: dict) -> None:
         self.position = state["position"].to(self.device)
-        self._indices = None
         self.version += 1
         self.masks = state["masks"].to(self.device)
         self.relevant = state.get("relevant", torch.zeros_like(state["masks"])).to(self.device)  # older checkpoints
