@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from trainer.protocol import atomic_write_text
+from trainer.protocol.atomic import atomic_write_text
 from trainer.train import pick_device
 
 from . import cost, distributed, latency, learning

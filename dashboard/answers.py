@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from trainer import protocol
 
@@ -73,14 +74,34 @@ def _fold(height: int, width: int, ops_json: str) -> Marks:
     return apply_ops(Marks.empty(height, width), json.loads(ops_json))
 
 
+# The reviewer's unsent work on a queue, kept beside the run so a reload or a browser crash loses
+# nothing. Only the dashboard writes drafts and only the dashboard reads them; the trainer never
+# looks here: the mask file, which Submit alone writes, stays the one answer.
+DRAFTS_DIR = "drafts"
+
+
+def draft_file(run: protocol.RunDir, epoch: int) -> Path:
+    return run.path / DRAFTS_DIR / f"epoch_{epoch:03d}.json"
+
+
+def read_draft(run: protocol.RunDir, epoch: int) -> dict | None:
+    """The draft for ``epoch``; None when there is none or it cannot be read (a draft is a convenience)."""
+    try:
+        doc = protocol.read_json(draft_file(run, epoch))
+    except (OSError, protocol.ProtocolError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format", 1) == protocol.FORMAT else None
+
+
 def save_draft(run: protocol.RunDir, epoch: int, answers: dict[str, Answer]) -> None:
     """Keep unsent work beside the run (never as the mask file, which only ``submit`` writes)."""
-    protocol.write_draft(run, epoch, {"answers": {qid: a.to_draft() for qid, a in answers.items()}})
+    protocol.atomic_write_json(draft_file(run, epoch), {
+        "format": protocol.FORMAT, "epoch": epoch, "answers": {qid: a.to_draft() for qid, a in answers.items()}})
 
 
 def load_draft(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
     """The answers kept for ``queue``'s epoch, for the queries it still has; empty without a draft."""
-    draft = protocol.read_draft(run, queue.epoch) or {}
+    draft = read_draft(run, queue.epoch) or {}
     kept = draft.get("answers") if isinstance(draft.get("answers"), dict) else {}
     return {q.query_id: Answer.from_draft(q, kept[q.query_id]) for q in queue.queries
             if q.problem is None and isinstance(kept.get(q.query_id), dict)}
@@ -126,5 +147,5 @@ def submit(run: protocol.RunDir, queue: Queue, answers: dict[str, Answer]) -> bo
     """Write the mask file for the queue's epoch; False if one was already sent (another tab, another
     person). Either way the epoch's draft has served its purpose and goes."""
     sent = protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers))
-    run.draft_file(queue.epoch).unlink(missing_ok=True)
+    draft_file(run, queue.epoch).unlink(missing_ok=True)
     return sent

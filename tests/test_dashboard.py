@@ -278,9 +278,9 @@ def test_drafts_keep_unsent_work_beside_the_run_and_never_as_the_mask_file(tmp_p
     assert np.array_equal(again["q000"].marks.forbidden, DRAWN) and again["q000"].revision == 3
     assert again["q001"].action == protocol.ACTION_SKIP
     assert answers.submit(run, queue, again)
-    assert not run.draft_file(1).exists()
-    run.draft_file(1).parent.mkdir(exist_ok=True)
-    run.draft_file(1).write_text("{broken")
+    assert not answers.draft_file(run, 1).exists()
+    answers.draft_file(run, 1).parent.mkdir(exist_ok=True)
+    answers.draft_file(run, 1).write_text("{broken")
     assert answers.load_draft(run, queue) == {}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard import launcher, serve
+from dashboard import answers, launcher, serve
 from trainer import protocol
 
 pytestmark = pytest.mark.e2e
@@ -107,7 +107,7 @@ class Canvas:
 
 
 def draft_answer(run: protocol.RunDir, query_id: str) -> dict:
-    return ((protocol.read_draft(run, 1) or {}).get("answers") or {}).get(query_id) or {}
+    return ((answers.read_draft(run, 1) or {}).get("answers") or {}).get(query_id) or {}
 
 
 def showing(page, query_id: str) -> Canvas:
@@ -263,7 +263,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         assert np.array_equal(sent[2].forbidden, square(4, 8, 4, 8) | square(4, 8, 24, 28) | square(24, 28, 4, 8)
                               | square(24, 28, 24, 28))
         assert np.array_equal(sent[5].forbidden, square(20, 24, 20, 24))
-        assert not run.draft_file(1).exists()
+        assert not answers.draft_file(run, 1).exists()
 
         wait_for(lambda: protocol.read_status(run)["state"] == protocol.FINISHED, 180, "the trainer to finish")
         assert protocol.read_metrics(run)[-1]["n_feedback"] == 4

@@ -73,7 +73,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(protocol.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError):
         protocol.atomic_write_json(path, {"state": "finished"})
     assert protocol.read_json(path) == {"state": "training"}
@@ -153,11 +153,13 @@ def test_outside_a_relevant_region_counts_as_forbidden():
 
 def test_run_files_are_as_readable_as_the_umask_allows(tmp_path):
     """A trainer and a dashboard running as two users of one lab machine can share a run (umask 022: 0644)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
     path = tmp_path / "status.json"
     protocol.atomic_write_json(path, {"state": "training"})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert protocol.submit_feedback(protocol.RunDir(tmp_path), 1, "test", [])
-    assert protocol.RunDir(tmp_path).feedback_file(1).stat().st_mode & 0o777 == 0o666 & ~protocol._UMASK
+    assert protocol.RunDir(tmp_path).feedback_file(1).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_undefined_numbers_are_written_as_null_and_old_files_with_nan_still_read(tmp_path):

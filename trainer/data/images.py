@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..protocol import atomic_write_bytes, atomic_write_text
+from ..protocol.atomic import atomic_write_bytes, atomic_write_text
 from .base import DataError, Split
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..protocol import atomic_write_bytes
+from ..protocol.atomic import atomic_write_bytes
 from .base import DataError, DataRequest, DataSplits, TensorSplit
 from .splits import stratified_fraction
 

@@ -1,0 +1,253 @@
+"""The mask file: an annotator's answers to one queue (``feedback/epoch_NNN.json``), its run-length mask
+codec, and the checks that read it without trusting it. Anyone who can write ``feedback/`` may put
+anything there: whatever cannot be used is refused with one line naming the file, and kept under
+``feedback/rejected/``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import reprlib
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from .atomic import exclusive_write_bytes, json_default
+from .formats import FORMAT, ProtocolError, parse_json, upgrade
+from .layout import FEEDBACK_DIR, RunDir
+
+# Limits on a mask file, which anyone who can write feedback/ may put there: above them it is refused
+# unread. 16 MiB holds 500 brush-marked 224x224 answers several times over; a run-length list never
+# needs more runs than the image has pixels, plus one.
+MASK_FILE_MAX_BYTES = 16 * 1024 * 1024
+
+# What an annotator may say about one query.
+ACTION_MASK = "mask"          # apply the forbidden (and optional relevant) mask
+ACTION_SKIP = "skip"          # no feedback for this image
+ACTION_WRONG_LABEL = "wrong_label"  # the label looks wrong: the trainer excludes the image
+ACTIONS = (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL)
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Run-length encode a boolean H×W mask (row-major runs, starting with a run of False)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    flat = mask.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0] + runs
+    return {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "rle": runs}
+
+
+def decode_mask(obj: Any, height: int, width: int, what: str = "mask") -> np.ndarray:
+    """Decode and validate a mask object: ``{"height","width","rle"}`` or ``{"height","width","boxes"}``
+    (boxes as ``[x0, y0, x1, y1]`` in pixels, end exclusive). Raises ProtocolError naming the problem."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what}: expected an object with height, width and rle or boxes")
+    h, w = obj.get("height"), obj.get("width")
+    if (h, w) != (height, width):
+        raise ProtocolError(f"{what}: size {h}x{w} does not match the image size {height}x{width}")
+    if "rle" in obj:
+        runs = obj["rle"]
+        if not isinstance(runs, list):
+            raise ProtocolError(f"{what}: rle must be a list of non-negative integers")
+        if len(runs) > height * width + 1:
+            raise ProtocolError(f"{what}: rle has {len(runs)} runs, more than the {height * width} pixels allow")
+        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+            raise ProtocolError(f"{what}: rle must be a list of non-negative integers")
+        if sum(runs) != height * width:
+            raise ProtocolError(f"{what}: rle covers {sum(runs)} pixels, the image has {height * width}")
+        values = np.zeros(len(runs), dtype=bool)
+        values[1::2] = True
+        return np.repeat(values, runs).reshape(height, width)
+    if "boxes" in obj:
+        mask = np.zeros((height, width), dtype=bool)
+        boxes = obj["boxes"]
+        if not isinstance(boxes, list):
+            raise ProtocolError(f"{what}: boxes must be a list of [x0, y0, x1, y1]")
+        if len(boxes) > height * width:
+            raise ProtocolError(f"{what}: {len(boxes)} boxes, more than the image has pixels")
+        for b in boxes:
+            if (not isinstance(b, list) or len(b) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)):
+                raise ProtocolError(f"{what}: box {b!r} is not [x0, y0, x1, y1]")
+            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise ProtocolError(f"{what}: box {b!r} lies outside the {width}x{height} image")
+            mask[y0:y1, x0:x1] = True
+        return mask
+    raise ProtocolError(f"{what}: needs rle or boxes")
+
+
+# --------------------------------------------------------------------------- feedback (mask file)
+
+@dataclass
+class QueryFeedback:
+    query_id: str
+    index: int
+    action: str
+    forbidden: np.ndarray | None = None   # bool H×W: the model must not rely on these pixels
+    relevant: np.ndarray | None = None    # bool H×W: the model should rely on these pixels
+
+    def must_not_use(self) -> np.ndarray | None:
+        """Where the model must not look: the forbidden marks and, where a relevant region was drawn,
+        everything outside it, so both kinds of mark feed one penalty. None when the answer marks nothing
+        (a skip, a wrong label, empty marks)."""
+        if self.action != ACTION_MASK:
+            return None
+        mask = None if self.forbidden is None else self.forbidden.copy()
+        if self.relevant is not None and self.relevant.any():
+            mask = ~self.relevant if mask is None else mask | ~self.relevant
+        return mask if mask is not None and mask.any() else None
+
+
+def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> dict:
+    queries = []
+    for a in answers:
+        q: dict[str, Any] = {"query_id": a.query_id, "index": int(a.index), "action": a.action}
+        if a.forbidden is not None:
+            q["forbidden"] = encode_mask(a.forbidden)
+        if a.relevant is not None:
+            q["relevant"] = encode_mask(a.relevant)
+        queries.append(q)
+    return {"format": FORMAT, "epoch": epoch, "annotator": annotator, "submitted_at": time.time(),
+            "queries": queries}
+
+
+def submit_feedback(run: RunDir, epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> bool:
+    """Write the mask file for ``epoch``; returns False if one was already sent. A document over the
+    size limit is refused (ProtocolError) before anything is written."""
+    doc = feedback_document(epoch, annotator, answers)
+    data = (json.dumps(doc, separators=(",", ":"), default=json_default) + "\n").encode("utf-8")
+    if len(data) > MASK_FILE_MAX_BYTES:
+        raise ProtocolError(f"the answers for epoch {epoch} come to {len(data) / 2**20:.1f} MiB, over the "
+                            f"{MASK_FILE_MAX_BYTES // 2**20} MiB limit of a mask file")
+    return exclusive_write_bytes(run.feedback_file(epoch), data)
+
+
+def feedback_sent(run: RunDir, epoch: int) -> bool:
+    """Whether anything is at the mask file's name, even a dangling link or a folder: the trainer then
+    reads it (and moves aside what it cannot use), and no annotator writes over it. Trainer and
+    dashboard both ask this, so they agree on what counts as sent."""
+    return os.path.lexists(run.feedback_file(epoch))
+
+
+_NOT_A_FILE = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def read_mask_file(path: Path) -> Any:
+    """The JSON in a mask file, read without trusting it: only a regular file (no link, pipe, device or
+    folder: nothing that could block or never end), at most MASK_FILE_MAX_BYTES. FileNotFoundError if
+    nothing is there; ProtocolError naming the file for everything else."""
+    name = f"{FEEDBACK_DIR}/{path.name}"
+    try:
+        kind = _file_kind(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(path) from None  # nothing there, as feedback_sent sees it
+    except OSError as e:
+        raise ProtocolError(f"{name}: cannot be looked at ({e.strerror or type(e).__name__})") from None
+    if kind:
+        raise ProtocolError(f"{name}: is {kind}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ProtocolError(f"{name}: cannot be opened ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        kind = _file_kind(os.fstat(f.fileno()).st_mode)  # replaced between lstat and open
+        if kind:
+            raise ProtocolError(f"{name}: is {kind}, not a regular file")
+        try:
+            data = f.read(MASK_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            raise ProtocolError(f"{name}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if len(data) > MASK_FILE_MAX_BYTES:
+        raise ProtocolError(f"{name}: larger than the {MASK_FILE_MAX_BYTES // 2**20} MiB limit of a mask file")
+    return parse_json(data, name)
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    return next((kind for test, kind in _NOT_A_FILE if test(mode)), None)
+
+
+def load_feedback(run: RunDir, epoch: int, manifest: dict) -> list[QueryFeedback] | None:
+    """The validated answers of the mask file for ``epoch``; None while nothing was sent. Anything the
+    file holds that cannot be used is a ProtocolError with one line naming the file: the caller refuses
+    it and keeps going, whatever it contains."""
+    path = run.feedback_file(epoch)
+    try:
+        doc = read_mask_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        return parse_feedback(doc, manifest)
+    except ProtocolError as e:
+        raise ProtocolError(f"{FEEDBACK_DIR}/{path.name}: {e}") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        # parse_feedback checks each field; this keeps a case it did not foresee from killing the trainer
+        raise ProtocolError(f"{FEEDBACK_DIR}/{path.name}: cannot be used ({type(e).__name__})") from None
+
+
+def reject_feedback(run: RunDir, epoch: int) -> Path:
+    """Move the mask file for ``epoch`` (whatever it is: file, link, folder, pipe) into
+    ``feedback/rejected/`` under a name never used before, so every refused file is kept."""
+    run.rejected_root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    while True:
+        kept = run.rejected_root / f"epoch_{epoch:03d}.{stamp}.{uuid.uuid4().hex[:12]}.json"
+        if not os.path.lexists(kept):
+            break
+    os.rename(run.feedback_file(epoch), kept)
+    return kept
+
+
+def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
+    """Validate a mask file against the queue it answers. Raises ProtocolError with the reason."""
+    if not isinstance(doc, dict):
+        raise ProtocolError("the mask file must hold a JSON object")
+    doc = upgrade(doc, "feedback")
+    if doc.get("epoch") != manifest.get("epoch"):
+        raise ProtocolError(f"epoch {_short(doc.get('epoch'))} does not match the queue's epoch {manifest.get('epoch')}")
+    queries = doc.get("queries")
+    if not isinstance(queries, list):
+        raise ProtocolError("'queries' must be a list")
+    known = {q["query_id"]: q for q in manifest["queries"]}
+    seen: set[str] = set()
+    answers = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, dict):
+            raise ProtocolError(f"query #{i} is not an object")
+        qid = q.get("query_id")
+        if not isinstance(qid, str) or qid not in known:
+            raise ProtocolError(f"query #{i}: unknown query_id {_short(qid)}")
+        if qid in seen:
+            raise ProtocolError(f"query {qid}: answered twice")
+        seen.add(qid)
+        ref = known[qid]
+        if q.get("index") != ref["index"]:
+            raise ProtocolError(f"query {qid}: index {_short(q.get('index'))} does not match the queue ({ref['index']})")
+        action = q.get("action", ACTION_MASK)
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise ProtocolError(f"query {qid}: unknown action {_short(action)} (expected one of {', '.join(ACTIONS)})")
+        h, w = ref["height"], ref["width"]
+        forbidden = decode_mask(q["forbidden"], h, w, f"query {qid} forbidden") if q.get("forbidden") is not None else None
+        relevant = decode_mask(q["relevant"], h, w, f"query {qid} relevant") if q.get("relevant") is not None else None
+        answers.append(QueryFeedback(qid, ref["index"], action, forbidden, relevant))
+    return answers
+
+
+def _short(value: Any) -> str:
+    """A value from an untrusted file, quoted for a one-line message and cut short."""
+    text = reprlib.repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

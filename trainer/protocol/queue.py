@@ -1,0 +1,107 @@
+"""The query queue: per query round, the images, their saliency and a manifest written last (a queue
+folder without a manifest is not a queue yet)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from .formats import FORMAT, ProtocolError, read_json, upgrade
+from .layout import MANIFEST_FILE, RunDir
+from .maskfile import feedback_sent
+
+@dataclass(frozen=True)
+class QueryEntry:
+    """One query of a manifest: which training image, what the model said about it, and its size."""
+
+    query_id: str
+    index: int                 # dataset index of the training image
+    true_label: int
+    predicted_label: int
+    probabilities: list[float]
+    entropy: float             # nats
+    height: int
+    width: int
+    already_annotated: bool = False
+
+    def to_json(self) -> dict:
+        return {"query_id": self.query_id, "index": int(self.index), "true_label": int(self.true_label),
+                "predicted_label": int(self.predicted_label),
+                "probabilities": [round(float(p), 6) for p in self.probabilities], "entropy": float(self.entropy),
+                "height": int(self.height), "width": int(self.width),
+                "already_annotated": bool(self.already_annotated)}
+
+    @classmethod
+    def from_json(cls, q: Any) -> "QueryEntry":
+        """Raises ProtocolError naming the missing or malformed field."""
+        if not isinstance(q, dict):
+            raise ProtocolError("not an object")
+        try:
+            return cls(query_id=str(q["query_id"]), index=int(q["index"]), true_label=int(q["true_label"]),
+                       predicted_label=int(q["predicted_label"]),
+                       probabilities=[float(p) for p in q.get("probabilities") or []],
+                       entropy=float(q.get("entropy", math.nan)), height=int(q["height"]), width=int(q["width"]),
+                       already_annotated=bool(q.get("already_annotated", False)))
+        except KeyError as e:
+            raise ProtocolError(f"no {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"{type(e).__name__}: {e}") from None
+
+
+def write_query_image(run: RunDir, epoch: int, query_id: str, image_png: bytes, saliency: np.ndarray) -> None:
+    qdir = run.queue_dir(epoch)
+    atomic_write_bytes(qdir / f"{query_id}.png", image_png)
+    atomic_save_npy(qdir / f"{query_id}_saliency.npy", saliency.astype(np.float32))
+
+
+def write_manifest(run: RunDir, epoch: int, manifest: dict) -> None:
+    """Written last: a queue folder without a manifest is not a queue yet."""
+    atomic_write_json(run.queue_dir(epoch) / MANIFEST_FILE, {"format": FORMAT, "epoch": epoch, **manifest})
+
+
+def read_manifest(run: RunDir, epoch: int) -> dict | None:
+    try:
+        return upgrade(read_json(run.queue_dir(epoch) / MANIFEST_FILE), "manifest")
+    except FileNotFoundError:
+        return None
+
+
+def query_image_path(run: RunDir, epoch: int, query_id: str) -> Path:
+    return run.queue_dir(epoch) / f"{query_id}.png"
+
+
+def query_saliency_path(run: RunDir, epoch: int, query_id: str) -> Path:
+    return run.queue_dir(epoch) / f"{query_id}_saliency.npy"
+
+
+def read_query_image(run: RunDir, epoch: int, query_id: str) -> np.ndarray:
+    """The queued image as H×W×3 uint8. FileNotFoundError if it is missing, OSError if unreadable."""
+    from PIL import Image  # only readers of images pay for it
+
+    with Image.open(query_image_path(run, epoch, query_id)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def queue_epochs(run: RunDir) -> list[int]:
+    """Epochs that have a complete queue (a manifest), ascending."""
+    if not run.queue_root.is_dir():
+        return []
+    epochs = []
+    for d in run.queue_root.iterdir():
+        if d.name.startswith("epoch_") and (d / MANIFEST_FILE).exists():
+            try:
+                epochs.append(int(d.name[6:]))
+            except ValueError:
+                continue
+    return sorted(epochs)
+
+
+def pending_epoch(run: RunDir) -> int | None:
+    """The newest queued epoch that has no feedback file yet."""
+    for epoch in reversed(queue_epochs(run)):
+        return None if feedback_sent(run, epoch) else epoch
+    return None
