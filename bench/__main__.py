@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from trainer.protocol.atomic import atomic_write_text
-from trainer.train import pick_device
+from trainer.distributed import pick_device
 
 from . import cost, distributed, latency, learning
 from .machine import machine_info

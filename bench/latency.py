@@ -23,6 +23,7 @@ import torch
 from trainer import protocol
 from trainer.config import TrainConfig
 from trainer.explain import EXPLAINERS, create_explainer
+from trainer.query_round import QueryRound
 from trainer.train import Parts, Trainer, build_parts
 
 from .plans import Plan
@@ -51,7 +52,7 @@ def run_query_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Cal
             for _ in range(plan.query_repeats):
                 epoch = len(protocol.queue_epochs(trainer.run)) + 1  # a fresh queue folder each time
                 t0 = time.perf_counter()
-                trainer.build_queue(epoch)
+                trainer.queries.build_queue(epoch)
                 seconds.append(time.perf_counter() - t0)
             rows.append({"what": "query_queue", "method": method, "device": device.type, "dataset": dataset,
                          "head": head, "image_size": trainer.data.image_size, "n_queries": plan.queries,
@@ -85,18 +86,22 @@ def run_resume_latency(plan: Plan, device: torch.device, runs_dir: Path, log: Ca
     applied: dict[int, float] = {}
     resumed: dict[int, float] = {}
 
-    class TimedTrainer(Trainer):
-        """Notes when each mask file is applied and when the next epoch starts."""
+    class TimedRound(QueryRound):
+        """Notes when each mask file is applied."""
 
         def apply(self, epoch, answers):
             super().apply(epoch, answers)
             applied[epoch] = time.perf_counter()
+
+    class TimedTrainer(Trainer):
+        """Notes when the next epoch starts."""
 
         def train_one_epoch(self, epoch):
             resumed[epoch - 1] = time.perf_counter()
             return super().train_one_epoch(epoch)
 
     trainer = TimedTrainer(cfg, log=_quiet)
+    trainer.queries = TimedRound(trainer)
     errors: list[BaseException] = []
 
     def fit():

@@ -114,8 +114,8 @@ def train(cfg: TrainConfig) -> dict:
         "min_val_loss": result["best_val_loss"],
         "wrong_reason": result["test_wrong_reason"],
         "seconds": round(time.perf_counter() - t0, 1),
-        "impl": None if cfg.feedback_method == "counterexamples" else trainer.penalty_impl,
-        "feedback": cfg.feedback_method,
+        "impl": trainer.penalty_impl if trainer.teaching.penalty else None,
+        "feedback": trainer.teaching.method,
     }
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from trainer import protocol
 
+from .run_reader import summarise
+
 TITLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 LIVE_STATES = (protocol.TRAINING, protocol.WAITING)
 DATASETS_ROOT = Path(__file__).resolve().parents[1] / "datasets"
@@ -191,11 +193,11 @@ def await_start(run: protocol.RunDir, timeout: float = 15.0, poll: float = 0.2) 
     while True:
         launch = protocol.read_launch(run)
         status = protocol.read_status(run)
-        if launch is not None and not launch_is_newer(launch, status):
+        if launch is not None and not protocol.launch_is_newer(launch, status):
             if status.get("state") == protocol.FAILED:
                 return StartOutcome("exited", str(status.get("error") or error_line(run)))
             return StartOutcome("running")
-        if launch is None or not launch_alive(launch):
+        if launch is None or not protocol.launch_alive(launch):
             _reap()
             return StartOutcome("exited", error_line(run))
         if time.monotonic() > deadline:
@@ -212,8 +214,6 @@ def error_line(run: protocol.RunDir) -> str:
 
 def delete_run(run: protocol.RunDir) -> None:
     """Remove a failed or stopped run and all its files."""
-    from .run_reader import summarise  # run_reader imports this module
-
     state = summarise(run).state
     if live_pid(run) is not None or state not in (protocol.FAILED, protocol.STOPPED):
         raise LaunchError(f"{run.name} is {state.replace('_', ' ')}: only a failed or stopped run can be deleted")
@@ -225,7 +225,7 @@ def resume_run(run: protocol.RunDir) -> None:
     before its first one)."""
     if live_pid(run) is not None or protocol.read_status(run)["state"] in LIVE_STATES:
         raise LaunchError(f"{run.name} is still running")
-    if not run.exists():
+    if not run.has_config():
         raise LaunchError(f"{run.name} has no {protocol.CONFIG_FILE} to resume from (it stopped while starting); "
                           f"delete it or start a new run")
     try:  # with as many processes as its latest start
@@ -256,19 +256,9 @@ def live_pid(run: protocol.RunDir) -> int | None:
         if isinstance(pid, int) and protocol.pid_alive(pid):
             return pid
     launch = protocol.read_launch(run)
-    if launch is not None and launch_is_newer(launch, status) and launch_alive(launch):
+    if launch is not None and protocol.launch_is_newer(launch, status) and protocol.launch_alive(launch):
         return launch["pid"]
     return None
-
-
-def launch_is_newer(launch: dict, status: dict) -> bool:
-    """True while the trainer started by this launch has not written a status yet."""
-    started, heartbeat = launch.get("started_at"), status.get("heartbeat")
-    return (started if isinstance(started, (int, float)) else 0) > (heartbeat if isinstance(heartbeat, (int, float)) else 0)
-
-
-def launch_alive(launch: dict) -> bool:
-    return _is_local(launch.get("host")) and protocol.pid_alive(launch["pid"])
 
 
 def _is_local(host: str | None) -> bool:

@@ -119,7 +119,7 @@ def cells_region(height: int, width: int, cells: int, chosen: list[tuple[int, in
 
 
 # --------------------------------------------------------------------------- marks drawn in the browser
-# The review canvas (dashboard/canvas/canvas.js) keeps every mark in the browser as a list of
+# The review canvas (dashboard/components/mark_canvas.js) keeps every mark in the browser as a list of
 # operations in image coordinates and sends the whole list on each change; both sides fold that
 # list the same way, so the page shows exactly what gets submitted.
 

@@ -13,7 +13,6 @@ import pandas as pd
 
 from trainer import protocol
 
-from . import launcher
 
 STARTING = "starting"
 
@@ -65,7 +64,7 @@ class RunSummary:
 
     @property
     def can_resume(self) -> bool:
-        return self.state in (protocol.STALE, protocol.STOPPED, protocol.FAILED) and self.run.exists()
+        return self.state in (protocol.STALE, protocol.STOPPED, protocol.FAILED) and self.run.has_config()
 
 
 def list_run_dirs(runs_dir: Path | str) -> list[protocol.RunDir]:
@@ -94,7 +93,7 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
         feedback_error=status.get("feedback_error"), result=dict(status["result"]) if isinstance(status.get("result"), dict) else {},
         updated=float(status.get("heartbeat") or mtime(run.path)))
     launch = protocol.read_launch(run)
-    if launch is not None and launcher.launch_is_newer(launch, status):
+    if launch is not None and protocol.launch_is_newer(launch, status):
         _apply_launch(summary, launch)
     rows = protocol.read_metrics(run)
     if rows:
@@ -106,7 +105,7 @@ def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
 def _apply_launch(summary: RunSummary, launch: dict) -> None:
     """A trainer the dashboard started that has not reported yet: starting, stopped, or dead."""
     summary.updated = float(launch.get("started_at", summary.updated))
-    if launcher.launch_alive(launch):
+    if protocol.launch_alive(launch):
         summary.state, summary.error = STARTING, None
     elif launch.get("stop_requested_at"):
         summary.state, summary.error = protocol.STOPPED, "stopped before the trainer started"
@@ -140,20 +139,12 @@ def metrics_frame(runs: list[protocol.RunDir]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- query queue
 
-@dataclass
-class Query:
-    """One queued image with what the reviewer needs; ``problem`` says why it cannot be shown."""
+@dataclass(frozen=True)
+class Query(protocol.QueryEntry):
+    """One queued image (its manifest entry) with what the reviewer needs; ``problem`` says why it cannot
+    be shown."""
 
-    query_id: str
-    index: int
-    true_label: int
-    predicted_label: int
-    probabilities: list[float]
-    entropy: float
-    height: int
-    width: int
-    class_names: list[str]
-    already_annotated: bool = False
+    class_names: list[str] = field(default_factory=list)
     image: np.ndarray | None = None        # H×W×3 uint8
     saliency: np.ndarray | None = None     # H×W float in [-1, 1]
     problem: str | None = None             # the image cannot be used: the query goes out as "skip"
@@ -185,29 +176,31 @@ def load_queue(run: protocol.RunDir, epoch: int) -> Queue:
             entry = protocol.QueryEntry.from_json(q)
         except protocol.ProtocolError as e:
             return Queue(epoch, [], f"query #{i} of epoch {epoch} is incomplete ({e})")
-        query = Query(**vars(entry), class_names=names)
-        _load_query_files(run, epoch, query)
-        queries.append(query)
+        queries.append(_load_query(run, epoch, entry, names))
     return Queue(epoch, queries)
 
 
-def _load_query_files(run: protocol.RunDir, epoch: int, query: Query) -> None:
-    shape = (query.height, query.width)
-    image_name = protocol.query_image_path(run, epoch, query.query_id).name
+def _load_query(run: protocol.RunDir, epoch: int, entry: protocol.QueryEntry, class_names: list[str]) -> Query:
+    """The entry with its image and saliency map read, or the reason they cannot be used."""
+    shape = (entry.height, entry.width)
+    image_name = protocol.query_image_path(run, epoch, entry.query_id).name
+    image = problem = warning = None
     try:
-        query.image = protocol.read_query_image(run, epoch, query.query_id)
+        image = protocol.read_query_image(run, epoch, entry.query_id)
     except FileNotFoundError:
-        query.problem = f"the image file {image_name} is missing"
+        problem = f"the image file {image_name} is missing"
     except OSError as e:
-        query.problem = f"the image file {image_name} cannot be read ({e})"
-    if query.image is not None and query.image.shape[:2] != shape:
-        query.problem = (f"the image is {query.image.shape[1]}×{query.image.shape[0]} pixels, "
-                         f"the queue says {query.width}×{query.height}")
-        query.image = None
-    saliency_path = protocol.query_saliency_path(run, epoch, query.query_id)
-    query.saliency = protocol.read_saliency(saliency_path, shape)
-    if query.saliency is None and query.problem is None:
-        query.warning = f"the saliency map {saliency_path.name} is missing or unreadable; you can still mark the image"
+        problem = f"the image file {image_name} cannot be read ({e})"
+    if image is not None and image.shape[:2] != shape:
+        problem = (f"the image is {image.shape[1]}×{image.shape[0]} pixels, "
+                   f"the queue says {entry.width}×{entry.height}")
+        image = None
+    saliency_path = protocol.query_saliency_path(run, epoch, entry.query_id)
+    saliency = protocol.read_saliency(saliency_path, shape)
+    if saliency is None and problem is None:
+        warning = f"the saliency map {saliency_path.name} is missing or unreadable; you can still mark the image"
+    return Query(**vars(entry), class_names=class_names, image=image, saliency=saliency, problem=problem,
+                 warning=warning)
 
 
 # --------------------------------------------------------------------------- feedback and tracking
@@ -225,13 +218,9 @@ def sent_answers(run: protocol.RunDir, epoch: int) -> dict[str, protocol.QueryFe
 def feedback_masks(run: protocol.RunDir) -> dict[int, np.ndarray]:
     """Per training-image index, the union of what every accepted mask file says the model must not
     use, the way the trainer's feedback set adds them up."""
-    masks: dict[int, np.ndarray] = {}
-    for epoch in protocol.queue_epochs(run):
-        for a in (sent_answers(run, epoch) or {}).values():
-            mask = a.must_not_use()
-            if mask is not None:
-                masks[a.index] = masks[a.index] | mask if a.index in masks else mask
-    return masks
+    marks = protocol.union_marks(a for epoch in protocol.queue_epochs(run)
+                                 for a in (sent_answers(run, epoch) or {}).values())
+    return {index: m.must_not_use for index, m in marks.items()}
 
 
 def query_images(run: protocol.RunDir) -> dict[int, np.ndarray]:

@@ -113,7 +113,7 @@ def soak_one(workdir: Path, title: str, kills: int, window: float, limit: float,
         args = [*FLAGS, "-md", str(workdir), "-td", title, "--annotator", "human"]
         for attempt in range(kills + 1):
             # killed before it wrote its config, a run does not exist yet: it is started again, as a user would
-            resume = attempt > 0 and run.exists()
+            resume = attempt > 0 and run.has_config()
             proc = start(["--resume", "-md", str(workdir), "-td", title] if resume else args, log)
             at = rng.uniform(0, window) if attempt < kills else limit
             try:

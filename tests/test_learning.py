@@ -15,7 +15,8 @@ from trainer import protocol
 from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
-from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_marks, resolve_feedback
+from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_marks
+from trainer.teaching import resolve_teaching
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.export import LABELS_FILE, export_run
@@ -237,7 +238,7 @@ def test_oracle_skips_about_the_share_asked(tmp_path):
     cfg = TrainConfig(**{**TINY, "annotator": "oracle", "epochs": 0}, runs_dir=str(tmp_path), title="skip",
                       oracle_skip=0.5, queries_per_epoch=40)
     trainer = Trainer(cfg, log=lambda *_: None)
-    manifest = trainer.build_queue(0)
+    manifest = trainer.queries.build_queue(0)
     assert trainer.annotator(trainer.run, 0)
     answers = protocol.parse_feedback(protocol.read_json(trainer.run.feedback_file(0)), manifest)
     skipped = sum(a.action == protocol.ACTION_SKIP for a in answers)
@@ -298,11 +299,12 @@ def test_auto_feedback_is_resolved_by_data_set_and_saved(tmp_path, dataset, meth
     cfg = TrainConfig(dataset=dataset, runs_dir=str(tmp_path), title="auto", epochs=1, train_fraction=0.05,
                       val_fraction=0.1, annotator="none", prior_masks="4", track_images=0)
     trainer = Trainer(cfg, log=lambda *_: None)
-    assert (cfg.feedback_method, trainer.counterexamples is not None, trainer.penalise) == \
+    assert (trainer.cfg.feedback_method, trainer.counterexamples is not None, trainer.teaching.penalty) == \
         (method, True, method == "both")
+    assert cfg.feedback_method == "auto"  # the caller's config is left as it was
     trainer.fit()
     assert protocol.read_config(trainer.run)["feedback_method"] == method  # a resume does the same
-    assert resolve_feedback("penalty", dataset) == "penalty"  # a method named is kept
+    assert resolve_teaching("penalty", dataset).method == "penalty"  # a method named is kept
 
 
 def test_auto_dilation_grows_with_the_image():

@@ -124,7 +124,7 @@ def test_confusion_tracking_and_launch_round_trip(tmp_path):
     assert len(protocol.read_tracking(run)) == 3
     protocol.write_launch(run, 1234, ["python", "-m", "trainer"])
     launch = protocol.read_launch(run)
-    assert launch["pid"] == 1234 and run.is_run() and not run.exists()
+    assert launch["pid"] == 1234 and run.is_run() and not run.has_config()
     protocol.mark_stop_requested(run, launch)
     assert protocol.read_launch(run)["stop_requested_at"] >= launch["started_at"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import protocol
 from .config import TrainConfig
+from .teaching import resolve_teaching
 
 DEFAULTS = TrainConfig()
 
@@ -30,7 +31,7 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _positive(kind):
+def positive(kind):
     def parse(text: str):
         try:
             v = kind(text)
@@ -84,7 +85,9 @@ def _non_negative(kind):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse that raises CLIError (one line, no usage dump) instead of exiting."""
+
     def error(self, message: str):  # one line, no usage dump
         raise CLIError(message)
 
@@ -98,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .sgt import METHODS
 
     d = DEFAULTS
-    p = _Parser(prog="hitl-train", argument_default=argparse.SUPPRESS,
+    p = Parser(prog="hitl-train", argument_default=argparse.SUPPRESS,
                 description="Train an image classifier with human feedback on its saliency maps.")
     data = p.add_argument_group("data")
     data.add_argument("-ds", "--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
     data.add_argument("-dr", "--data-dir", help="folder of a data set on disk (not needed for generated sets)")
     data.add_argument("-tf", "--train-fraction", type=_fraction, help="stratified share of the training images (default 1)")
     data.add_argument("-vf", "--val-fraction", type=_fraction, help="stratified share of the validation images (default 1)")
-    data.add_argument("--image-size", type=_positive(int), help="side in pixels (default: the data set's)")
+    data.add_argument("--image-size", type=positive(int), help="side in pixels (default: the data set's)")
     data.add_argument("--task", dest="task", help="isic2017 only: melanoma (binary) or 3-class")
     data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers decoding data sets on disk (default: up to 4, one core spare)")
 
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE",
                      help="settings from a YAML, TOML or JSON file (a run's config.json works as it is); flags given "
                           "as well override it; the run name and runs folder come from flags only")
-    run.add_argument("-E", "--epochs", type=_positive(int), help=f"default {d.epochs}")
+    run.add_argument("-E", "--epochs", type=positive(int), help=f"default {d.epochs}")
     run.add_argument("--seed", type=int, help=f"default {d.seed}")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA when present)")
 
@@ -130,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init-from", metavar="CHECKPOINT",
                        help="start from another run's weights (e.g. RUN/best.pt), say to add --head attention to a "
                             "trained model and fine-tune it")
-    model.add_argument("--batch-size", type=_positive(int), help=f"default {d.batch_size}")
-    model.add_argument("--lr", type=_positive(float), help=f"default {d.lr}")
+    model.add_argument("--batch-size", type=positive(int), help=f"default {d.batch_size}")
+    model.add_argument("--lr", type=positive(float), help=f"default {d.lr}")
     model.add_argument("--weight-decay", type=_non_negative(float), help=f"AdamW weight decay (default {d.weight_decay:g})")
 
     method = p.add_argument_group("saliency-guided training")
@@ -204,7 +207,8 @@ def describe_options() -> dict:
 
 def _add_learning_arguments(group) -> None:
     from .annotator import STYLES
-    from .counterexamples import FEEDBACK_METHODS, FILLS
+    from .counterexamples import FILLS
+    from .teaching import TEACHING_METHODS
     from .prior import parse_prior_masks
 
     def prior(text: str) -> str:
@@ -225,12 +229,12 @@ def _add_learning_arguments(group) -> None:
             raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
         return v
 
-    group.add_argument("--feedback", dest="feedback_method", choices=FEEDBACK_METHODS,
+    group.add_argument("--feedback", dest="feedback_method", choices=TEACHING_METHODS,
                        help="how masks reach the weights: penalty (--penalty on annotated images), "
                             "counterexamples (annotated images re-entered with the marked pixels replaced, same "
                             "label; trainer/counterexamples.py), both, or auto (default): both on decoy-digits, "
                             "counterexamples elsewhere (docs/learning.md)")
-    group.add_argument("--counterexample-share", type=_positive(float),
+    group.add_argument("--counterexample-share", type=positive(float),
                        help="counterexamples appended to each batch, as a share of its size (default 0.5)")
     group.add_argument("--counterexample-fill", choices=FILLS,
                        help="region: the same pixels of another image; paste: another annotated image's marked "
@@ -281,7 +285,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         if "title" not in given:
             raise CLIError("--resume needs the run's --title (-td)")
         run = protocol.RunDir(Path(runs_dir) / given["title"])
-        if not run.exists():
+        if not run.has_config():
             raise CLIError(f"--resume: no run at {run.path} (a run stopped before it wrote its config.json has "
                            f"nothing to resume: start it again without --resume)")
         try:
@@ -297,7 +301,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         cfg.title = f"{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in cfg.title or cfg.title in (".", ".."):
         raise CLIError(f"--title {cfg.title!r} must be a plain folder name")
-    if not resume and protocol.RunDir(Path(cfg.runs_dir) / cfg.title).exists():
+    if not resume and protocol.RunDir(Path(cfg.runs_dir) / cfg.title).has_config():
         raise CLIError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
     check_methods(cfg, given, base if resume else None)
     return cfg, resume
@@ -370,7 +374,7 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
         unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
-    if cfg.feedback_method == "penalty":
+    if not resolve_teaching(cfg.feedback_method, cfg.dataset).counterexamples:
         unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
                                                       "counterexample_dilate", "counterexample_transfer")
                   if k in given]
@@ -386,7 +390,7 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .model import ModelError
-    from .train import Stopped, describe_os_error, install_stop_handlers, run_training
+    from .train import Stopped, install_stop_handlers, run_training
 
     if "--options-json" in (sys.argv[1:] if argv is None else argv):
         print(json.dumps(describe_options()))
@@ -403,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hitl-train: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only or full runs folder, and the like
-        print(f"hitl-train: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"hitl-train: error: {protocol.describe_os_error(e)}", file=sys.stderr)
         return 2
     except Stopped as e:
         print(f"hitl-train: stopped ({e}); resume with: hitl-train --resume -md {cfg.runs_dir} -td {cfg.title}",

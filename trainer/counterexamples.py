@@ -38,24 +38,12 @@ import torch.nn.functional as F
 
 from .feedback import FeedbackSet
 
-FEEDBACK_METHODS = ("auto", "penalty", "counterexamples", "both")
-# --feedback auto, by data set (docs/learning.md, 3 seeds each): on decoy-digits the penalty sees the
-# patch and both together teach the most (hitl 89.3% against 81.1% penalty, 74.5% counterexamples); on
-# synthetic-lesions no penalty moves the model off the sticker and only counterexamples do (79.6%
-# against 52.2% for both, plain 49.2%), so every other data set (photographs, your own) gets them alone.
-AUTO_FEEDBACK = {"decoy-digits": "both"}
-AUTO_FEEDBACK_OTHERWISE = "counterexamples"
 FILLS = ("mix", "region", "paste")
 AUTO_DILATION_SHARE = 1 / 32  # of the image's longer side (docs/learning.md: rough marks)
 # a mark recurs when at least RECUR_OTHERS other marks cover the same place (IoU >= RECUR_IOU on a
 # RECUR_GRID x RECUR_GRID grid, so that marks a few pixels apart match) and it is small: an artefact's
 RECUR_OTHERS, RECUR_IOU, RECUR_GRID, RECUR_MAX_AREA = 2, 0.5, 16, 0.25
 RECUR_REFERENCES = 1024  # each mark is compared with at most this many (the first annotated): bounded cost
-
-
-def resolve_feedback(method: str, dataset: str) -> str:
-    """``--feedback``: ``auto`` is the method measured to teach the most on ``dataset``."""
-    return AUTO_FEEDBACK.get(dataset, AUTO_FEEDBACK_OTHERWISE) if method == "auto" else method
 
 
 def dilation_pixels(setting: int | str, image_size: int) -> int:

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from .cli import CLIError, _Parser, _positive
+from .cli import CLIError, Parser, positive
 from .config import TrainConfig
 from .data import DATASETS, DataError
 from .train import Stopped, install_stop_handlers, run_training
@@ -19,11 +19,11 @@ from .train import Stopped, install_stop_handlers, run_training
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(prog="python -m trainer.demo", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m trainer.demo", description=__doc__.splitlines()[0])
     p.add_argument("-md", "--runs-dir", default=d.runs_dir, help=f"where the two runs go (default {d.runs_dir})")
     p.add_argument("-ds", "--dataset", default=d.dataset, choices=sorted(DATASETS))
-    p.add_argument("-E", "--epochs", type=_positive(int), default=d.epochs)
-    p.add_argument("-qu", "--queries-per-epoch", type=_positive(int), default=d.queries_per_epoch)
+    p.add_argument("-E", "--epochs", type=positive(int), default=d.epochs)
+    p.add_argument("-qu", "--queries-per-epoch", type=positive(int), default=d.queries_per_epoch)
     p.add_argument("--seed", type=int, default=d.seed)
     return p
 

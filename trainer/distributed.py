@@ -192,9 +192,17 @@ def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return order[rank::world_size]
 
 
-def setup(cfg, device: torch.device) -> Distributed:
-    """Join torchrun's process group when there is one (``WORLD_SIZE`` > 1); the run's title is
-    rank 0's (a title made from the clock could differ by a second between ranks)."""
+def pick_device(name: str) -> torch.device:
+    """``--device``: auto is CUDA where there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def setup(device: torch.device) -> Distributed:
+    """Join torchrun's process group when there is one (``WORLD_SIZE`` > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed(device=device)
@@ -206,9 +214,7 @@ def setup(cfg, device: torch.device) -> Distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_close)
     control = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
-    d = Distributed(rank, world_size, local_rank, device, control)
-    cfg.title = d.broadcast(cfg.title)
-    return d
+    return Distributed(rank, world_size, local_rank, device, control)
 
 
 def _close() -> None:

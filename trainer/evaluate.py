@@ -32,7 +32,8 @@ from .explain import EXPLAINERS, create_explainer, wrong_reason_share
 from .model import ModelError, create_classifier
 from .inputs import fill_values, masked
 from .sgt import RANDOM_FILL, parse_fill
-from .train import gather, pick_device
+from .batches import gather
+from .distributed import pick_device
 
 
 class EvaluationError(ValueError):
@@ -168,13 +169,13 @@ def _fmt(value: float | None) -> str:
 
 # --------------------------------------------------------------------------- command line
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="hitl-evaluate", description="How faithful a run's explanations are: masked "
+    p = Parser(prog="hitl-evaluate", description="How faithful a run's explanations are: masked "
                                 "accuracy, deletion AUC and wrong-reason share, written to evaluation.json.")
     p.add_argument("run", help="run directory, or a run name under --runs-dir")
     p.add_argument("-md", "--runs-dir", default="checkpoints")

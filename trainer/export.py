@@ -45,7 +45,7 @@ def load_feedback(run: protocol.RunDir) -> dict:
 
 def export_run(run: protocol.RunDir, out: Path) -> dict:
     """Write the csv data set; returns counts per split and of masks."""
-    from .train import png_bytes
+    from .data.images import png_bytes
 
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty; export into a new folder")

@@ -64,14 +64,11 @@ class FeedbackSet:
             if a.action == protocol.ACTION_WRONG_LABEL:
                 self.excluded[a.index] = True
                 counts["excluded"] += 1
-                continue
-            mask = a.must_not_use()
-            if mask is None:
-                counts["skipped"] += 1
-                continue
-            relevant = torch.from_numpy(a.relevant) if a.relevant is not None and a.relevant.any() else None
-            self.add(a.index, torch.from_numpy(mask), relevant)
-            counts["masked"] += 1
+            else:
+                counts["masked" if a.must_not_use() is not None else "skipped"] += 1
+        for index, marks in protocol.union_marks(answers).items():
+            relevant = None if marks.relevant is None else torch.from_numpy(marks.relevant)
+            self.add(index, torch.from_numpy(marks.must_not_use), relevant)
         return counts
 
     def lookup(self, idx: torch.Tensor, relevance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

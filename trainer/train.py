@@ -7,7 +7,6 @@ images of a batch, and not at all while the feedback set is empty.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
@@ -16,29 +15,30 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed, protocol
 from .annotator import OracleAnnotator
+from .batches import BatchSource, gather
 from .config import TrainConfig
-from .counterexamples import Counterexamples, dilation_pixels, resolve_feedback
+from .counterexamples import Counterexamples, dilation_pixels
 from .data import DataSplits, Split, build_run_dataset
 from .explain import Explainer, Saliency, create_explainer, normalise, wrong_reason_share
 from .feedback import FeedbackSet
+from .linearised import full_precision_convolutions
 from .metrics import classification_metrics
 from .model import create_classifier, load_weights
-from .linearised import full_precision_convolutions
 from .modes import recorded_batch_stats
 from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
-from .sampling import SAMPLERS, entropy
+from .query_round import QueryRound
 from .sgt import SaliencyGuided
+from .teaching import Teaching, resolve_teaching
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
@@ -55,51 +55,6 @@ class TrainState:
     history: list = field(default_factory=list)
     answered: list = field(default_factory=list)  # epochs whose query phase is over (answered or timed out)
     applied: list = field(default_factory=list)   # epochs whose mask file has been applied
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-# --------------------------------------------------------------------------- batches
-
-class BatchSource:
-    """Shuffled batches of (images, labels, dataset indices), deterministic per (seed, epoch).
-
-    In-memory splits are gathered with one index op per batch; file-backed splits go through a
-    DataLoader whose workers decode in parallel."""
-
-    def __init__(self, split: Split, batch_size: int, workers: int | None, device: torch.device):
-        if workers is None:  # decode in parallel but leave the training process a core
-            workers = min(4, max(0, (os.cpu_count() or 1) - 1))
-        self.split, self.batch_size, self.workers, self.device = split, batch_size, workers, device
-
-    def epoch(self, order: torch.Tensor):
-        if self.split.in_memory:
-            for i in range(0, len(order), self.batch_size):
-                idx = order[i:i + self.batch_size]
-                x, y = self.split.batch(idx)
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx.to(self.device)
-        else:
-            loader = DataLoader(torch.utils.data.Subset(self.split, order.tolist()), batch_size=self.batch_size,
-                                num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                                persistent_workers=False)
-            for x, y, idx in loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx.to(self.device)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
-
-
-def gather(split: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if split.in_memory:
-        return split.batch(idx)
-    items = [split[int(i)] for i in idx]
-    return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -119,22 +74,30 @@ class Parts:
     explainer: Explainer
     sgt: SaliencyGuided | None
     annotator: OracleAnnotator | None
-    counterexamples: Counterexamples | None   # --feedback counterexamples or both; draws from ``feedback``
+    teaching: Teaching                        # what the marks do in a step (--feedback, resolved)
+    counterexamples: Counterexamples | None   # when teaching uses them; draws from ``feedback``
+    config: TrainConfig                       # the config with RESOLVED_FIELDS filled in
+
+
+# What build_parts resolves: the title (rank 0's under torchrun: one made from the clock could differ by a
+# second between ranks), the image size (the data set's) and --feedback auto, so the saved config says
+# what the run does and a resume does the same.
+RESOLVED_FIELDS = ("title", "image_size", "feedback_method")
 
 
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
-    """The parts a config names. The seed is set before the data set and the model are built, so the same
-    seed gives the same initial weights. Fills in ``cfg.image_size`` from the data set and resolves
-    ``--feedback auto``, so the saved config says what the run does."""
-    dist = distributed.setup(cfg, pick_device(cfg.device))  # one process unless under torchrun
+    """The parts a config names (``cfg`` itself is left as it is). The seed is set before the data set and
+    the model are built, so the same seed gives the same initial weights."""
+    dist = distributed.setup(distributed.pick_device(cfg.device))  # one process unless under torchrun
+    cfg = replace(cfg, title=dist.broadcast(cfg.title))
     device = dist.device
     torch.manual_seed(cfg.seed)
     with dist.writer_first():  # one process fills a data set's cache
         data = build_run_dataset(cfg)
     for note in data.notes if dist.is_writer else ():
         log(f"warning: {note}")
-    cfg.image_size = data.image_size
-    cfg.feedback_method = resolve_feedback(cfg.feedback_method, cfg.dataset)
+    teaching = resolve_teaching(cfg.feedback_method, cfg.dataset)
+    cfg = replace(cfg, image_size=data.image_size, feedback_method=teaching.method)
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
     feedback = FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device)
@@ -145,9 +108,12 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
         sgt=SaliencyGuided(cfg.sgt_fraction, cfg.sgt_weight, cfg.sgt_fill) if cfg.method == "sgt" else None,
         annotator=(OracleAnnotator(data.train, cfg.oracle_style, cfg.oracle_skip, cfg.seed)
                    if cfg.annotator == "oracle" else None),
-        counterexamples=None if cfg.feedback_method == "penalty" else Counterexamples(
+        teaching=teaching,
+        counterexamples=Counterexamples(
             feedback, lambda i: gather(data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
-            dilation_pixels(cfg.counterexample_dilate, cfg.image_size), cfg.counterexample_transfer))
+            dilation_pixels(cfg.counterexample_dilate, cfg.image_size), cfg.counterexample_transfer)
+        if teaching.counterexamples else None,
+        config=cfg)
 
 
 class Trainer:
@@ -156,10 +122,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, parts: Parts | None = None):
         parts = parts or build_parts(cfg, log)
         self.dist = parts.dist
-        self.cfg, self.log = cfg, log if self.dist.is_writer else _quiet
+        self.cfg = replace(cfg, **{name: getattr(parts.config, name) for name in RESOLVED_FIELDS})
+        self.log = log if self.dist.is_writer else _quiet
         self.run, self.device, self.data, self.model = parts.run, parts.device, parts.data, parts.model
         self.feedback, self.penalty, self.explainer = parts.feedback, parts.penalty, parts.explainer
         self.sgt, self.annotator, self.counterexamples = parts.sgt, parts.annotator, parts.counterexamples
+        self.teaching = parts.teaching
         self.amp = self.device.type == "cuda"
         if resume and self.dist.is_writer:
             for note in checkpoint.recover(self.run):
@@ -175,11 +143,11 @@ class Trainer:
         self.train_batches = BatchSource(self.data.train, self.dist.local_batch_size(cfg.batch_size), cfg.workers,
                                          self.device)
         self.state = TrainState()
-        self.penalise = cfg.feedback_method != "counterexamples"
+        self.queries = QueryRound(self)
         if cfg.prior_masks and not resume:
             add_prior_masks(self.feedback, self.data.train, cfg.prior_masks)
         self._last_heartbeat = 0.0
-        self._status_fields: dict = {}
+        self.status_fields: dict = {}
         self._status_problem: str | None = None
         if resume:
             self._load_checkpoint()
@@ -199,12 +167,12 @@ class Trainer:
         if not force and now - self._last_heartbeat < protocol.HEARTBEAT_SECONDS:
             return
         self._last_heartbeat = now
-        self._status_fields.update(fields)
+        self.status_fields.update(fields)
         try:
             protocol.write_status(self.run, state, epoch=self.state.epoch, epochs=self.cfg.epochs,
-                                  host=socket.gethostname(), **self._status_fields)
+                                  host=socket.gethostname(), **self.status_fields)
         except OSError as e:  # a read-only or full runs folder: the next write that matters fails the run
-            problem = describe_os_error(e)
+            problem = protocol.describe_os_error(e)
             if problem != self._status_problem:
                 self.log(f"cannot write the status: {problem}; carrying on")
             self._status_problem = problem
@@ -257,7 +225,7 @@ class Trainer:
         the penalty and the cross-entropy share one forward and one backward; the others run their own
         pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
-        if len(self.feedback) and self.penalise:
+        if len(self.feedback) and self.teaching.penalty:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
@@ -305,7 +273,8 @@ class Trainer:
         n = len(split)
         return self.dist.gather_rows(torch.cat(probs), n), self.dist.gather_rows(torch.cat(labels), n)
 
-    def evaluate(self, split: Split) -> dict:
+    def metrics_on(self, split: Split) -> dict:
+        """Classification metrics of the current model on ``split`` (accuracy, F1, confusion, ...)."""
         probs, labels = self.predict(split)
         return classification_metrics(probs, labels, self.data.num_classes)
 
@@ -327,128 +296,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ queries
 
-    def is_query_epoch(self, epoch: int) -> bool:
-        return (self.cfg.annotator != "none" and self.cfg.queries_per_epoch > 0
-                and self.cfg.query_start_epoch <= epoch < self.cfg.epochs)
-
-    def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
-        """Sample, explain and write the queue; images and saliency first, the manifest last."""
-        probs, labels = train_predictions or self.predict(self.data.train)
-        probs, labels = probs.cpu(), labels.cpu()
-        allowed = ~self.feedback.excluded.cpu()
-        candidates = torch.nonzero(allowed).flatten()
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
-        chosen = candidates[SAMPLERS[self.cfg.sampling](probs[candidates], labels[candidates],
-                                                        self.cfg.entropy_threshold, self.cfg.queries_per_epoch, g)]
-        queries = []
-        if len(chosen):
-            x, _ = gather(self.data.train, chosen)
-            x = x.to(self.device)
-            pred = probs[chosen].argmax(1)
-            maps = normalise(self.explainer.attribute(x, pred.to(self.device))).cpu().numpy()
-            h = entropy(probs[chosen])
-            for i, index in enumerate(chosen.tolist()):
-                qid = f"q{i:03d}"
-                protocol.write_query_image(self.run, epoch, qid, png_bytes(x[i].cpu()), maps[i])
-                queries.append(protocol.QueryEntry(
-                    query_id=qid, index=index, true_label=int(labels[index]), predicted_label=int(pred[i]),
-                    probabilities=probs[index].tolist(), entropy=float(h[i]), height=int(x.shape[-2]),
-                    width=int(x.shape[-1]), already_annotated=bool(self.feedback.position[index] >= 0)).to_json())
-        manifest = {"class_names": self.data.class_names, "saliency": self.cfg.saliency,
-                    "sampling": self.cfg.sampling, "entropy_threshold": self.cfg.entropy_threshold,
-                    "created_at": time.time(), "queries": queries}
-        protocol.write_manifest(self.run, epoch, manifest)
-        return protocol.read_manifest(self.run, epoch)
-
-    def wait_for_feedback(self, epoch: int, manifest: dict) -> list[protocol.QueryFeedback] | None:
-        """Block until a valid mask file for ``epoch`` arrives (or the timeout passes: then None).
-        Whatever else turns up in its place is moved to feedback/rejected/ with the reason in the
-        status, and waiting goes on."""
-        deadline = time.time() + self.cfg.feedback_timeout if self.cfg.feedback_timeout > 0 else math.inf
-        self.status(protocol.WAITING, phase="waiting", waiting_epoch=epoch, n_queries=len(manifest["queries"]))
-        if self.annotator is not None and not protocol.feedback_sent(self.run, epoch):
-            self.annotator(self.run, epoch)
-        while True:
-            try:
-                answers = protocol.load_feedback(self.run, epoch, manifest)
-            except protocol.ProtocolError as e:
-                self.reject(epoch, str(e))
-            else:
-                if answers is not None:
-                    self._status_fields.pop("feedback_error", None)
-                    return answers
-            if time.time() > deadline:
-                self.log(f"epoch {epoch}: no feedback within {self.cfg.feedback_timeout:g} s; training goes on "
-                         f"without it (a later answer to this queue is still applied)")
-                return None
-            self.status(protocol.WAITING, force=False)
-            time.sleep(0.2)
-
-    def reject(self, epoch: int, reason: str) -> None:
-        """Refuse the mask file for ``epoch``: kept under feedback/rejected/, the reason in the status."""
-        try:
-            kept = protocol.reject_feedback(self.run, epoch)
-        except FileNotFoundError:
-            return  # gone already: nothing to keep, keep waiting
-        except OSError as e:  # it stays; the same reason is not logged again at every look
-            error = f"{reason}; it cannot be moved aside ({e.strerror or type(e).__name__}): remove it"
-        else:
-            error = f"{reason} (kept as {protocol.FEEDBACK_DIR}/{protocol.REJECTED_DIR}/{kept.name})"
-        if self._status_fields.get("feedback_error") != error:
-            self.log(f"epoch {epoch}: mask file rejected: {error}")
-            self.status(protocol.WAITING, feedback_error=error)
-
-    def apply_late_feedback(self) -> None:
-        """Answers that arrived after their queue timed out still count."""
-        for epoch in protocol.queue_epochs(self.run):
-            if epoch in self.state.answered and epoch not in self.state.applied:
-                manifest = protocol.read_manifest(self.run, epoch)
-                try:
-                    answers = protocol.load_feedback(self.run, epoch, manifest)
-                except protocol.ProtocolError as e:
-                    self.reject(epoch, str(e))
-                    continue
-                if answers is not None:
-                    self.apply(epoch, answers)
-
-    def apply(self, epoch: int, answers: list[protocol.QueryFeedback]) -> None:
-        counts = self.feedback.apply(answers)
-        self.state.applied = sorted(set(self.state.applied) | {epoch})
-        self.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked, {counts['skipped']} skipped, "
-                 f"{counts['excluded']} excluded as mislabelled; {len(self.feedback)} images in the feedback set")
-
-    def query_phase(self, epoch: int, train_predictions: tuple | None = None) -> None:
-        """Queue → wait → apply, resumable: an existing queue is reused, never resampled. Under torchrun
-        the ranks predict the training set together, then rank 0 alone does this (distributed.py)."""
-        if not self.is_query_epoch(epoch) or epoch in self.state.answered:
+    def query_phase(self, epoch: int) -> None:
+        """The query round after ``epoch`` (trainer/query_round.py), if one is due. Under torchrun every
+        rank predicts its share of the training set (unless the queue exists already), rank 0 alone asks
+        and waits, and the others take its feedback set and state."""
+        if not self.queries.is_due(epoch):
             return
-        if self.dist.enabled and train_predictions is None:
-            return self.shared_query_phase(epoch)
-        self.apply_late_feedback()
-        if not self.run.last_checkpoint.exists():  # asking before training: --resume needs a checkpoint
-            self.save_checkpoint(best=False)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            manifest = protocol.read_manifest(self.run, epoch) or self.build_queue(epoch, train_predictions)
-        if not manifest["queries"]:
-            self.log(f"epoch {epoch}: no training image matches the sampling rule; no queries")
-            answers = []
-        else:
-            self.log(f"epoch {epoch}: {len(manifest['queries'])} queries in {self.run.queue_dir(epoch)}")
-            answers = self.wait_for_feedback(epoch, manifest)
-        self.state.answered.append(epoch)
-        if answers:
-            self.apply(epoch, answers)
-        self.save_checkpoint(best=False)
-        self.status(protocol.TRAINING, phase="training", waiting_epoch=None)
-
-    def shared_query_phase(self, epoch: int) -> None:
-        """``query_phase`` under torchrun: every rank predicts its share of the training set (unless
-        the queue exists already), rank 0 asks and waits, and the others take its feedback set and state."""
+        if not self.dist.enabled:
+            self.queries.run(epoch)
+            return
         queued = self.dist.broadcast(protocol.read_manifest(self.run, epoch) is not None)
-        predictions = tuple(t.cpu() for t in self.predict(self.data.train)) if not queued else (None, None)
+        predictions = None if queued else tuple(t.cpu() for t in self.predict(self.data.train))
 
         def ask() -> tuple:
-            self.query_phase(epoch, predictions)
+            self.queries.run(epoch, predictions)
             return self.feedback.state_dict(), self.state
 
         feedback, state = self.dist.on_writer(ask)
@@ -534,7 +395,7 @@ class Trainer:
         t0 = time.time()
         row = {"epoch": epoch, **self.train_one_epoch(epoch)}
         self.scheduler.step()
-        val = self.evaluate(self.data.val)
+        val = self.metrics_on(self.data.val)
         row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
         row.update(wrong_reason=self.wrong_reason(self.data.test or self.data.val),
                    n_feedback=len(self.feedback), lr=self.optimizer.param_groups[0]["lr"],
@@ -563,10 +424,10 @@ class Trainer:
                                         if r["epoch"] == self.state.best_epoch), math.nan),
                   "n_feedback": len(self.feedback), "run_dir": str(self.run.path)}
         if self.data.test is not None:
-            result["test_acc"] = self.evaluate(self.data.test)["acc"]
+            result["test_acc"] = self.metrics_on(self.data.test)["acc"]
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
-            result["test_consistent_acc"] = self.evaluate(self.data.test_consistent)["acc"]
+            result["test_consistent_acc"] = self.metrics_on(self.data.test_consistent)["acc"]
             # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
             result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
         if self.dist.is_writer:
@@ -598,23 +459,6 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, unit="batch")
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """A C×H×W image in [0, 1] as PNG bytes (grey for one channel)."""
-    from PIL import Image
-
-    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def describe_os_error(e: OSError) -> str:
-    """One line for a file-system error: what went wrong and where (never the file's contents)."""
-    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else ""
-    what = e.strerror or type(e).__name__
-    return f"{what}: {where}" if where else what
-
-
 def install_stop_handlers() -> None:
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
@@ -632,6 +476,6 @@ def run_training(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         raise
     except BaseException as e:
         tail = traceback.format_exc().splitlines()[-12:]
-        error = describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        error = protocol.describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
         trainer.status(protocol.FAILED, phase="failed", error=error, traceback=tail)
         raise

@@ -50,12 +50,9 @@ RED, GREEN = "must not use", "should use"
 def _relevant_regions(path: str, stamp: tuple) -> dict[int, np.ndarray]:
     """Per training-image index, the union of every "should use" mark sent for it."""
     run = protocol.RunDir(path)
-    regions: dict[int, np.ndarray] = {}
-    for epoch in protocol.queue_epochs(run):
-        for answer in (run_reader.sent_answers(run, epoch) or {}).values():
-            if answer.action == protocol.ACTION_MASK and answer.relevant is not None and answer.relevant.any():
-                regions[answer.index] = regions.get(answer.index, np.zeros_like(answer.relevant)) | answer.relevant
-    return regions
+    marks = protocol.union_marks(a for epoch in protocol.queue_epochs(run)
+                                 for a in (run_reader.sent_answers(run, epoch) or {}).values())
+    return {index: m.relevant for index, m in marks.items() if m.relevant is not None}
 
 
 def by_meaning(run: protocol.RunDir, tracking: pd.DataFrame) -> pd.DataFrame:

@@ -68,6 +68,14 @@ def image_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
 
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A C×H×W image in [0, 1] as PNG bytes (grey for one channel)."""
+    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def load_mask(path: Path, size: int) -> torch.Tensor:
     """A relevance mask file as a bool ``size``×``size`` tensor: nonzero pixels (any colour channel;
     alpha ignored) are the ones the model must not rely on. A target pixel is marked when at least

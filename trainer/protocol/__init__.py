@@ -21,14 +21,14 @@ from .formats import FORMAT, ProtocolError, parse_json, read_json, upgrade
 from .layout import (BEST_CHECKPOINT, CONFIG_FILE, CONFUSION_FILE, EVALUATION_FILE, FEEDBACK_DIR,
                      LAST_CHECKPOINT, LAUNCH_FILE, LOG_FILE, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, QUEUE_DIR,
                      REJECTED_DIR, STATUS_FILE, TRACKING_DIR, TRACKING_FILE, RunDir, run_from_argument)
-from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, QueryFeedback,
+from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, ImageMarks, QueryFeedback,
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
-                       read_mask_file, reject_feedback, submit_feedback)
+                       read_mask_file, reject_feedback, submit_feedback, union_marks)
 from .queue import (QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)
 from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, read_confusion, read_evaluation, read_metrics,
                       read_saliency, read_tracking, write_confusion, write_evaluation, write_metrics,
                       write_tracking)
 from .status import (FAILED, FINISHED, HEARTBEAT_SECONDS, STALE, STALE_AFTER_SECONDS, STATES, STOPPED, TRAINING,
-                     WAITING, delete_run, mark_stop_requested, open_log, pid_alive, read_config, read_launch,
+                     WAITING, delete_run, launch_alive, launch_is_newer, mark_stop_requested, open_log, pid_alive, read_config, read_launch,
                      read_log_tail, read_status, write_config, write_launch, write_status)

@@ -82,7 +82,8 @@ class RunDir:
     def tracking_map(self, epoch: int, index: int) -> Path:
         return self.tracking_dir(epoch) / f"{index}.npy"
 
-    def exists(self) -> bool:
+    def has_config(self) -> bool:
+        """The trainer has started this run (and so it can be resumed or read)."""
         return self.config.exists()
 
     def is_run(self) -> bool:
@@ -96,6 +97,6 @@ def run_from_argument(run: str, runs_dir: str | Path) -> RunDir:
     holds no run."""
     path = Path(run) if Path(run).is_dir() else Path(runs_dir) / run
     found = RunDir(path)
-    if not found.exists():
+    if not found.has_config():
         raise ProtocolError(f"{path} is not a run directory (no {CONFIG_FILE})")
     return found

@@ -109,6 +109,34 @@ class QueryFeedback:
         return mask if mask is not None and mask.any() else None
 
 
+@dataclass
+class ImageMarks:
+    """What all answers about one training image say, added up."""
+
+    must_not_use: np.ndarray           # bool H×W
+    relevant: np.ndarray | None        # bool H×W, None where no relevant region was drawn
+
+
+def union_marks(answers: Iterable[QueryFeedback]) -> dict[int, ImageMarks]:
+    """Per training-image index (in the order first marked), the union of what the answers say the model
+    must not use and of the relevant regions drawn: how the trainer's feedback set adds marks up, and
+    what the dashboard shows of them. Answers that mark nothing are left out."""
+    marks: dict[int, ImageMarks] = {}
+    for a in answers:
+        mask = a.must_not_use()
+        if mask is None:
+            continue
+        relevant = a.relevant if a.relevant is not None and a.relevant.any() else None
+        known = marks.get(a.index)
+        if known is None:
+            marks[a.index] = ImageMarks(mask, relevant)
+            continue
+        known.must_not_use = known.must_not_use | mask
+        if relevant is not None:
+            known.relevant = relevant if known.relevant is None else known.relevant | relevant
+    return marks
+
+
 def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> dict:
     queries = []
     for a in answers:

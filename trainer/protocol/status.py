@@ -97,6 +97,19 @@ def read_launch(run: RunDir) -> dict | None:
     return launch if isinstance(launch.get("pid"), int) else None
 
 
+def launch_is_newer(launch: dict, status: dict) -> bool:
+    """True while the trainer started by this launch has not written a status yet."""
+    started, heartbeat = launch.get("started_at"), status.get("heartbeat")
+    return (started if isinstance(started, (int, float)) else 0) > (heartbeat if isinstance(heartbeat, (int, float)) else 0)
+
+
+def launch_alive(launch: dict) -> bool:
+    """Whether the process a launch record names is alive; a launch on another machine is not this
+    dashboard's to watch."""
+    host = launch.get("host")
+    return (not host or host == os.uname().nodename) and pid_alive(launch["pid"])
+
+
 def delete_run(run: RunDir) -> None:
     """Remove a run folder and everything in it; refuses a folder that is not a run."""
     if not run.is_run():
