@@ -1,7 +1,8 @@
 """``python -m bench.report [FILE.json ...]``: markdown tables from the results files (all of
-``bench/results/`` by default), printed and, where README.md has the markers ``<!-- bench:start -->``
-and ``<!-- bench:end -->``, written between them. Targets are reported as holding or failing, never
-asserted; published reference figures are printed beside ours."""
+``bench/results/`` by default), printed and written into ``docs/benchmarks.md`` between its markers
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` (the page's text around them is kept; a missing page
+is created). Targets are reported as holding or failing, never asserted; published reference figures
+are printed beside ours."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from trainer.penalty import IMPL_ALIASES
 from .plans import REFERENCE_VARIANT
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 REFERENCES = (
@@ -355,22 +356,25 @@ def render_all(paths: list[Path]) -> str:
     return "\n".join(parts + refs) + "\n"
 
 
-def write_readme(markdown: str, readme: Path = README) -> bool:
-    """Replace what lies between the markers; False (and README untouched) when they are missing."""
-    if not readme.exists():
-        return False
-    text = readme.read_text()
+def write_page(markdown: str, page: Path = PAGE) -> bool:
+    """Replace what lies between the page's markers, keeping the text around them; a missing page is
+    created with a title and the markers. False (and the page untouched) when it exists without them."""
+    if not page.exists():
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(f"# Benchmarks\n\n{START}\n{markdown}{END}\n")
+        return True
+    text = page.read_text()
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
         return False
-    readme.write_text(text[:start + len(START)] + "\n" + markdown + text[end:])
+    page.write_text(text[:start + len(START)] + "\n" + markdown + text[end:])
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="*", type=Path, help="results files (default: bench/results/*.json)")
-    p.add_argument("--no-readme", action="store_true", help="print only; leave README.md alone")
+    p.add_argument("--print-only", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args(argv)
     paths = args.files or sorted(RESULTS_DIR.glob("*.json"))
     if not paths:
@@ -378,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     markdown = render_all(paths)
     print(markdown)
-    if not args.no_readme:
-        wrote = write_readme(markdown)
-        print(f"README.md {'updated' if wrote else 'has no bench markers; left alone'}", file=sys.stderr)
+    if not args.print_only:
+        wrote = write_page(markdown)
+        name = PAGE.relative_to(PAGE.parents[1])
+        print(f"{name} {'updated' if wrote else 'has no bench markers; left alone'}", file=sys.stderr)
     return 0
 
 

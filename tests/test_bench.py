@@ -1,8 +1,10 @@
 """The benchmark harness end to end on a tiny plan: every section writes rows with the keys the
-results file promises, and the report renders them (README markers honoured, absent markers respected)."""
+results file promises, and the report renders them into docs/benchmarks.md (its markers honoured, the page's
+own text kept, a page without markers left alone)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,8 @@ TINY = Plan(
     feedback_settings=(TrainingSetting("decoy-digits", epochs=1, train_fraction=0.05, queries_per_epoch=3),),
     feedback_runs=("plain", "hitl"), feedback_methods=("penalty", "counterexamples"),
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +82,7 @@ def test_every_section_has_its_keys(results):
     assert all(r["seconds"] > 0 for r in results["latency"])
 
 
-def test_report_renders_and_respects_readme_markers(results, tmp_path):
+def test_report_renders_every_section(results, tmp_path):
     path = tmp_path / "cpu-test.json"
     path.write_text(json.dumps(results))
     markdown = report.render_all([path])
@@ -87,13 +91,31 @@ def test_report_renders_and_respects_readme_markers(results, tmp_path):
         assert heading in markdown
     assert "counterfactual teaches as rrr/exact does (decoy-digits, hitl): test accuracy" in markdown
     assert "linearised parameter-gradient cosine with exact ≥ 0.95 on every batch: **holds**" in markdown
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n")
-    assert not report.write_readme(markdown, readme) and readme.read_text() == "intro\n"
-    readme.write_text(f"intro\n{report.START}\nSTALE TABLE\n{report.END}\nend\n")
-    assert report.write_readme(markdown, readme)
-    text = readme.read_text()
-    assert "STALE TABLE" not in text and "Step cost" in text and text.endswith(f"{report.END}\nend\n")
+
+
+def test_report_writes_docs_benchmarks_between_its_markers(tmp_path):
+    assert report.PAGE == ROOT / "docs" / "benchmarks.md"
+    markdown = "### `cpu.json`\n\n| a |\n|---|\n| 1 |\n"
+    page = tmp_path / "docs" / "benchmarks.md"
+    assert report.write_page(markdown, page)  # missing: created with a title and the markers
+    assert page.read_text() == f"# Benchmarks\n\n{report.START}\n{markdown}{report.END}\n"
+    page.write_text("intro\n")
+    assert not report.write_page(markdown, page) and page.read_text() == "intro\n"
+    page.write_text(f"intro\n{report.START}\nSTALE TABLE\n{report.END}\nend\n")
+    assert report.write_page(markdown, page)
+    text = page.read_text()
+    assert text == f"intro\n{report.START}\n{markdown}{report.END}\nend\n"
+
+
+def test_docs_benchmarks_holds_the_report_of_the_results_files():
+    """The tables on docs/benchmarks.md are what ``python -m bench.report`` renders from bench/results/."""
+    text = report.PAGE.read_text()
+    start, end = text.find(report.START), text.find(report.END)
+    assert 0 <= start < end, "docs/benchmarks.md lost its bench markers"
+    rendered = report.render_all(sorted(report.RESULTS_DIR.glob("*.json")))
+    assert text[start + len(report.START) + 1:end] == rendered, \
+        "docs/benchmarks.md is stale: run `python -m bench.report`"
+    assert report.START not in (ROOT / "README.md").read_text()  # the README holds no generated tables
 
 
 def test_a_stopped_section_keeps_the_runs_it_finished(results, saved, tmp_path):

@@ -1,5 +1,5 @@
 """Penalties and explainers each live in one registry, and everything that lists them reads it: the
-CLI's choices (and so the dashboard's launcher), the bench's variants and the README's tables. Runs
+CLI's choices (and so the dashboard's launcher), the bench's variants and the tables of docs/usage.md. Runs
 written when the linearised implementation was called ``fd`` (or ``jvp``) still open and resume."""
 from __future__ import annotations
 
@@ -65,9 +65,9 @@ def test_every_bench_variant_is_a_registered_penalty():
         assert cls.implementation == settings.get("penalty_impl")
 
 
-def test_readme_tables_are_the_registries():
-    readme = (ROOT / "README.md").read_text()
-    assert markdown() in readme, "README's penalty/explainer tables are stale: paste `python -m trainer.tables`"
+def test_usage_tables_are_the_registries():
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    assert markdown() in usage, "docs/usage.md's penalty/explainer tables are stale: paste `python -m trainer.tables`"
 
 
 def test_trainer_explains_with_the_configured_deeplift_baseline():

@@ -34,7 +34,7 @@ class TrainConfig:
     sampling: str = "high_entropy"
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10
-    query_start_epoch: int = 0              # 0: one round before training too (see README, bench)
+    query_start_epoch: int = 0              # 0: one round before training too (docs/usage.md, bench)
     oversample: bool = True                 # annotated images join every batch (1/8 of its size)
     annotator: str = "human"                # human | oracle | none
     feedback_timeout: float = 0.0           # seconds; 0 waits for ever

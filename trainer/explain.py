@@ -5,7 +5,7 @@ Each explainer is a class in captum's shape, registered by name in ``EXPLAINERS`
 constructor, ``attribute(x, target)`` for images in [0, 1] (N×C×H×W) and their target classes, one map
 per image back (N×H×W, summed over channels), computed with the model in eval mode. Maps are raw; use
 ``normalise`` for display (divided by the largest magnitude, as the original tool did). The CLI's
-``--saliency`` choices, ``hitl-evaluate --explainers`` and the README's table come from the registry.
+``--saliency`` choices, ``hitl-evaluate --explainers`` and docs/usage.md's table come from the registry.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Explainer(ABC):
     """Attribution maps of ``model``'s predictions, ``batch_size`` images at a time."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]                       # one line for --help and the README
+    summary: ClassVar[str]                       # one line for --help and docs/usage.md
     needs_attention_head: ClassVar[bool] = False  # only with --head attention
 
     def __init__(self, model: nn.Module, batch_size: int = 32):

@@ -7,7 +7,7 @@ constructor, ``penalty(x, masks, y)`` the value per annotated image, on their ow
 logits become the penalty, so the penalty and the cross-entropy share one forward and one backward.
 Its properties are class attributes (``uses_relevance``, ``needs_attention_head``, ``has_probe``, the
 ``implementation`` of a penalty that has several); the CLI's choices, the bench's variants and the
-README's table come from the registry.
+table in docs/usage.md come from the registry.
 
 All penalties run on the annotated images of a batch only, in the same mode as the cross-entropy
 (train mode) but without updating batch-norm running statistics. (Penalising the eval-mode model
@@ -67,7 +67,7 @@ class Penalty(ABC):
     """A feedback penalty on ``model``: ``penalty(x, masks, y)``, one value per annotated image."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]                        # one line for --help and the README
+    summary: ClassVar[str]                        # one line for --help and docs/usage.md
     implementation: ClassVar[str | None] = None   # None: the penalty's only one, whatever --penalty-impl says
     implementations: ClassVar[dict[str, type[Penalty]]] = {}  # a penalty with several: by name (register fills it)
     uses_relevance: ClassVar[bool] = False        # takes relevance maps instead of forbidden masks

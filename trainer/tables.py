@@ -1,6 +1,6 @@
-"""``python -m trainer.tables``: the README's tables of penalties and explainers, rendered from their
-registries (trainer/penalty.py, trainer/explain.py); tests/test_registry.py checks that the README
-holds them as printed here."""
+"""``python -m trainer.tables``: the tables of penalties and explainers in docs/usage.md, rendered from
+their registries (trainer/penalty.py, trainer/explain.py); tests/test_registry.py checks that
+docs/usage.md holds them as printed here."""
 from __future__ import annotations
 
 from .config import TrainConfig
