@@ -47,7 +47,8 @@ def is_inside(path_text: str | os.PathLike, roots: Iterable[Path | str]) -> bool
         real = Path(os.path.realpath(candidate))
         return any(real == root or root in real.parents for root in real_roots)
 
-    return within(text) and within(os.path.expanduser(text))
+    home = os.path.expanduser(text)
+    return within(text) and (home == text or within(home))
 
 
 def check(path_text: str | os.PathLike, roots: Iterable[Path | str], what: str, show_value: bool = True) -> None:
