@@ -419,6 +419,22 @@ def _class_order(labels: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection): written with
+# a leading single quote, which a spreadsheet shows as text and ``from_spreadsheet_cell`` takes off.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def to_spreadsheet_cell(value: str) -> str:
+    """``value`` as a spreadsheet shows it as text: a quote before a formula start (also before one
+    already quoted, so that reading it back gives exactly ``value``)."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def from_spreadsheet_cell(cell: str) -> str:
+    """The inverse of ``to_spreadsheet_cell``: what a csv data set's reader sees in a cell."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
 def _check_inside(dataset: str, table_path: Path, root: Path, table: pd.DataFrame, columns: list[str]) -> None:
     """Every file a row names must lie in the CSV's folder, after links: ``../../etc/passwd``, an
     absolute path or a link that leads out is refused, naming the first such row, before anything is
@@ -441,7 +457,7 @@ def build_csv(request: DataRequest) -> DataSplits:
     if not table_path.is_file():
         raise DataError(f"{dataset}: {table_path} not found (give the CSV file or a folder with labels.csv)")
     root = table_path.parent
-    table = _read_table(dataset, table_path, ["path", "label"])
+    table = _read_table(dataset, table_path, ["path", "label"]).map(from_spreadsheet_cell)  # as exported
     names = list(table["path"])
     _check_ids(dataset, table_path.name, "path", names)
     blank = [p for p, label in zip(names, table["label"]) if not label]
