@@ -19,7 +19,8 @@ FAVICON = Path(__file__).resolve().parent / "components" / "favicon.png"
 
 def folders_from_args(argv: list[str]) -> tuple[Path, list[Path]]:
     """The runs folder (``--runs-dir`` after ``--``, else $HITL_RUNS_DIR, else ./checkpoints) and the
-    folders typed paths may lie in (``--allow-root``, repeatable; default: datasets/ and the runs folder)."""
+    folders typed paths may lie in (``--allow-root``, repeatable; default: datasets/ and the runs folder;
+    a run started from the form may always read the runs folder too)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--runs-dir", default=os.environ.get("HITL_RUNS_DIR", "checkpoints"))
     parser.add_argument("--allow-root", action="append", default=[])

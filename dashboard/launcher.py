@@ -5,8 +5,11 @@ status.json; until it does (torch import and data set loading take a few seconds
 dies before its first status still shows up with its log.
 
 A page may be open to anyone who can reach the dashboard, so what it may ask of the trainer is
-limited: the run name and runs folder come from the form alone, and a path typed on the page must lie
-inside one of the folders the dashboard was started with (``hitl-serve --allow-root``).
+limited: the run name and runs folder come from the form alone, and every path-valued option typed on
+the page (the trainer marks them: ``--data-dir``, ``--init-from``, ``--config``, ...) must lie inside one
+of the folders the dashboard was started with (``hitl-serve --allow-root``) or its runs folder. The
+trainer is started with those folders (``trainer/confine.py``), so it holds the paths inside a
+``--config`` file to the same rule, before it opens anything they name.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from trainer import confine as path_rule
 from trainer import protocol
 
 from .run_reader import summarise
@@ -37,7 +41,6 @@ FORM_ONLY = {
     "resume": "resume a run with its Resume button",
     "options_json": "it is not a training option",
 }
-PATH_OPTIONS = ("data_dir", "init_from")  # confined to the allowed folders
 _NUMBER = re.compile(r"^-\d*\.?\d+([eE][-+]?\d+)?$")
 
 _children: list[subprocess.Popen] = []
@@ -116,19 +119,18 @@ def default_allowed_roots(runs_dir: Path | str) -> list[Path]:
 
 
 def confine(path_text: str, allowed_roots: list[Path], what: str) -> None:
-    """Refuse a typed path that leads (through links too) outside every allowed folder."""
-    real = Path(os.path.realpath(path_text))
-    for root in allowed_roots:
-        root = Path(os.path.realpath(root))
-        if real == root or root in real.parents:
-            return
-    raise LaunchError(f"{what} {path_text!r} is outside the folders this dashboard may read "
-                      f"({', '.join(str(r) for r in allowed_roots)}; `hitl-serve --allow-root` adds one)")
+    """Refuse a typed path that leads (through links too) outside every allowed folder (the rule the
+    trainer applies to paths in a config file too: trainer/confine.py)."""
+    try:
+        path_rule.check(path_text, allowed_roots, what)
+    except path_rule.OutsideRoots as e:
+        raise LaunchError(str(e)) from None
 
 
 def check_extra_args(args: list[str], options: list[dict], allowed_roots: list[Path]) -> None:
-    """Accept only the trainer's own flags, spelled in full, that a page may set; typed paths confined.
-    A token that starts with "-" is always taken as a flag, as the trainer's parser does."""
+    """Accept only the trainer's own flags, spelled in full, that a page may set; the value of every
+    option the trainer marks as a path is confined. A token that starts with "-" is always taken as a
+    flag, as the trainer's parser does."""
     by_flag = {flag: o for o in options for flag in o["flags"]}
     i = 0
     while i < len(args):
@@ -149,7 +151,7 @@ def check_extra_args(args: list[str], options: list[dict], allowed_roots: list[P
                 i += 1
             elif option["value"] == "required":
                 raise LaunchError(f"{flag} needs a value")
-        if option["name"] in PATH_OPTIONS and has_value:
+        if option.get("path") and has_value:
             confine(value, allowed_roots, flag)
         i += 1
 
@@ -163,7 +165,7 @@ def start_run(runs_dir: Path | str, request: RunRequest, allowed_roots: list[Pat
     if not 1 <= request.processes <= MAX_PROCESSES:
         raise LaunchError(f"processes must be between 1 and {MAX_PROCESSES}, got {request.processes}")
     runs_dir = Path(runs_dir).resolve()
-    roots = default_allowed_roots(runs_dir) if allowed_roots is None else allowed_roots
+    roots = default_allowed_roots(runs_dir) if allowed_roots is None else [*allowed_roots, runs_dir]
     if request.data_dir.strip():
         confine(request.data_dir.strip(), roots, "the data folder")
     if request.extra_args:
@@ -173,7 +175,8 @@ def start_run(runs_dir: Path | str, request: RunRequest, allowed_roots: list[Pat
         run.path.mkdir(parents=True)
     except FileExistsError:
         raise LaunchError(f"a run named {request.title!r} already exists; choose another name") from None
-    _spawn(run, request.trainer_args(runs_dir), append_log=False, processes=request.processes)
+    _spawn(run, request.trainer_args(runs_dir), append_log=False, processes=request.processes,
+           env=path_rule.roots_env(roots))
     return run
 
 
@@ -265,8 +268,10 @@ def _is_local(host: str | None) -> bool:
     return not host or host == os.uname().nodename
 
 
-def _spawn(run: protocol.RunDir, args: list[str], append_log: bool, processes: int = 1) -> None:
-    """Start the trainer in its own session (one process, or torchrun's N on this machine)."""
+def _spawn(run: protocol.RunDir, args: list[str], append_log: bool, processes: int = 1,
+           env: dict[str, str] | None = None) -> None:
+    """Start the trainer in its own session (one process, or torchrun's N on this machine); ``env``
+    adds to the dashboard's environment (the allowed folders of a run started from the form)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] \
         if processes > 1 else [sys.executable]
     argv = [*launch, "-m", "trainer", *args]
@@ -275,7 +280,8 @@ def _spawn(run: protocol.RunDir, args: list[str], append_log: bool, processes: i
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                 start_new_session=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     _children.append(child)
     protocol.write_launch(run, child.pid, argv)
 

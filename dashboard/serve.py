@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"access token a visitor must enter (default ${TOKEN_ENV}); required with a --host other "
                         "than loopback. Prefer the variable: a flag shows in the process list")
     p.add_argument("--allow-root", action="append", default=[], metavar="PATH",
-                   help="a folder whose data sets and checkpoints a page may name (--data-dir, --init-from); "
-                        "repeatable. Default: the project's datasets/ and the runs folder")
+                   help="a folder whose data sets, checkpoints and config files a page may name (--data-dir, "
+                        "--init-from, --config); repeatable. Default: the project's datasets/; the runs folder "
+                        "is always allowed")
     args = p.parse_args(argv)
     shared = not is_loopback(args.host)
     if shared and not args.token:

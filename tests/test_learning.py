@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_real import make_csv
+from fixtures_real import make_csv, write_csv, write_image
 
 from trainer import protocol
 from trainer.annotator import OracleAnnotator
@@ -19,6 +19,7 @@ from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_
 from trainer.teaching import resolve_teaching
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
+from trainer.data.real import from_spreadsheet_cell, to_spreadsheet_cell
 from trainer.export import LABELS_FILE, export_run
 from trainer.feedback import FeedbackSet
 from trainer.train import Trainer
@@ -216,6 +217,43 @@ def test_export_then_import_gives_the_same_images_labels_and_masks(tmp_path):
     assert torch.equal(again.feedback.masks, source.feedback.masks)
     with pytest.raises(DataError, match="not empty"):
         export_run(source.run, out)
+
+
+FORMULA_LIKE = ["=cmd|' /C calc'!A0", "-1", "@SUM(A1)", "+plus", "'=quoted-already", "\tTab", "\rCR"]
+
+
+def test_cells_that_look_like_formulas_round_trip_through_their_spreadsheet_form():
+    for value in FORMULA_LIKE + ["plain", "", "a=b", "'plain", "''-2", "'", "=", "it's"]:
+        cell = to_spreadsheet_cell(value)
+        assert from_spreadsheet_cell(cell) == value
+        assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))  # a spreadsheet shows it as text
+    assert to_spreadsheet_cell("=1+1") == "'=1+1" and to_spreadsheet_cell("plain") == "plain"
+
+
+def test_exported_labels_that_look_like_formulas_show_as_text_and_read_back_unchanged(tmp_path):
+    labels = FORMULA_LIKE + ["plain"]
+    rows = []
+    for k in range(4 * len(labels)):
+        label = k % len(labels)
+        write_image(tmp_path / "src" / f"{k:02d}.png", label % 5)
+        rows.append([f"{k:02d}.png", to_spreadsheet_cell(labels[label])])
+    write_csv(tmp_path / "src" / "labels.csv", ["path", "label"], rows)
+    cfg = TrainConfig(**{**TINY, "dataset": "csv", "train_fraction": 1.0, "val_fraction": 1.0},
+                      data_dir=str(tmp_path / "src"), image_size=16, runs_dir=str(tmp_path / "runs"), title="source",
+                      dataset_options={"val_holdout": 0.25})
+    source = Trainer(cfg, log=lambda *_: None)
+    assert sorted(source.data.class_names) == sorted(labels)  # a hand-quoted cell is read as a spreadsheet shows it
+    protocol.write_config(source.run, cfg.to_dict())
+    source.save_checkpoint(best=False)
+    out = tmp_path / "exported"
+    export_run(source.run, out)
+
+    with open(out / LABELS_FILE, newline="") as f:
+        written = {row["label"] for row in csv.DictReader(f)}
+    assert written == {"plain"} | {"'" + label for label in FORMULA_LIKE}
+    back = build_dataset("csv", DataRequest(str(out), 16, 0))
+    assert back.class_names == source.data.class_names
+    assert len(back.train) + len(back.val) == len(source.data.train) + len(source.data.val)
 
 
 def test_oracle_styles_draw_like_people(tmp_path):

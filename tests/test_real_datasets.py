@@ -292,6 +292,42 @@ def test_numeric_csv_labels_sort_as_numbers(tmp_path):
     assert data.class_names == ["2", "9", "10"]
 
 
+@pytest.mark.parametrize("column, written, row", [
+    ("path", "../../../../../../../../etc/passwd", 4),
+    ("path", "{outside}", 4),              # an absolute path to a real image outside the folder
+    ("path", "img/link-out.png", 4),       # a link inside the folder that leads out of it
+    ("path", "../data-other/im.png", 4),   # a sibling folder whose name starts like the data folder's
+    ("mask", "/etc/passwd", 1),
+    ("mask", "img/../../outside.png", 2),
+])
+def test_csv_rows_that_lead_outside_the_data_folder_are_refused_before_opening_anything(tmp_path, monkeypatch,
+                                                                                         column, written, row):
+    data = tmp_path / "data"
+    table = make_csv(data, masks=True, split=True)
+    outside = write_image(tmp_path / "outside.png", 0)
+    write_image(tmp_path / "data-other" / "im.png", 0)
+    (data / "img" / "link-out.png").symlink_to(outside)
+    original = [f"img/im{row - 1:02d}.png", f"img/im{row - 1:02d}_mask.png"][column == "mask"]
+    lines = table.read_text().splitlines(keepends=True)
+    lines[row] = lines[row].replace(original, written.format(outside=outside))
+    table.write_text("".join(lines))
+    opened = []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("an image was opened"))
+    message = error_of("csv", data)
+    assert f"labels.csv row {row} (line {row + 1}), column {column}:" in message
+    assert "leads outside the data folder" in message and not opened
+
+
+def test_csv_paths_that_stay_inside_the_data_folder_are_read(tmp_path):
+    table = make_csv(tmp_path, masks=True, split=True)
+    (tmp_path / "img" / "alias.png").symlink_to(tmp_path / "img" / "im03.png")
+    table.write_text(table.read_text().replace("img/im03.png", "img/alias.png")
+                     .replace("img/im04.png", "./img/../img/im04.png")
+                     .replace("img/im05.png", str(tmp_path / "img" / "im05.png")))
+    data = build_dataset("csv", request(tmp_path))
+    assert (len(data.train), len(data.val), len(data.test)) == (6, 3, 3)
+
+
 def test_csv_bad_inputs_are_named(tmp_path):
     table = make_csv(tmp_path, masks=True, split=True)
     good = table.read_text()

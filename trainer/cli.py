@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from . import protocol
+from . import confine, protocol
 from .config import TrainConfig
 from .teaching import resolve_teaching
 
@@ -85,6 +86,19 @@ def _non_negative(kind):
     return parse
 
 
+def path_value(text: str) -> str:
+    """The type of every path-valued option: ``path_options`` finds them by it, and a dashboard confines
+    them (trainer/confine.py). A new option that names a file or folder must use it."""
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError("expected a path")
+    return text
+
+
+def path_options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every path-valued option's setting name and its long flag, read from the parser itself."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.type is path_value}
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that raises CLIError (one line, no usage dump) instead of exiting."""
 
@@ -105,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Train an image classifier with human feedback on its saliency maps.")
     data = p.add_argument_group("data")
     data.add_argument("-ds", "--dataset", choices=sorted(DATASETS), help=f"default {d.dataset}")
-    data.add_argument("-dr", "--data-dir", help="folder of a data set on disk (not needed for generated sets)")
+    data.add_argument("-dr", "--data-dir", type=path_value, metavar="PATH", help="folder of a data set on disk (not needed for generated sets)")
     data.add_argument("-tf", "--train-fraction", type=_fraction, help="stratified share of the training images (default 1)")
     data.add_argument("-vf", "--val-fraction", type=_fraction, help="stratified share of the validation images (default 1)")
     data.add_argument("--image-size", type=positive(int), help="side in pixels (default: the data set's)")
@@ -113,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers decoding data sets on disk (default: up to 4, one core spare)")
 
     run = p.add_argument_group("run")
-    run.add_argument("-md", "--runs-dir", help=f"where runs live (default {d.runs_dir}/)")
+    run.add_argument("-md", "--runs-dir", type=path_value, metavar="DIR", help=f"where runs live (default {d.runs_dir}/)")
     run.add_argument("-td", "--title", help="run name: the folder under --runs-dir (default: dataset and time)")
     run.add_argument("--resume", action="store_true", help="continue the run --title from its last checkpoint")
-    run.add_argument("--config", metavar="FILE",
+    run.add_argument("--config", type=path_value, metavar="FILE",
                      help="settings from a YAML, TOML or JSON file (a run's config.json works as it is); flags given "
                           "as well override it; the run name and runs folder come from flags only")
     run.add_argument("-E", "--epochs", type=positive(int), help=f"default {d.epochs}")
@@ -130,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--head", choices=list(HEADS),
                        help="pool: the backbone's global pool (default); attention: a learned attention pool whose "
                             "weights explain the prediction (CNNs; starts as average pooling)")
-    model.add_argument("--init-from", metavar="CHECKPOINT",
+    model.add_argument("--init-from", type=path_value, metavar="CHECKPOINT",
                        help="start from another run's weights (e.g. RUN/best.pt), say to add --head attention to a "
                             "trained model and fine-tune it")
     model.add_argument("--batch-size", type=positive(int), help=f"default {d.batch_size}")
@@ -189,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe_options() -> dict:
     """The options as data (name, flags, choices, default, help, type, value: none, optional or
-    required) and the default config: what the dashboard builds its form from and checks typed flags
+    required, path: whether it names a file or folder) and the default config: what the dashboard builds its form from and checks typed flags
     against, so it never reads the parser's internals."""
     defaults = DEFAULTS.to_dict()
     types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
@@ -201,7 +215,8 @@ def describe_options() -> dict:
             "name": action.dest, "flags": list(action.option_strings),
             "choices": list(action.choices) if action.choices else None, "default": defaults.get(action.dest),
             "help": action.help, "type": "switch" if action.nargs == 0 else types.get(action.dest, "str"),
-            "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required"})
+            "value": "none" if action.nargs == 0 else "optional" if action.nargs == "?" else "required",
+            "path": action.type is path_value})
     return {"options": options, "defaults": defaults}
 
 
@@ -273,10 +288,17 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
     given = vars(parser.parse_args(argv))
     given.pop("options_json", None)
     resume = given.pop("resume", False)
+    roots = confine.roots_from_env()
+    if roots is not None:  # started from a dashboard: paths are checked before any file is opened
+        defaults = DEFAULTS.to_dict()
+        for dest, flag in path_options(parser).items():
+            value = given.get(dest, defaults.get(dest))
+            if value is not None:
+                _confine(value, roots, flag, show_value=True)
     if "config" in given:
         if resume:
             raise CLIError("--config and --resume cannot be combined: a resumed run keeps its own config")
-        from_file = settings_from_file(given.pop("config"), parser)
+        from_file = settings_from_file(given.pop("config"), parser, roots)
     else:
         from_file = {}
     task = given.pop("task", from_file.pop("task", None))
@@ -312,12 +334,14 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
 NOT_FROM_CONFIG_FILES = ("format", "title", "runs_dir", "world_size")
 
 
-def settings_from_file(path: str, parser: argparse.ArgumentParser) -> dict:
+def settings_from_file(path: str, parser: argparse.ArgumentParser, roots: list[Path] | None = None) -> dict:
     """The settings in a YAML/JSON or TOML file, checked by the same parser as the flags (so a wrong value
-    is refused exactly as on the command line, with the file named)."""
+    is refused as on the command line, with the file and the key named). A value read from the file is
+    never repeated in a message: the file may be one its reader should not see. With ``roots`` (a
+    dashboard's allowed folders) every path the file holds must lie inside them."""
     doc = _read_config_file(Path(path))
     options = {a.dest: a for a in parser._actions if a.option_strings}
-    tokens: list[str] = []
+    tokens: list[tuple[str, str, list[str]]] = []
     for key, value in doc.items():
         if key in NOT_FROM_CONFIG_FILES or value is None:
             continue
@@ -329,16 +353,44 @@ def settings_from_file(path: str, parser: argparse.ArgumentParser) -> dict:
                 continue
         action = options.get(key)
         if action is None or action.dest in ("resume", "config", "options_json", "help"):
-            raise CLIError(f"--config {path}: unknown setting {key!r}")
+            raise CLIError(f"--config {path}: unknown setting {_short(key)}")
         if isinstance(value, (dict, list)):
             raise CLIError(f"--config {path}: {key} must be a single value, not {type(value).__name__}")
-        tokens += [action.option_strings[-1], str(value).lower() if isinstance(value, bool) else str(value)]
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        tokens.append((key, text, [action.option_strings[-1], text]))
+    settings: dict = {}
+    for key, text, pair in tokens:
+        try:
+            settings.update(vars(parser.parse_args(pair)))
+        except CLIError as e:
+            raise CLIError(f"--config {path}: {key}: {_without_value(str(e), text)}") from None
+    if roots is not None:
+        for dest in path_options(parser):
+            if dest in settings:
+                _confine(settings[dest], roots, f"--config {path}: {dest}", show_value=False)
+    return settings
+
+
+def _confine(value: str, roots: list[Path], what: str, show_value: bool) -> None:
     try:
-        return vars(parser.parse_args(tokens))
-    except CLIError as e:
-        raise CLIError(f"--config {path}: {e}") from None
+        confine.check(value, roots, what, show_value=show_value)
+    except confine.OutsideRoots as e:
+        raise CLIError(str(e)) from None
 
 
+def _short(key: str, limit: int = 40) -> str:
+    return repr(key if len(key) <= limit else key[:limit] + "...")
+
+
+def _without_value(message: str, value: str) -> str:
+    """The parser's reason for refusing ``value``, with the value taken out (or a plain "not an
+    accepted value" when it cannot be taken out cleanly)."""
+    reason = re.sub(r"^argument [^:]+: ", "", message)
+    reason = re.sub(r",? got .*$", "", reason)          # our types: "..., got 'x'"
+    reason = re.sub(r": (['\"]).*?\1(?= \(|$)", "", reason)  # argparse: "invalid choice: 'x' (choose from ...)"
+    if not reason.strip() or (value and value in reason):
+        return "not an accepted value"
+    return reason
 def _read_config_file(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -351,13 +403,21 @@ def _read_config_file(path: Path) -> dict:
         else:  # YAML, and JSON as its subset
             import yaml
             doc = yaml.safe_load(text)
-    except Exception as e:
-        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise CLIError(f"--config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML or JSON'} "
-                       f"({detail})") from None
+    except Exception as e:  # where, not what: a parser's message may quote the file
+        where = _error_position(e)
+        raise CLIError(f"--config {path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML or JSON'}"
+                       f"{f' ({where})' if where else ''}") from None
     if not isinstance(doc, dict):
         raise CLIError(f"--config {path}: expected a mapping of setting names to values")
     return {str(k).replace("-", "_"): v for k, v in doc.items()}
+
+
+def _error_position(e: Exception) -> str:
+    mark = getattr(e, "problem_mark", None)  # YAML
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    found = re.search(r"line (\d+), column (\d+)", str(e))  # TOML
+    return f"line {found[1]}, column {found[2]}" if found else ""
 
 
 def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:

@@ -6,7 +6,9 @@ annotated training image its mask (PNG, white = must not rely on), the union of 
 applied (its last checkpoint's feedback set). Images a person flagged as mislabelled are left out.
 ``hitl-train --dataset csv --data-dir DIR --prior-masks all`` then trains with those masks from the
 start. Images and masks are written first and ``labels.csv`` last, so a half-finished export is no
-data set."""
+data set. A cell that a spreadsheet would take for a formula (a label starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return) is written after a single quote, so that it shows as text; the csv
+reader takes the quote off (``trainer/data/real.py``, ``from_spreadsheet_cell``)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +24,7 @@ from PIL import Image
 from . import protocol
 from .config import TrainConfig
 from .data import DataError, build_run_dataset
+from .data.real import to_spreadsheet_cell
 
 LABELS_FILE = "labels.csv"
 
@@ -71,10 +74,14 @@ def export_run(run: protocol.RunDir, out: Path) -> dict:
                 counts["masks"] += 1
             rows.append({"path": path, "label": data.class_names[label], "mask": mask, "split": part})
             counts[part] += 1
+    columns = ["path", "label", "mask", "split"]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["path", "label", "mask", "split"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    plain = csv.writer(text, lineterminator="\n")
+    quoted = csv.writer(text, lineterminator="\n", quoting=csv.QUOTE_ALL)  # with "\n" lines, csv leaves a "\r" bare
+    plain.writerow(columns)
+    for row in rows:
+        cells = [to_spreadsheet_cell(row[c]) for c in columns]
+        (quoted if any("\r" in c for c in cells) else plain).writerow(cells)
     protocol.atomic_write_text(out / LABELS_FILE, text.getvalue())
     return counts
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 
+from ..confine import is_inside
 from .base import DataError, DataRequest, DataSplits
 from .images import IMAGE_EXTENSIONS, FileSplit, ImageStore, describe
 from .splits import stratified_fraction, stratified_split
@@ -418,6 +419,34 @@ def _class_order(labels: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection): written with
+# a leading single quote, which a spreadsheet shows as text and ``from_spreadsheet_cell`` takes off.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def to_spreadsheet_cell(value: str) -> str:
+    """``value`` as a spreadsheet shows it as text: a quote before a formula start (also before one
+    already quoted, so that reading it back gives exactly ``value``)."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def from_spreadsheet_cell(cell: str) -> str:
+    """The inverse of ``to_spreadsheet_cell``: what a csv data set's reader sees in a cell."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
+def _check_inside(dataset: str, table_path: Path, root: Path, table: pd.DataFrame, columns: list[str]) -> None:
+    """Every file a row names must lie in the CSV's folder, after links: ``../../etc/passwd``, an
+    absolute path or a link that leads out is refused, naming the first such row, before anything is
+    opened (a data set may come from someone else, or be chosen on a dashboard page)."""
+    for n, row in enumerate(table[columns].itertuples(index=False), start=2):  # line 1 is the header
+        for column, value in zip(columns, row):
+            if value and not is_inside(root / value, [root]):
+                shown = value if len(value) <= 80 else value[:80] + "..."
+                raise DataError(f"{dataset}: {table_path.name} row {n - 1} (line {n}), column {column}: {shown!r} leads outside "
+                                f"the data folder {root} (paths are relative to the CSV's folder and stay in it)")
+
+
 def build_csv(request: DataRequest) -> DataSplits:
     """A CSV with columns ``path,label`` (paths relative to the CSV's folder), optional ``mask`` (a
     relevance-mask image: nonzero = pixels the model must not rely on) and optional ``split``
@@ -428,12 +457,15 @@ def build_csv(request: DataRequest) -> DataSplits:
     if not table_path.is_file():
         raise DataError(f"{dataset}: {table_path} not found (give the CSV file or a folder with labels.csv)")
     root = table_path.parent
-    table = _read_table(dataset, table_path, ["path", "label"])
+    table = _read_table(dataset, table_path, ["path", "label"]).map(from_spreadsheet_cell)  # as exported
     names = list(table["path"])
     _check_ids(dataset, table_path.name, "path", names)
     blank = [p for p, label in zip(names, table["label"]) if not label]
     if blank:
         raise DataError(f"{dataset}: {len(blank)} row(s) of {table_path.name} have no label: {describe(blank)}")
+
+    file_columns = ["path"] + (["mask"] if "mask" in table.columns else [])
+    _check_inside(dataset, table_path, root, table, file_columns)  # before any listed file is looked at
 
     def located(column: str) -> list[Path | None]:
         paths = [(root / value if value else None) for value in table[column]]
