@@ -121,11 +121,12 @@ def cells_region(height: int, width: int, cells: int, chosen: list[tuple[int, in
 
 SUGGEST_LEVEL = 0.12  # of the largest attribution magnitude; see suggested_region
 SUGGEST_CLOSING = 2   # pixels
+SUGGEST_MOST = 0.2    # of the image, before gaps are closed
 
 
 def suggested_region(saliency: np.ndarray, level: float = SUGGEST_LEVEL, closing: int = SUGGEST_CLOSING) -> np.ndarray:
-    """The pixels where the model looks most: attribution magnitude at least ``level`` of its largest,
-    with gaps up to ``2 * closing`` pixels wide closed and holes filled (attribution maps are
+    """The pixels where the model looks most: attribution magnitude at least ``level`` of its largest
+    (and among the strongest ``SUGGEST_MOST`` of the image), with gaps up to ``2 * closing`` pixels wide closed and holes filled (attribution maps are
     speckled, a region to mark is not). What "Mark the yellow outline" marks.
 
     It replaced the grid squares holding the most attribution (a tenth of them, whatever the size of
@@ -135,7 +136,8 @@ def suggested_region(saliency: np.ndarray, level: float = SUGGEST_LEVEL, closing
     top = magnitude.max() if magnitude.size else 0.0
     if top <= 0:
         return np.zeros(magnitude.shape, bool)
-    region = magnitude >= level * top
+    # never most of the image: on a map spread all over (an untrained model), the strongest fifth
+    region = magnitude >= max(level * top, np.quantile(magnitude, 1 - SUGGEST_MOST))
     grown = _dilate(region, closing)
     closed = ~_dilate(~np.pad(grown, closing, constant_values=False), closing)[closing:-closing or None,
                                                                                closing:-closing or None]

@@ -493,7 +493,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
     monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
     monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
-                        {"ops": [rect(4, 8, 20, 16)], "revision": 1})
+                        {"docs": {data["doc"]: {"ops": [rect(4, 8, 20, 16)], "revision": 1}}})
 
     def open_page(page: str | None = None):
         at = AppTest.from_file(str(APP), default_timeout=30).run()
