@@ -662,6 +662,22 @@ def test_review_says_when_the_trainer_died_waiting(app, tmp_path, monkeypatch):
     assert [r.name for r in resumed] == ["waiting"]
 
 
+def test_a_failed_resume_keeps_its_error_until_dismissed(app, tmp_path, monkeypatch):
+    """Issue 27: the Runs list refreshes itself every 2 s; the error of a Resume must outlive that."""
+    def refuse(run):
+        raise launcher.LaunchError("the trainer's environment is gone")
+
+    monkeypatch.setattr(launcher, "resume_run", refuse)
+    make_run(tmp_path, "broken", state=protocol.FAILED, error="out of memory")
+    at = app()
+    at.button(key="resume-broken").click().run()
+    for _ in range(2):  # the refreshes that used to erase it
+        at.run()
+        assert "could not be resumed: the trainer's environment is gone" in texts(at.error)
+    at.button(key="dismiss-error-broken").click().run()
+    assert "could not be resumed" not in texts(at.error)
+
+
 def test_review_without_questions(app, tmp_path):
     make_run(tmp_path, "busy")
     at = app("review")

@@ -34,6 +34,7 @@ def render() -> None:
     show_flash()
     run = summary.run
     pending = protocol.pending_epoch(run)
+    common.show_action_errors()
     if summary.state in (protocol.FAILED, protocol.STALE, protocol.STOPPED):
         common.show_trouble(summary)
     if pending is not None and summary.state != protocol.FINISHED:
