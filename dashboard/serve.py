@@ -14,7 +14,8 @@ TOKEN_ENV = "HITL_TOKEN"
 
 def streamlit_command(host: str, port: int, runs_dir: str | Path, allowed_roots: list[str] = ()) -> list[str]:
     """The ``streamlit run`` command line; the runs folder and allowed roots go to the app after ``--``."""
-    command = [sys.executable, "-m", "streamlit", "run", str(APP),
+    # dashboard.streamlit_main is ``streamlit run`` serving a page that knows the server's address
+    command = [sys.executable, "-m", "dashboard.streamlit_main", "run", str(APP),
                "--server.address", host, "--server.port", str(port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--"]
     for root in allowed_roots:

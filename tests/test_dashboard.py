@@ -165,6 +165,38 @@ def test_suggested_squares_hold_the_most_attribution():
     assert masks.suggested_cells(np.zeros((H, W)), 8) == []
 
 
+LESIONS_QUEUE = Path(__file__).with_name("data") / "lesions_deeplift_queue.npz"
+
+
+def test_suggested_region_lies_on_the_artefact():
+    """Measured on a real queue: the 100 questions of epoch 1 of a hitl_cnn run on synthetic-lesions
+    (64 px, seed 0, default DeepLift saliency; |attribution| stored as a fraction of each map's largest,
+    in 1/255 steps) with each image's ground-truth sticker mask. The old suggestion, the tenth of the
+    8×8 grid squares holding most attribution, put 44% of its pixels on the sticker (every sticker
+    spans parts of four squares); the reviewer should be able to press Y and mostly mark the artefact.
+    The threshold, 80%, asks for at least four suggested pixels in five on it (measured: 90%), and at
+    least a quarter of the sticker covered (measured: half), so a region shrunk to a few pixels fails."""
+    data = np.load(LESIONS_QUEUE)
+    maps, truth = data["magnitude"].astype(float), np.unpackbits(data["truth"], axis=-1).astype(bool)
+    assert maps.shape == (100, 64, 64) and truth.shape == maps.shape
+
+    def measure(regions):
+        on = sum(int((r & t).sum()) for r, t in zip(regions, truth))
+        return on / sum(int(r.sum()) for r in regions), np.mean([(r & t).sum() / t.sum() for r, t in zip(regions, truth)])
+
+    old_share, old_cover = measure([masks.cells_region(64, 64, 8, masks.suggested_cells(m, 8)) for m in maps])
+    new_share, new_cover = measure([masks.suggested_region(m) for m in maps])
+    print(f"\nsuggested pixels on the sticker: {old_share:.1%} before, {new_share:.1%} now; "
+          f"sticker covered: {old_cover:.0%} before, {new_cover:.0%} now")
+    assert old_share < 0.5
+    assert new_share > 0.8 and new_cover > 0.25
+    # holes inside a speckled blob are filled; a map without attribution suggests nothing
+    speckled = np.zeros((H, W))
+    speckled[4:12:2, 4:12:2] = 1.0
+    assert masks.suggested_region(speckled)[5:10, 5:10].all() and not masks.suggested_region(speckled)[13:].any()
+    assert not masks.suggested_region(np.zeros((H, W))).any()
+
+
 def test_picture_is_canvas_sized_with_marks_drawn():
     g = Geometry.fit(H, W)
     image = np.full((H, W, 3), 128, np.uint8)
@@ -461,7 +493,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
     monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
     monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
-                        {"ops": [rect(4, 8, 20, 16)], "revision": 1})
+                        {"docs": {data["doc"]: {"ops": [rect(4, 8, 20, 16)], "revision": 1}}})
 
     def open_page(page: str | None = None):
         at = AppTest.from_file(str(APP), default_timeout=30).run()
@@ -628,6 +660,22 @@ def test_review_says_when_the_trainer_died_waiting(app, tmp_path, monkeypatch):
     assert "Epoch 1" in texts(at.markdown)
     at.button(key="resume-waiting").click().run()
     assert [r.name for r in resumed] == ["waiting"]
+
+
+def test_a_failed_resume_keeps_its_error_until_dismissed(app, tmp_path, monkeypatch):
+    """Issue 27: the Runs list refreshes itself every 2 s; the error of a Resume must outlive that."""
+    def refuse(run):
+        raise launcher.LaunchError("the trainer's environment is gone")
+
+    monkeypatch.setattr(launcher, "resume_run", refuse)
+    make_run(tmp_path, "broken", state=protocol.FAILED, error="out of memory")
+    at = app()
+    at.button(key="resume-broken").click().run()
+    for _ in range(2):  # the refreshes that used to erase it
+        at.run()
+        assert "could not be resumed: the trainer's environment is gone" in texts(at.error)
+    at.button(key="dismiss-error-broken").click().run()
+    assert "could not be resumed" not in texts(at.error)
 
 
 def test_review_without_questions(app, tmp_path):

@@ -246,8 +246,29 @@ def resume_button(summary: RunSummary) -> None:
         try:
             launcher.resume_run(summary.run)
         except launcher.LaunchError as e:
-            st.error(str(e))
+            action_failed(summary.name, "could not be resumed", str(e))
+            st.rerun()
         else:
             st.toast(f"Resuming {summary.name}…", icon=":material/play_arrow:")
             time.sleep(0.5)
             st.rerun()
+
+
+# --------------------------------------------------------------------------- errors of a run's actions
+# Kept in the session until the reviewer dismisses them: shown by a fragment that refreshes every
+# REFRESH_SECONDS, an error would otherwise vanish with the next refresh, before anyone read it.
+
+def action_failed(name: str, what: str, message: str) -> None:
+    """Remember that an action on run ``name`` failed (``what``: "could not be resumed", ...)."""
+    st.session_state.setdefault("run-action-errors", {})[name] = f"**{name}** {what}: {message}"
+
+
+def show_action_errors() -> None:
+    """The failed actions' errors, each until its Dismiss button is pressed."""
+    errors = st.session_state.get("run-action-errors") or {}
+    for name, text in list(errors.items()):
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.error(text, icon=":material/error:")
+            if st.button("Dismiss", key=f"dismiss-error-{name}"):
+                errors.pop(name, None)
+                st.rerun()

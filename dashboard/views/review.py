@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 
+import numpy as np
 import streamlit as st
 
 from trainer import protocol
@@ -33,6 +34,7 @@ def render() -> None:
     show_flash()
     run = summary.run
     pending = protocol.pending_epoch(run)
+    common.show_action_errors()
     if summary.state in (protocol.FAILED, protocol.STALE, protocol.STOPPED):
         common.show_trouble(summary)
     if pending is not None and summary.state != protocol.FINISHED:
@@ -120,7 +122,7 @@ NARROW_LAYOUT_CSS = """<style>
 [class*="st-key-page-"] [data-testid="stButtonGroup"] > div { flex-wrap: wrap; row-gap: 4px; }
 /* where the image column would get narrower than the image wants, the facts move below it */
 [data-testid="stHorizontalBlock"]:has(.st-key-review-picture) { flex-wrap: wrap; }
-[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 2 1 400px; }
+[data-testid="stColumn"]:has(.st-key-review-picture) { min-width: min(100%, 400px); flex: 3 1 480px; }
 [data-testid="stColumn"]:has(.st-key-review-facts) { min-width: 240px; flex: 1 1 240px; }
 </style>"""
 
@@ -170,13 +172,12 @@ def display_settings() -> dict:
         colormap = st.selectbox("Colours", list(overlay.COLORMAPS), key="view-colormap",
                                 persist_state="session", disabled=not show)
         suggest = st.toggle("Outline where it looks most", True, key="view-suggest", persist_state="session",
-                            help="Yellow squares: the grid squares with the most attribution, the first "
-                                 "places to check.")
+                            help="A dashed yellow outline round the pixels with the most attribution, the "
+                                 "first places to check; Y marks them.")
         st.subheader("Marking")
-        cells = st.slider("Grid squares per side", 2, 16, 8, key="view-cells", persist_state="session")
-        brush = st.slider("Brush size (image pixels)", 1, 8, 2, key="view-brush", persist_state="session")
-    return {"saliency": show, "opacity": opacity, "colormap": colormap, "suggest": suggest,
-            "cells": cells, "brush": brush}
+        cells = st.slider("Grid squares per side", 2, 16, 8, key="view-cells", persist_state="session",
+                          help="For the Squares tool. The brush size is on the canvas's toolbar ([ and ]).")
+    return {"saliency": show, "opacity": opacity, "colormap": colormap, "suggest": suggest, "cells": cells}
 
 
 def page_key(queue: Queue) -> str:
@@ -262,19 +263,36 @@ def set_action(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], quer
         open_next_unanswered(queue, book)
 
 
-def take_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query, drawn: dict | None) -> None:
-    """Take the browser's complete list of marks if it is newer than ours, and keep it in the draft."""
-    if isinstance(drawn, dict) and isinstance(drawn.get("ops"), list) and isinstance(drawn.get("revision"), int):
-        if book[query.query_id].take(drawn["ops"], drawn["revision"]):
-            answer_book.save_draft(run, queue.epoch, book)
+def take_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], drawn: dict | None) -> None:
+    """Take the browser's lists of marks, each for the image it names (``{"docs": {doc: {"ops": [...],
+    "revision": n}}}``), where newer than ours, and keep them in the draft. The browser sends every
+    image whose marks Python has not confirmed, so a mark drawn while the page opened another image
+    lands on the image it was drawn on, and only there."""
+    docs = drawn.get("docs") if isinstance(drawn, dict) else None
+    if not isinstance(docs, dict):
+        return
+    queries = {canvas_doc(run, queue, q): q for q in queue.queries if q.problem is None}
+    changed = False
+    for doc, marks in docs.items():
+        query = queries.get(doc)
+        if query is None or not isinstance(marks, dict):
+            continue  # another run's or epoch's image: not this queue's to take
+        ops, revision = marks.get("ops"), marks.get("revision")
+        if isinstance(ops, list) and isinstance(revision, int) and not isinstance(revision, bool):
+            answer = book.setdefault(query.query_id, Answer.for_query(query))
+            changed |= answer.take([op for op in ops if isinstance(op, dict)], revision)
+    if changed:
+        answer_book.save_draft(run, queue.epoch, book)
 
 
-def canvas_key(queue: Queue, query: Query) -> str:
-    return f"canvas-{queue.epoch}-{query.query_id}"
+def canvas_key(queue: Queue) -> str:
+    """One key for the queue's canvas, whichever image it shows: its state (the marks not yet
+    confirmed) is never dropped because Python opened another image."""
+    return f"canvas-{queue.epoch}"
 
 
-def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
-    take_marks(run, queue, book, query, st.session_state[canvas_key(queue, query)].marks)
+def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
+    take_marks(run, queue, book, st.session_state[canvas_key(queue)].marks)
 
 
 def canvas_doc(run: protocol.RunDir, queue: Queue, query: Query) -> str:
@@ -285,8 +303,8 @@ def canvas_doc(run: protocol.RunDir, queue: Queue, query: Query) -> str:
 def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
     """A hotkey that needs Python: another image, an action, or sending everything. Each key press
     is acted on once, and only for the image it was pressed on."""
-    on_canvas_marks(run, queue, book, query)
-    sent = st.session_state[canvas_key(queue, query)].command
+    on_canvas_marks(run, queue, book)
+    sent = st.session_state[canvas_key(queue)].command
     if not isinstance(sent, dict) or sent.get("doc") != canvas_doc(run, queue, query):
         return
     if sent.get("sequence") == st.session_state.get("canvas-last-command"):
@@ -325,13 +343,23 @@ def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str
     answer = book[query.query_id]
     picture, original = _pictures(str(run.path), queue.epoch, query.query_id, common.queue_stamp(run, queue.epoch),
                                   view["saliency"], view["opacity"], view["colormap"])
-    suggested = (masks.suggested_cells(query.saliency, view["cells"])
-                 if view["suggest"] and query.saliency is not None else [])
+    suggested = (_suggestion(str(run.path), queue.epoch, query.query_id, common.queue_stamp(run, queue.epoch))
+                 if view["suggest"] and query.saliency is not None else {"cells": view["cells"], "squares": []})
+    known = {canvas_doc(run, queue, q): book[q.query_id].revision for q in queue.queries if q.query_id in book}
     return {"doc": canvas_doc(run, queue, query), "width": query.width, "height": query.height,
-            "display_width": Geometry.fit(query.height, query.width).canvas_width, "picture": picture, "original": original, "ops": answer.ops,
-            "revision": answer.revision, "cells": view["cells"], "brush": view["brush"],
-            "suggested": [list(c) for c in suggested], "readonly": answer.action != protocol.ACTION_MASK,
-            "unsent": any(a.touched for a in book.values())}
+            "picture": picture, "original": original, "ops": answer.ops, "revision": answer.revision,
+            "known": known, "cells": view["cells"], "suggested": suggested,
+            "readonly": answer.action != protocol.ACTION_MASK, "unsent": any(a.touched for a in book.values())}
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _suggestion(path: str, epoch: int, query_id: str, stamp: tuple) -> dict:
+    """Where the model looks most, as a set of squares of one image pixel (see masks.suggested_region)."""
+    queue = common.queue(protocol.RunDir(path), epoch)
+    query = next(q for q in queue.queries if q.query_id == query_id)
+    region = masks.suggested_region(query.saliency)
+    side = max(query.height, query.width)
+    return {"cells": side, "squares": [[int(r), int(c)] for r, c in zip(*np.nonzero(region))]}
 
 
 def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str, Answer], view: dict) -> None:
@@ -341,9 +369,10 @@ def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str,
         if query.warning:
             st.warning(query.warning.capitalize() + ".", icon=":material/warning:")
         args = (run, queue, book, query)
-        drawn = canvas.draw_marks(canvas_data(run, queue, query, book, view), key=canvas_key(queue, query),
-                                  on_marks=lambda: on_canvas_marks(*args), on_command=lambda: on_canvas_command(*args))
-        take_marks(run, queue, book, query, drawn)
+        drawn = canvas.draw_marks(canvas_data(run, queue, query, book, view), key=canvas_key(queue),
+                                  on_marks=lambda: on_canvas_marks(run, queue, book),
+                                  on_command=lambda: on_canvas_command(*args))
+        take_marks(run, queue, book, drawn)
         marks_summary(answer)
     with info_column.container(key="review-facts"):
         action_choice(run, queue, book, query)
@@ -438,10 +467,9 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
 
 def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> None:
     """Write the mask file (button or Ctrl+Enter); the outcome shows after the page reloads."""
-    for query in queue.queries:  # the canvas's last marks, whichever callback Streamlit runs first
-        state = st.session_state.get(canvas_key(queue, query))
-        if state is not None and query.query_id in book:
-            take_marks(run, queue, book, query, state.marks)
+    state = st.session_state.get(canvas_key(queue))  # the canvas's last marks, whichever callback runs first
+    if state is not None:
+        take_marks(run, queue, book, state.marks)
     try:
         sent = answer_book.submit(run, queue, book)
     except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept

@@ -42,6 +42,7 @@ def render() -> None:
 
 @st.fragment(run_every=common.REFRESH_SECONDS)
 def run_list() -> None:
+    common.show_action_errors()  # at the top, and until dismissed: the list refreshes every 2 s
     summaries = run_reader.list_summaries(common.runs_dir())
     if not summaries:
         st.info(
@@ -103,7 +104,8 @@ def run_details(summary: run_reader.RunSummary) -> None:
                 try:
                     launcher.stop_run(summary.run)
                 except launcher.LaunchError as e:
-                    st.error(str(e))
+                    common.action_failed(summary.name, "could not be stopped", str(e))
+                    st.rerun(scope="fragment")
                 else:
                     st.toast(f"Stopping {summary.name}…", icon=":material/stop:")
                     time.sleep(0.5)
@@ -131,8 +133,9 @@ def delete_panel(summary: run_reader.RunSummary) -> None:
         try:
             launcher.delete_run(summary.run)
         except (launcher.LaunchError, protocol.ProtocolError, OSError) as e:
-            st.error(f"{summary.name} was not deleted: {e}")
-            return
+            common.action_failed(summary.name, "was not deleted", str(e))
+            st.session_state.pop("confirm-delete", None)
+            st.rerun()
         st.toast(f"Deleted {summary.name}", icon=":material/delete:")
     if confirmed or cancelled:
         st.session_state.pop("confirm-delete", None)
