@@ -11,12 +11,22 @@ from PIL import Image, ImageDraw
 from .masks import Geometry, grid_edges
 
 # Menu label -> matplotlib colormap. Saliency is signed: -1 (against the prediction) .. +1 (for it).
+# The default picks, per image, the colour-blind-safe diverging map (ColorBrewer) whose two ends lie
+# farthest in hue from the image's own saturated colours, so a blue sticker is never read as blue
+# "against" saliency (choose_colormap).
+AUTO_COLORMAP = "unlike the image's colours"
+SAFE_DIVERGING = ("RdBu_r", "PuOr_r", "BrBG_r", "PiYG_r")  # each: "against" end first, "for" end last
 COLORMAPS = {
+    AUTO_COLORMAP: None,
     "red for, blue against": "RdBu_r",
+    "orange for, purple against": "PuOr_r",
+    "brown for, teal against": "BrBG_r",
+    "pink for, green against": "PiYG_r",
     "jet": "jet",
     "viridis": "viridis",
     "magma": "magma",
 }
+HUE_CLASH_DEGREES = 45.0  # within this hue distance an image colour and an overlay colour can be confused
 
 FORBIDDEN_RGB = (230, 30, 30)
 RELEVANT_RGB = (20, 170, 70)
@@ -30,6 +40,43 @@ def colorize(saliency: np.ndarray, colormap: str) -> np.ndarray:
     from matplotlib import colormaps
 
     return colormaps[colormap]((np.clip(saliency, -1, 1) + 1) / 2)[..., :3]
+
+
+def hue_and_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hue in degrees and saturation of float RGB in [0, 1] (HSV)."""
+    mx, mn = rgb.max(axis=-1), rgb.min(axis=-1)
+    chroma = mx - mn
+    safe = np.where(chroma > 0, chroma, 1)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hue = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60
+    return hue, np.where(mx > 0, chroma / np.where(mx > 0, mx, 1), 0)
+
+
+def choose_colormap(image: np.ndarray | None) -> str:
+    """The safe diverging map whose end colours the image's saturated pixels come least close to in hue.
+    A grey or unsaturated image keeps the first (red for, blue against)."""
+    if image is None:
+        return SAFE_DIVERGING[0]
+    rgb = image[..., :3].reshape(-1, 3).astype(float) / 255
+    hue, sat = hue_and_saturation(rgb)
+    vivid = (sat > 0.35) & (rgb.max(axis=1) > 0.2)
+    if not vivid.any():
+        return SAFE_DIVERGING[0]
+    weights = sat[vivid]
+
+    def clash(name: str) -> float:
+        """Saturation-weighted closeness of the image's vivid pixels to the map's colours (strong and faint)."""
+        end_hues, _ = hue_and_saturation(colorize(np.array([-1.0, -0.6, 0.6, 1.0]), name))
+        gap = np.abs(hue[vivid][:, None] - end_hues[None, :]) % 360
+        gap = np.minimum(gap, 360 - gap).min(axis=1)
+        return float((weights * np.clip(1 - gap / HUE_CLASH_DEGREES, 0, None)).sum())
+
+    return min(SAFE_DIVERGING, key=lambda name: (clash(name), SAFE_DIVERGING.index(name)))
+
+
+def colormap_for(label: str, image: np.ndarray | None) -> str:
+    """The matplotlib colormap a menu label means for ``image``."""
+    return COLORMAPS[label] or choose_colormap(image)
 
 
 def stretch(saliency: np.ndarray) -> np.ndarray:

@@ -757,3 +757,20 @@ def test_learning_page_measures_green_marks_by_the_share_inside_them(app, tmp_pa
 def test_learning_page_before_any_feedback(app, tmp_path):
     make_run(tmp_path, "fresh")
     assert "Nothing to show yet" in texts(app("learning").info)
+
+
+@pytest.mark.parametrize("sticker", [(30, 60, 220), (220, 40, 40), (240, 140, 20), (40, 200, 60), (230, 60, 200),
+                                     (240, 230, 30), (20, 200, 200)])
+def test_the_default_overlay_colours_stay_away_from_the_images_own(sticker):
+    """A blue sticker must not read as blue "against" saliency: the default map's colours keep their
+    distance in hue from the image's vivid colours (and a grey image keeps red/blue)."""
+    image = np.full((64, 64, 3), 200, np.uint8)
+    assert overlay.colormap_for(overlay.AUTO_COLORMAP, image) == "RdBu_r"
+    image[:16, :16] = sticker
+    chosen = overlay.colormap_for(overlay.AUTO_COLORMAP, image)
+    hues, _ = overlay.hue_and_saturation(overlay.colorize(np.array([-1.0, -0.6, 0.6, 1.0]), chosen))
+    sticker_hue, _ = overlay.hue_and_saturation(np.array([sticker], float) / 255)
+    gap = np.abs(hues - sticker_hue[0]) % 360
+    assert np.minimum(gap, 360 - gap).min() >= 30
+    if sticker == (30, 60, 220):
+        assert chosen != "RdBu_r"

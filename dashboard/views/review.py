@@ -163,9 +163,9 @@ def display_settings() -> dict:
     with st.sidebar:
         st.subheader("Picture")
         show = st.toggle("Show saliency", True, key="view-saliency", persist_state="session",
-                         help="Colour where the model looked: with the first colour scheme, red pushed it "
-                              "towards its answer and blue away from it. Hold O (or the Original button) to "
-                              "see the image as it is.")
+                         help="Colour where the model looked: one colour where it pushed the model towards "
+                              "its answer, the other where it pushed away (the legend under the picture says "
+                              "which). Hold O (or the Original button) to see the image as it is.")
         opacity = st.slider("Saliency strength", 0.0, 1.0, 0.6, 0.05, key="view-opacity",
                             persist_state="session", disabled=not show,
                             help="0 shows the image as it is; the image fades only as much as the colour grows.")
@@ -334,7 +334,7 @@ def _pictures(path: str, epoch: int, query_id: str, stamp: tuple, saliency: bool
     query = next(q for q in queue.queries if q.query_id == query_id)
     geometry = Geometry(query.height, query.width, query.height, query.width)
     picture = overlay.compose(query.image, geometry, query.saliency if saliency else None, opacity=opacity,
-                              colormap=overlay.COLORMAPS[colormap])
+                              colormap=overlay.colormap_for(colormap, query.image))
     return overlay.data_url(picture), overlay.data_url(overlay.compose(query.image, geometry))
 
 
@@ -373,10 +373,19 @@ def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str,
                                   on_marks=lambda: on_canvas_marks(run, queue, book),
                                   on_command=lambda: on_canvas_command(*args))
         take_marks(run, queue, book, drawn)
+        if view["saliency"] and query.saliency is not None:
+            st.caption(saliency_legend(overlay.colormap_for(view["colormap"], query.image)), unsafe_allow_html=True)
         marks_summary(answer)
     with info_column.container(key="review-facts"):
         action_choice(run, queue, book, query)
         query_facts(query)
+
+
+def saliency_legend(colormap: str) -> str:
+    """One line naming the overlay's two colours for this image."""
+    against, towards = (overlay.colorize(np.array([v]), colormap)[0] for v in (-1.0, 1.0))
+    swatch = lambda rgb: ("<span style='color:#%02x%02x%02x'>■</span>" % tuple(int(round(c * 255)) for c in rgb))
+    return f"Saliency: {swatch(towards)} pushed towards the model's answer · {swatch(against)} pushed away from it"
 
 
 def query_facts(query: Query) -> None:
