@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
-
 import torch
 
 from . import protocol
@@ -15,15 +13,12 @@ from .data.images import png_bytes
 from .explain import normalise
 from .sampling import SAMPLERS, entropy
 
-if TYPE_CHECKING:
-    from .train import Trainer
-
 
 class QueryRound:
-    """Asks the annotator about the trainer's current model. It works on the trainer's parts (data,
-    model, feedback set, state) and writes only through the run-directory protocol."""
+    """Asks the annotator about the trainer's current model. It works on the parts of ``trainer`` (a
+    train.Trainer: data, model, feedback set, state) and writes only through the run-directory protocol."""
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer):
         self.trainer = trainer
 
     def is_due(self, epoch: int) -> bool:
