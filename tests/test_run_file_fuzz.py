@@ -78,7 +78,7 @@ def field_variants(doc, depth: int = 0):
 def json_variants(valid: bytes):
     doc = json.loads(valid)
     fields = list(field_variants(doc))
-    fields += [(f"format={f!r}", {**doc, "format": f}) for f in (0, -1, "x", 999)]
+    fields += [(f"format {f!r}", {**doc, "format": f}) for f in (0, -1, "x", 999)]
     return [(label, json_bytes(d)) for label, d in fields]
 
 
@@ -145,8 +145,8 @@ def corpus(kind: str, valid: bytes) -> list[tuple[str, bytes | str]]:
     _, generate, _ = KINDS[kind]
     own = generate(valid)
     if not os.environ.get("FUZZ_ALL"):
-        always = [v for v in own if v[0].startswith("format=")]
-        rest = [v for v in own if not v[0].startswith("format=")]
+        always = [v for v in own if v[0].startswith("format ")]
+        rest = [v for v in own if not v[0].startswith("format ")]
         own = always + random.Random(kind).sample(rest, min(FIELD_SAMPLE, len(rest)))
     return byte_variants(valid) + own + [("folder", "folder"), ("link to /dev/zero", "/dev/zero"),
                                          ("dangling link", "missing")]
