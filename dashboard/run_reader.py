@@ -1,6 +1,9 @@
 """Plain-Python readers of the run directory for the pages (no Streamlit here, so they are tested
 without a server). Every reader tolerates missing and broken files: one bad run or query must never
-take the whole page down, it gets a message instead."""
+take the whole page down, it gets a message instead. The rule: whatever a protocol reader refuses
+(ProtocolError), and whatever cannot be read at all (OSError, UnicodeDecodeError), marks the run
+"unreadable: <file>: <reason>", one line that the pages show in place of what the file would have
+given; the run's other files and every other run still show."""
 from __future__ import annotations
 
 import math
@@ -15,6 +18,8 @@ from trainer import protocol
 
 
 STARTING = "starting"
+UNREADABLE = "unreadable"
+READ_ERRORS = (protocol.ProtocolError, OSError, UnicodeDecodeError)
 
 STATE_LABELS = {
     STARTING: "starting",
@@ -25,7 +30,59 @@ STATE_LABELS = {
     protocol.STOPPED: "stopped",
     protocol.STALE: "stale (trainer not responding)",
     "unknown": "unknown",
+    UNREADABLE: "unreadable",
 }
+
+
+def unreadable_line(run: protocol.RunDir, path: Path, error: BaseException) -> str:
+    """``unreadable: <file>: <reason>`` in one line, the file named inside its run folder."""
+    try:
+        name = Path(path).relative_to(run.path).as_posix()
+    except ValueError:
+        name = Path(path).name
+    if isinstance(error, OSError):
+        reason = error.strerror or type(error).__name__
+    else:
+        reason = str(error) or type(error).__name__
+    for prefix in (name, Path(path).name, Path(path).stem, Path(path).parent.name):  # the reader named it too
+        if reason.startswith(f"{prefix}: "):
+            reason = reason[len(prefix) + 2:]
+    line = " ".join(f"unreadable: {name}: {reason}".split())
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+def attempt(run: protocol.RunDir, path: Path, read, default, problems: list[str]):
+    """``read()``; ``default`` if the file is missing, or if it is unreadable: then its line is added to
+    ``problems``."""
+    try:
+        return read()
+    except FileNotFoundError:
+        return default
+    except READ_ERRORS as e:
+        problems.append(unreadable_line(run, path, e))
+        return default
+
+
+# Whether a run's confusion matrix and evaluation can be read, by (path, mtime, size): the runs list
+# asks every refresh, and those files change once an epoch at most.
+_CHECKED: dict[tuple, str | None] = {}
+
+
+def _check(run: protocol.RunDir, path: Path, read) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return unreadable_line(run, path, e)
+    key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 1024:
+            _CHECKED.clear()
+        problems: list[str] = []
+        attempt(run, path, read, None, problems)
+        _CHECKED[key] = problems[0] if problems else None
+    return _CHECKED[key]
 
 
 @dataclass
@@ -49,6 +106,7 @@ class RunSummary:
     feedback_error: str | None = None
     result: dict = field(default_factory=dict)
     updated: float = 0.0
+    unreadable: str | None = None       # "unreadable: <file>: <reason>" of its first unreadable file
 
     @property
     def name(self) -> str:
@@ -56,7 +114,7 @@ class RunSummary:
 
     @property
     def state_label(self) -> str:
-        return STATE_LABELS.get(self.state, self.state)
+        return STATE_LABELS[UNREADABLE] if self.unreadable else STATE_LABELS.get(self.state, self.state)
 
     @property
     def can_stop(self) -> bool:
@@ -78,27 +136,34 @@ def list_run_dirs(runs_dir: Path | str) -> list[protocol.RunDir]:
 
 
 def summarise(run: protocol.RunDir, now: float | None = None) -> RunSummary:
-    status = protocol.read_status(run, now)
-    try:
-        config = protocol.read_config(run)
-    except (FileNotFoundError, protocol.ProtocolError):
-        config = {}
+    """The run's line in the runs table. A run file that cannot be read (status, config, launch record,
+    metrics, confusion matrix, evaluation) marks it unreadable with that file's line; an unreadable
+    status leaves its state unknown: ``UNREADABLE``."""
+    problems: list[str] = []
+    status = attempt(run, run.status, lambda: protocol.read_status(run, now, strict=True), None, problems)
+    if status is None:
+        status = {"state": UNREADABLE if problems else "unknown", "epoch": 0}
+    config = attempt(run, run.config, lambda: protocol.read_config(run), {}, problems)
     summary = RunSummary(
         run=run, state=status.get("state", "unknown"), epoch=int(status.get("epoch") or 0),
-        epochs=status.get("epochs") or config.get("epochs"), dataset=config.get("dataset", ""),
-        model=config.get("model", ""), annotator=config.get("annotator", ""),
-        world_size=config["world_size"] if isinstance(config.get("world_size"), int) else 1,
+        epochs=status.get("epochs") or config.get("epochs"), dataset=config.get("dataset") or "",
+        model=config.get("model") or "", annotator=config.get("annotator") or "",
+        world_size=config.get("world_size") or 1,
         waiting_epoch=status.get("waiting_epoch"), error=status.get("error"),
         traceback=list(status.get("traceback") or []), heartbeat_age=status.get("heartbeat_age"),
-        feedback_error=status.get("feedback_error"), result=dict(status["result"]) if isinstance(status.get("result"), dict) else {},
+        feedback_error=status.get("feedback_error"), result=dict(status.get("result") or {}),
         updated=float(status.get("heartbeat") or mtime(run.path)))
-    launch = protocol.read_launch(run)
-    if launch is not None and protocol.launch_is_newer(launch, status):
+    launch = attempt(run, run.launch, lambda: protocol.read_launch(run, strict=True), None, problems)
+    if launch is not None and summary.state != UNREADABLE and protocol.launch_is_newer(launch, status):
         _apply_launch(summary, launch)
-    rows = protocol.read_metrics(run)
+    rows = attempt(run, run.metrics, lambda: protocol.read_metrics(run), [], problems)
     if rows:
         best = min(rows, key=lambda r: r["val_loss"] if not math.isnan(r["val_loss"]) else math.inf)
         summary.best_val_loss, summary.best_val_acc = best["val_loss"], best["val_acc"]
+    for path, read in ((run.confusion, protocol.read_confusion), (run.evaluation, protocol.read_evaluation)):
+        if (line := _check(run, path, lambda: read(run))) is not None:
+            problems.append(line)
+    summary.unreadable = problems[0] if problems else None
     return summary
 
 
@@ -120,21 +185,32 @@ def list_summaries(runs_dir: Path | str) -> list[RunSummary]:
 
 
 def mtime(path: Path) -> float:
-    """Modification time, the pages' cache key; 0 for a missing file."""
+    """Modification time, the pages' cache key; 0 for a missing file (or one that cannot be looked at:
+    its reader says why)."""
     try:
         return path.stat().st_mtime
-    except FileNotFoundError:
+    except OSError:
         return 0.0
 
 
 # --------------------------------------------------------------------------- metrics
 
-def metrics_frame(runs: list[protocol.RunDir]) -> pd.DataFrame:
-    """Per-epoch metrics of several runs, one row per run and epoch, with a ``run`` column."""
-    frames = [pd.DataFrame(rows).assign(run=run.name) for run in runs if (rows := protocol.read_metrics(run))]
+def metrics_frame(runs: list[protocol.RunDir], problems: list[str] | None = None) -> pd.DataFrame:
+    """Per-epoch metrics of several runs, one row per run and epoch, with a ``run`` column; an unreadable
+    metrics file is left out and its line added to ``problems``."""
+    problems = [] if problems is None else problems
+    frames = [pd.DataFrame(rows).assign(run=run.name) for run in runs
+              if (rows := attempt(run, run.metrics, lambda: protocol.read_metrics(run), [], problems))]
     if not frames:
         return pd.DataFrame(columns=["run", *protocol.METRIC_COLUMNS])
     return pd.concat(frames, ignore_index=True)
+
+
+def confusion(run: protocol.RunDir) -> tuple[dict | None, str | None]:
+    """The latest confusion matrix (None if there is none), and the line saying why it cannot be read."""
+    problems: list[str] = []
+    doc = attempt(run, run.confusion, lambda: protocol.read_confusion(run), None, problems)
+    return doc, (problems[0] if problems else None)
 
 
 # --------------------------------------------------------------------------- query queue
@@ -165,8 +241,9 @@ def load_queue(run: protocol.RunDir, epoch: int) -> Queue:
     """Read a queue; a broken manifest spoils the whole queue, a broken image only its query."""
     try:
         manifest = protocol.read_manifest(run, epoch)
-    except protocol.ProtocolError as e:
-        return Queue(epoch, [], f"the list of queries for epoch {epoch} cannot be read: {e}")
+    except READ_ERRORS as e:
+        line = unreadable_line(run, run.queue_dir(epoch) / protocol.MANIFEST_FILE, e)
+        return Queue(epoch, [], f"the list of queries for epoch {epoch} cannot be read ({line})")
     if manifest is None:
         return Queue(epoch, [], f"there is no queue for epoch {epoch}")
     names = [str(n) for n in manifest.get("class_names") or []]
@@ -189,8 +266,8 @@ def _load_query(run: protocol.RunDir, epoch: int, entry: protocol.QueryEntry, cl
         image = protocol.read_query_image(run, epoch, entry.query_id)
     except FileNotFoundError:
         problem = f"the image file {image_name} is missing"
-    except OSError as e:
-        problem = f"the image file {image_name} cannot be read ({e})"
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:  # PIL's ways to refuse a file that is not an image
+        problem = f"the image file {image_name} cannot be read ({type(e).__name__})"
     if image is not None and image.shape[:2] != shape:
         problem = (f"the image is {image.shape[1]}×{image.shape[0]} pixels, "
                    f"the queue says {entry.width}×{entry.height}")
@@ -207,12 +284,24 @@ def _load_query(run: protocol.RunDir, epoch: int, entry: protocol.QueryEntry, cl
 
 def sent_answers(run: protocol.RunDir, epoch: int) -> dict[str, protocol.QueryFeedback] | None:
     """The answers sent for ``epoch`` by query id, decoded; None if there are none or they do not fit the queue."""
+    return answers_and_problem(run, epoch)[0]
+
+
+def answers_and_problem(run: protocol.RunDir, epoch: int) -> tuple[dict[str, protocol.QueryFeedback] | None, str | None]:
+    """``sent_answers`` and, when the manifest or the mask file cannot be read, the line saying why."""
+    path = run.queue_dir(epoch) / protocol.MANIFEST_FILE
     try:
         manifest = protocol.read_manifest(run, epoch)
+        path = run.feedback_file(epoch)
         answers = protocol.load_feedback(run, epoch, manifest) if manifest else None
-    except protocol.ProtocolError:
-        return None
-    return None if answers is None else {a.query_id: a for a in answers}
+    except READ_ERRORS as e:
+        return None, unreadable_line(run, path, e)
+    return (None if answers is None else {a.query_id: a for a in answers}), None
+
+
+def answer_problems(run: protocol.RunDir) -> list[str]:
+    """The lines of the run's queues and mask files that cannot be read."""
+    return [problem for epoch in protocol.queue_epochs(run) if (problem := answers_and_problem(run, epoch)[1])]
 
 
 def feedback_masks(run: protocol.RunDir) -> dict[int, np.ndarray]:
@@ -233,9 +322,11 @@ def query_images(run: protocol.RunDir) -> dict[int, np.ndarray]:
     return images
 
 
-def read_tracking(run: protocol.RunDir) -> pd.DataFrame:
-    """tracking.csv as a frame (epoch, index, masked_share), by image and epoch."""
-    frame = pd.DataFrame(protocol.read_tracking(run), columns=list(protocol.TRACKING_COLUMNS))
+def read_tracking(run: protocol.RunDir, problems: list[str] | None = None) -> pd.DataFrame:
+    """tracking.csv as a frame (epoch, index, masked_share), by image and epoch; empty if it cannot be read
+    (its line added to ``problems``)."""
+    rows = attempt(run, run.tracking, lambda: protocol.read_tracking(run), [], [] if problems is None else problems)
+    frame = pd.DataFrame(rows, columns=list(protocol.TRACKING_COLUMNS))
     return frame.astype({"epoch": int, "index": int}).sort_values(["index", "epoch"], ignore_index=True)
 
 
@@ -266,16 +357,14 @@ SUMMARY_COLUMNS = ["run", "explainer", "epoch", "split", "images", "accuracy", "
                    "wrong_reason"]
 
 
-def evaluation_frames(runs: list[protocol.RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluation_frames(runs: list[protocol.RunDir], problems: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``hitl-evaluate`` results of several runs: the curves (one row per run, explainer and removed
     fraction) and a summary (one row per run and explainer). Runs without an evaluation, or with an
-    unreadable one, and malformed results are left out."""
+    unreadable one (its line added to ``problems``), are left out."""
     curves, summary = [], []
+    problems = [] if problems is None else problems
     for run in runs:
-        try:
-            doc = protocol.read_evaluation(run)
-        except protocol.ProtocolError:
-            continue
+        doc = attempt(run, run.evaluation, lambda: protocol.read_evaluation(run), None, problems)
         if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
             continue
         for result in doc["results"]:

@@ -39,24 +39,41 @@ def run_dir(name: str) -> protocol.RunDir:
 # --------------------------------------------------------------------------- cached readers
 # Keyed on path and modification time: a file the trainer replaced is read again, an unchanged one not.
 
+# What cannot be read is shown in its place, one line per file ("unreadable: <file>: <reason>"), and
+# the rest of the page goes on.
+
+def unreadable(lines: list[str] | str | None, name: str | None = None) -> None:
+    for line in [lines] if isinstance(lines, str) else lines or []:
+        st.warning(f"**{name}** {line}" if name else line, icon=":material/report:")
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
-def _metrics(path: str, stamp: float) -> pd.DataFrame:
-    return run_reader.metrics_frame([protocol.RunDir(path)])
+def _metrics(path: str, stamp: float) -> tuple[pd.DataFrame, list[str]]:
+    problems: list[str] = []
+    return run_reader.metrics_frame([protocol.RunDir(path)], problems), problems
 
 
 def metrics(names: list[str]) -> pd.DataFrame:
-    frames = [_metrics(str(run.path), run_reader.mtime(run.metrics)) for run in map(run_dir, names)]
+    """The named runs' metrics; each unreadable metrics file is shown as its line."""
+    frames = []
+    for run in map(run_dir, names):
+        frame, problems = _metrics(str(run.path), run_reader.mtime(run.metrics))
+        unreadable(problems, run.name)
+        frames.append(frame)
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else run_reader.metrics_frame([])
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _confusion(path: str, stamp: float) -> dict | None:
-    return protocol.read_confusion(protocol.RunDir(path))
+def _confusion(path: str, stamp: float) -> tuple[dict | None, str | None]:
+    return run_reader.confusion(protocol.RunDir(path))
 
 
 def confusion(run: protocol.RunDir) -> dict | None:
-    return _confusion(str(run.path), run_reader.mtime(run.confusion))
+    """The run's confusion matrix, None if there is none or it is unreadable (then its line shows)."""
+    doc, problem = _confusion(str(run.path), run_reader.mtime(run.confusion))
+    unreadable(problem, run.name)
+    return doc
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -74,12 +91,15 @@ def queue_stamp(run: protocol.RunDir, epoch: int) -> tuple:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _tracking(path: str, stamp: float) -> pd.DataFrame:
-    return run_reader.read_tracking(protocol.RunDir(path))
+def _tracking(path: str, stamp: float) -> tuple[pd.DataFrame, list[str]]:
+    problems: list[str] = []
+    return run_reader.read_tracking(protocol.RunDir(path), problems), problems
 
 
 def tracking(run: protocol.RunDir) -> pd.DataFrame:
-    return _tracking(str(run.path), run_reader.mtime(run.tracking))
+    frame, problems = _tracking(str(run.path), run_reader.mtime(run.tracking))
+    unreadable(problems, run.name)
+    return frame
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -106,25 +126,33 @@ def query_images(run: protocol.RunDir) -> dict:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _evaluation(path: str, stamp: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return run_reader.evaluation_frames([protocol.RunDir(path)])
+def _evaluation(path: str, stamp: float) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    problems: list[str] = []
+    return *run_reader.evaluation_frames([protocol.RunDir(path)], problems), problems
 
 
-def evaluation(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluation curves and summary rows of the named runs (see run_reader.evaluation_frames)."""
-    parts = [_evaluation(str(run.path), run_reader.mtime(run.evaluation)) for run in map(run_dir, names)]
+def evaluation(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Evaluation curves and summary rows of the named runs (see run_reader.evaluation_frames), and the
+    names of those whose evaluation is unreadable (its line shown)."""
+    parts = []
+    broken = []
+    for run in map(run_dir, names):
+        curves, summary, problems = _evaluation(str(run.path), run_reader.mtime(run.evaluation))
+        unreadable(problems, run.name)
+        broken += [run.name] if problems else []
+        parts.append((curves, summary))
     no_curves, no_summary = run_reader.evaluation_frames([])
     curves = [c for c, _ in parts if not c.empty]
     summary = [s for _, s in parts if not s.empty]
     return (pd.concat(curves, ignore_index=True) if curves else no_curves,
-            pd.concat(summary, ignore_index=True) if summary else no_summary)
+            pd.concat(summary, ignore_index=True) if summary else no_summary, broken)
 
 
 def _folder_stamp(folder: Path) -> tuple:
     """Names and modification times of a folder's files: changes when any file is added, replaced or removed."""
     try:
-        return tuple(sorted((e.name, e.stat().st_mtime) for e in folder.iterdir() if e.is_file()))
-    except FileNotFoundError:
+        return tuple(sorted((e.name, e.lstat().st_mtime) for e in folder.iterdir()))
+    except OSError:
         return ()
 
 
@@ -145,6 +173,8 @@ def pick_run(summaries: list[RunSummary], label: str = "Run", prefer_waiting: bo
         summary = by_name.get(name)
         if summary is not None:
             state_badge(summary)
+    if summary is not None and summary.unreadable:
+        unreadable(summary.unreadable)
     return summary
 
 
@@ -162,7 +192,7 @@ def link(page: str, label: str, run: str | None = None, icon: str | None = None)
 
 
 def state_badge(summary: RunSummary) -> None:
-    st.badge(summary.state_label, color=STATE_COLORS.get(summary.state, "gray"))
+    st.badge(summary.state_label, color="red" if summary.unreadable else STATE_COLORS.get(summary.state, "gray"))
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -173,8 +203,9 @@ def percent(value: float | None) -> str:
     return "–" if _missing(value) else f"{value:.1%}"
 
 
-def _missing(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def _missing(value) -> bool:
+    """Not a number to show (None, NaN, or something else a run file put there)."""
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
 
 
 def ago(seconds: float | None) -> str:

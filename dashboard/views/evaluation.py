@@ -28,8 +28,8 @@ def render() -> None:
                 icon=":material/fact_check:")
         return
     names = common.pick_runs_to_compare(summaries)
-    curves, table = common.evaluation(names)
-    missing = [n for n in names if n not in set(curves.run)]
+    curves, table, broken = common.evaluation(names)
+    missing = [n for n in names if n not in set(curves.run) and n not in broken]
     if missing:
         st.info(f"Not evaluated yet: {', '.join(missing)}. Measure a run's explanations with",
                 icon=":material/hourglass_top:")

@@ -30,6 +30,8 @@ def render() -> None:
         return
     summary = common.pick_run(summaries)
     run = summary.run
+    common.unreadable(_answer_problems(str(run.path), common.feedback_stamp(run), tuple(protocol.queue_epochs(run))),
+                      run.name)
     tracking = common.tracking(run)
     if tracking.empty:
         st.info("Nothing to show yet. After marks are sent and the next epoch ends, this page shows for every "
@@ -44,6 +46,11 @@ def render() -> None:
 
 
 RED, GREEN = "must not use", "should use"
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _answer_problems(path: str, stamp: tuple, epochs: tuple) -> list[str]:
+    return run_reader.answer_problems(protocol.RunDir(path))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

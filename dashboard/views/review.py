@@ -516,9 +516,9 @@ def past_answers(run: protocol.RunDir) -> None:
     with st.expander("Earlier answers"):
         epoch = st.selectbox("Epoch", epochs[::-1], key="past-epoch")
         queue = common.queue(run, epoch)
-        sent = run_reader.sent_answers(run, epoch)
+        sent, problem = run_reader.answers_and_problem(run, epoch)
         if queue.error or sent is None:
-            st.warning(queue.error or "These answers cannot be read.")
+            st.warning(queue.error or problem or "These answers cannot be read.")
             return
         columns = st.columns(4)
         for i, query in enumerate(queue.queries):

@@ -57,6 +57,8 @@ def run_list() -> None:
                 st.markdown(f":orange[:material/front_hand:] **{s.name}** is waiting for your feedback "
                             f"on epoch {s.waiting_epoch}.")
                 common.link("review", "Review now", run=s.name, icon=":material/draw:")
+    for s in summaries:
+        common.unreadable(s.unreadable, s.name)
     st.dataframe(runs_table(summaries), hide_index=True, column_config={
         "Best val. accuracy": st.column_config.NumberColumn(format="%.1f%%"),
         "Best val. loss": st.column_config.NumberColumn(format="%.3f"),

@@ -17,14 +17,14 @@ write ``protocol.read_status(run)``:
 """
 from .atomic import (TEMP_GLOB, atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text,
                      describe_os_error, exclusive_write_bytes, remove_stale_temps)
-from .formats import FORMAT, ProtocolError, parse_json, read_json, upgrade
+from .formats import FORMAT, RUN_FILE_MAX_BYTES, ProtocolError, parse_json, read_bytes, read_json, read_text, upgrade
 from .layout import (BEST_CHECKPOINT, CONFIG_FILE, CONFUSION_FILE, EVALUATION_FILE, FEEDBACK_DIR,
                      LAST_CHECKPOINT, LAUNCH_FILE, LOG_FILE, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, QUEUE_DIR,
                      REJECTED_DIR, STATUS_FILE, TRACKING_DIR, TRACKING_FILE, RunDir, run_from_argument)
 from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, ImageMarks, QueryFeedback,
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
                        read_mask_file, reject_feedback, submit_feedback, union_marks)
-from .queue import (QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
+from .queue import (QUERY_ID, QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)
 from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, read_confusion, read_evaluation, read_metrics,
                       read_saliency, read_tracking, write_confusion, write_evaluation, write_metrics,

@@ -6,10 +6,19 @@ A document from a newer version is refused with a message naming it; an older on
 from __future__ import annotations
 
 import json
+import math
+import os
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FORMAT = 1
+
+# A run file larger than this is refused unread: the largest the trainer writes (a confusion matrix of
+# a thousand classes, the metrics of thousands of epochs) is a few MiB.
+RUN_FILE_MAX_BYTES = 32 * 2**20
+# Integers in run files are counts, epochs, indices and sizes: beyond this one is not one of them.
+MAX_INT = 2**53
 
 
 class ProtocolError(ValueError):
@@ -20,7 +29,46 @@ def read_json(path: Path | str) -> Any:
     """Read a JSON file the trainer or dashboard wrote; a missing file raises FileNotFoundError, a broken
     one ProtocolError. Runs of earlier versions wrote NaN and Infinity: they still read."""
     path = Path(path)
-    return parse_json(path.read_bytes(), path.name, finite_only=False)
+    return parse_json(read_bytes(path), path.name, finite_only=False)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def read_bytes(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> bytes:
+    """The bytes of a run file, read without trusting what is at its name: FileNotFoundError if nothing
+    is there (a dangling link too), ProtocolError naming the file for a folder, pipe or device (nothing
+    that could block or never end) and for a file over ``limit`` bytes; OSError for the rest."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise ProtocolError(f"{path.name}: is a folder, not a file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    kind = next((kind for test, kind in _NOT_REGULAR if test(mode)), None)
+    if kind:
+        os.close(fd)
+        raise ProtocolError(f"{path.name}: is {kind}, not a file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ProtocolError(f"{path.name}: larger than the {limit // 2**20} MiB a run file may hold")
+    return data
+
+
+def read_text(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> str:
+    """A run file's UTF-8 text (see ``read_bytes``); ProtocolError if it is not UTF-8."""
+    path = Path(path)
+    data = read_bytes(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{path.name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
 def parse_json(data: bytes, name: str, finite_only: bool = True) -> Any:
@@ -40,6 +88,13 @@ def parse_json(data: bytes, name: str, finite_only: bool = True) -> Any:
         raise ProtocolError(f"{name}: {str(e).splitlines()[0][:120]}") from None
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+        return "(a huge number)"
+    text = repr(value) if isinstance(value, (int, float, bool)) or value is None else _kind(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -54,10 +109,56 @@ def upgrade(doc: dict, kind: str) -> dict:
     if not isinstance(doc, dict):
         raise ProtocolError(f"{kind}: expected a JSON object")
     version = doc.get("format", 1)
-    if not isinstance(version, int) or version > FORMAT:
-        raise ProtocolError(f"{kind}: format {version!r} is newer than this version understands ({FORMAT})")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProtocolError(f"{kind}: format {_short(version)} is not a format number")
+    if version > FORMAT:
+        raise ProtocolError(f"{kind}: format {_short(version)} is newer than this version understands ({FORMAT})")
     while version < FORMAT:
         doc = _UPGRADES[kind][version](doc)
         version += 1
         doc["format"] = version
     return doc
+
+
+# --------------------------------------------------------------------------- field checks
+# Readers check the type of every field they hand on: a page must be able to format what it gets.
+
+def is_int(value: Any, minimum: int = 0) -> bool:
+    """An integer (not a bool) in [minimum, MAX_INT)."""
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value < MAX_INT
+
+
+def is_number(value: Any, finite: bool = False) -> bool:
+    """A JSON number (not a bool); with ``finite``, not NaN or infinite."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not finite or (abs(value) < MAX_INT if isinstance(value, int) else math.isfinite(value))))
+
+
+def is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def check_fields(doc: dict, what: str, fields: dict[str, tuple[Callable[[Any], bool], str]],
+                 required: tuple[str, ...] = ()) -> dict:
+    """``doc`` if each named field is absent (or null) or passes its test; else ProtocolError naming the
+    field and what it should be (never quoting the value)."""
+    for key in required:
+        if doc.get(key) is None:
+            raise ProtocolError(f"{what}: no {key}")
+    for key, (test, expected) in fields.items():
+        value = doc.get(key)
+        if value is not None and not test(value):
+            raise ProtocolError(f"{what}: {key} is {_kind(value)}, not {expected}")
+    return doc
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number out of range" if not isinstance(value, int) or value >= 0 else "a negative number"
+    return {str: "text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)

@@ -3,6 +3,7 @@ folder without a manifest is not a queue yet)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,28 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
-from .formats import FORMAT, ProtocolError, read_json, upgrade
+from .formats import FORMAT, ProtocolError, check_fields, is_int, is_number, is_str, is_str_list, read_json, upgrade
 from .layout import MANIFEST_FILE, RunDir
 from .maskfile import feedback_sent
+
+# A query id names the query's files in its queue folder: a plain file name, nothing that leaves it.
+QUERY_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_SIDE = 16384  # pixels: larger is not an image any model here trains on
+
+
+def _is_query_id(value: Any) -> bool:
+    return isinstance(value, str) and QUERY_ID.fullmatch(value) is not None
+
+
+_SIDE = (lambda v: is_int(v, 1) and v <= MAX_SIDE, f"a whole number from 1 to {MAX_SIDE}")
+_LABEL = (is_int, "a whole number")
+QUERY_FIELDS = {"query_id": (_is_query_id, "a plain file name"), "index": _LABEL, "true_label": _LABEL,
+                "predicted_label": _LABEL, "height": _SIDE, "width": _SIDE,
+                "probabilities": (lambda v: isinstance(v, list) and all(is_number(p, finite=True) for p in v),
+                                  "a list of numbers"),
+                "entropy": (is_number, "a number"), "already_annotated": (lambda v: isinstance(v, bool), "true or false")}
+MANIFEST_FIELDS = {"epoch": (is_int, "a whole number"), "class_names": (is_str_list, "a list of text"),
+                   "saliency": (is_str, "text"), "queries": (lambda v: isinstance(v, list), "a list")}
 
 @dataclass(frozen=True)
 class QueryEntry:
@@ -40,6 +60,11 @@ class QueryEntry:
         """Raises ProtocolError naming the missing or malformed field."""
         if not isinstance(q, dict):
             raise ProtocolError("not an object")
+        missing = next((k for k in ("query_id", "index", "true_label", "predicted_label", "height", "width")
+                        if k not in q), None)
+        if missing:
+            raise ProtocolError(f"no {missing}")
+        check_fields(q, "query", QUERY_FIELDS)
         try:
             return cls(query_id=str(q["query_id"]), index=int(q["index"]), true_label=int(q["true_label"]),
                        predicted_label=int(q["predicted_label"]),
@@ -64,10 +89,23 @@ def write_manifest(run: RunDir, epoch: int, manifest: dict) -> None:
 
 
 def read_manifest(run: RunDir, epoch: int) -> dict | None:
+    """The manifest of ``epoch``'s queue; None if there is none. ProtocolError if it is broken or a field
+    has the wrong type: each query needs a query id that is a plain file name, an index and its size."""
+    name = f"queue/epoch_{epoch:03d}/{MANIFEST_FILE}"
     try:
-        return upgrade(read_json(run.queue_dir(epoch) / MANIFEST_FILE), "manifest")
+        doc = upgrade(read_json(run.queue_dir(epoch) / MANIFEST_FILE), "manifest")
     except FileNotFoundError:
         return None
+    check_fields(doc, name, MANIFEST_FIELDS, ("queries",))
+    seen = set()
+    for i, q in enumerate(doc["queries"]):
+        if not isinstance(q, dict):
+            raise ProtocolError(f"{name}: query #{i} is not an object")
+        check_fields(q, f"{name}: query #{i}", QUERY_FIELDS, ("query_id", "index", "height", "width"))
+        if q["query_id"] in seen:
+            raise ProtocolError(f"{name}: query #{i}: its query_id is used twice")
+        seen.add(q["query_id"])
+    return doc
 
 
 def query_image_path(run: RunDir, epoch: int, query_id: str) -> Path:

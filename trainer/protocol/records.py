@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_save_npy, atomic_write_json, atomic_write_text
-from .formats import FORMAT, ProtocolError, read_json, upgrade
-from .layout import RunDir
+from .formats import (FORMAT, MAX_INT, ProtocolError, check_fields, is_int, is_number, is_str, read_bytes, read_json,
+                      read_text,                       upgrade)
+from .layout import CONFUSION_FILE, EVALUATION_FILE, METRICS_FILE, TRACKING_FILE, RunDir
 
 TRACKING_COLUMNS = ("epoch", "index", "masked_share")
 
@@ -33,24 +34,32 @@ def write_metrics(run: RunDir, rows: list[dict]) -> None:
 
 
 def read_metrics(run: RunDir) -> list[dict]:
-    """Rows as dicts of floats (epoch as int); missing columns of older runs come back as NaN."""
+    """Rows as dicts of floats (epoch as int); missing columns of older runs and empty cells come back as
+    NaN. ProtocolError naming the line if the file is not UTF-8 CSV, a cell is not a number or an epoch
+    not a whole number."""
     try:
-        text = run.metrics.read_text(encoding="utf-8")
+        text = read_text(run.metrics)
     except FileNotFoundError:
         return []
     rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row: dict[str, Any] = {}
-        for k in METRIC_COLUMNS:
-            v = raw.get(k)
-            try:
-                row[k] = float(v) if v not in (None, "") else math.nan
-            except ValueError:
-                row[k] = math.nan
-        if math.isnan(row["epoch"]):
-            continue
-        row["epoch"] = int(row["epoch"])
-        rows.append(row)
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        for raw in reader:
+            row: dict[str, Any] = {}
+            for k in METRIC_COLUMNS:
+                v = raw.get(k)
+                try:
+                    row[k] = float(v) if v not in (None, "") else math.nan
+                except (TypeError, ValueError):
+                    raise ProtocolError(f"{METRICS_FILE}: line {reader.line_num}: {k} is not a number") from None
+            if math.isnan(row["epoch"]):
+                continue
+            if not (row["epoch"].is_integer() and 0 <= row["epoch"] < MAX_INT):
+                raise ProtocolError(f"{METRICS_FILE}: line {reader.line_num}: epoch is not a whole number")
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    except csv.Error as e:
+        raise ProtocolError(f"{METRICS_FILE}: not CSV ({str(e)[:80]})") from None
     return rows
 
 
@@ -71,16 +80,28 @@ def write_confusion(run: RunDir, epoch: int, class_names: list[str], matrix: lis
 
 
 def read_confusion(run: RunDir) -> dict | None:
-    """``{"epoch", "class_names", "matrix"}``, or None if there is none yet or it cannot be read."""
+    """``{"epoch", "class_names", "matrix"}``, or None if there is none yet. ProtocolError unless the
+    matrix is a square list of lists of counts (non-negative whole numbers), one row per class name."""
     try:
         doc = upgrade(read_json(run.confusion), "confusion")
-    except (FileNotFoundError, ProtocolError):
+    except FileNotFoundError:
         return None
-    matrix = doc.get("matrix")
+    check_fields(doc, CONFUSION_FILE, {"epoch": (is_int, "a whole number")}, ("matrix",))
+    matrix = doc["matrix"]
     if not isinstance(matrix, list) or not matrix:
-        return None
-    names = doc.get("class_names") or [str(i) for i in range(len(matrix))]
-    return {"epoch": doc.get("epoch"), "class_names": [str(n) for n in names], "matrix": matrix}
+        raise ProtocolError(f"{CONFUSION_FILE}: matrix is not a list of rows")
+    n = len(matrix)
+    if not all(isinstance(row, list) and len(row) == n for row in matrix):
+        raise ProtocolError(f"{CONFUSION_FILE}: matrix is not square ({n} rows, each of {n} counts)")
+    if not all(is_int(v) for row in matrix for v in row):
+        raise ProtocolError(f"{CONFUSION_FILE}: matrix holds something other than counts")
+    names = doc.get("class_names")
+    if names is None:
+        names = [str(i) for i in range(n)]
+    if not isinstance(names, list) or len(names) != n or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                                                  for v in names):
+        raise ProtocolError(f"{CONFUSION_FILE}: class_names is not a list of {n} names, one per row")
+    return {"epoch": doc.get("epoch"), "class_names": [str(v) for v in names], "matrix": matrix}
 
 
 # --------------------------------------------------------------------------- tracking
@@ -100,7 +121,7 @@ def write_tracking(run: RunDir, epoch: int, shares: dict[int, float], maps: dict
 def read_tracking(run: RunDir) -> list[tuple[int, int, float]]:
     """(epoch, index, masked_share) rows in file order; malformed lines (a partial last one) are skipped."""
     try:
-        text = run.tracking.read_text(encoding="utf-8", errors="replace")
+        text = read_bytes(run.tracking).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
     rows = []
@@ -112,15 +133,22 @@ def read_tracking(run: RunDir) -> list[tuple[int, int, float]]:
             rows.append((int(parts[0]), int(parts[1]), float(parts[2])))
         except ValueError:
             continue
-    return [r for r in rows if math.isfinite(r[2])]
+    return [r for r in rows if is_int(r[0]) and is_int(r[1]) and math.isfinite(r[2])]
 
 
 def read_saliency(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     """A saliency map (queue or tracking) as float32 in [-1, 1], or None if it is missing, unreadable
-    or not of ``shape``."""
+    or not of ``shape``. Only a regular .npy file is read, and only once its header says ``shape``."""
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+        data = read_bytes(path, limit=64 + 8 * shape[0] * shape[1] + 4096)
+        f = io.BytesIO(data)
+        version = np.lib.format.read_magic(f)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        if tuple(header[0]) != tuple(shape) or not np.issubdtype(header[2], np.number):
+            return None
+        f.seek(0)
+        arr = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError, TypeError, ProtocolError):
         return None
     if not isinstance(arr, np.ndarray) or arr.shape != shape or not np.issubdtype(arr.dtype, np.number):
         return None
@@ -131,9 +159,26 @@ def write_evaluation(run: RunDir, doc: dict) -> None:
     atomic_write_json(run.evaluation, {"format": FORMAT, **doc})
 
 
+_NUMBERS = (lambda v: isinstance(v, list) and bool(v) and all(is_number(x) for x in v), "a list of numbers")
+EVALUATION_FIELDS = {"epoch": (is_int, "a whole number"), "split": (is_str, "text"),
+                     "images": (is_int, "a whole number"), "results": (lambda v: isinstance(v, list), "a list")}
+RESULT_FIELDS = {"explainer": (is_str, "text"), "fractions": _NUMBERS, "masked_accuracy": _NUMBERS,
+                 "deletion": _NUMBERS, "deletion_auc": (is_number, "a number"), "wrong_reason": (is_number, "a number")}
+
+
 def read_evaluation(run: RunDir) -> dict | None:
-    """The latest ``hitl-evaluate`` result, or None if the run has not been evaluated."""
+    """The latest ``hitl-evaluate`` result, or None if the run has not been evaluated. ProtocolError if
+    it is broken: each result needs an explainer and its curves as lists of numbers of one length."""
     try:
-        return upgrade(read_json(run.evaluation), "evaluation")
+        doc = upgrade(read_json(run.evaluation), "evaluation")
     except FileNotFoundError:
         return None
+    check_fields(doc, EVALUATION_FILE, EVALUATION_FIELDS, ("results",))
+    for i, result in enumerate(doc["results"]):
+        what = f"{EVALUATION_FILE}: result #{i}"
+        if not isinstance(result, dict):
+            raise ProtocolError(f"{what} is not an object")
+        check_fields(result, what, RESULT_FIELDS, ("explainer", "fractions", "masked_accuracy", "deletion"))
+        if not len(result["fractions"]) == len(result["masked_accuracy"]) == len(result["deletion"]):
+            raise ProtocolError(f"{what}: its curves differ in length")
+    return doc

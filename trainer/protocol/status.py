@@ -11,8 +11,9 @@ from collections import deque
 from typing import Any
 
 from .atomic import atomic_write_json
-from .formats import FORMAT, ProtocolError, read_json, upgrade
-from .layout import CONFIG_FILE, LAUNCH_FILE, RunDir
+from .formats import (FORMAT, ProtocolError, check_fields, is_int, is_number, is_str, is_str_list, read_json,
+                      upgrade)
+from .layout import CONFIG_FILE, LAUNCH_FILE, STATUS_FILE, RunDir
 
 # Trainer states. "stale" is never written: readers derive it from an old heartbeat.
 TRAINING = "training"
@@ -31,8 +32,23 @@ def write_config(run: RunDir, config: dict) -> None:
     atomic_write_json(run.config, {"format": FORMAT, **config})
 
 
+_INT = (is_int, "a whole number")
+_TEXT = (is_str, "text")
+_TIME = (lambda v: is_number(v, finite=True), "a number")
+CONFIG_FIELDS = {"title": _TEXT, "dataset": _TEXT, "model": _TEXT, "annotator": _TEXT, "epochs": _INT,
+                 "world_size": (lambda v: is_int(v, 1), "a whole number from 1")}
+STATUS_FIELDS = {"state": _TEXT, "epoch": _INT, "epochs": _INT, "waiting_epoch": _INT, "pid": _INT,
+                 "heartbeat": _TIME, "host": _TEXT, "error": _TEXT, "feedback_error": _TEXT,
+                 "traceback": (is_str_list, "a list of text"), "result": (lambda v: isinstance(v, dict), "an object"),
+                 "progress": (lambda v: isinstance(v, dict), "an object")}
+LAUNCH_FIELDS = {"pid": _INT, "host": _TEXT, "argv": (is_str_list, "a list of text"), "started_at": _TIME,
+                 "stop_requested_at": _TIME}
+
+
 def read_config(run: RunDir) -> dict:
-    return upgrade(read_json(run.config), "config")
+    """The run's config; FileNotFoundError without one, ProtocolError if it is broken or a field the
+    dashboard shows has the wrong type."""
+    return check_fields(upgrade(read_json(run.config), "config"), CONFIG_FILE, CONFIG_FIELDS)
 
 
 def write_status(run: RunDir, state: str, **fields: Any) -> dict:
@@ -43,14 +59,17 @@ def write_status(run: RunDir, state: str, **fields: Any) -> dict:
     return status
 
 
-def read_status(run: RunDir, now: float | None = None) -> dict:
+def read_status(run: RunDir, now: float | None = None, strict: bool = False) -> dict:
     """The status with ``state`` replaced by ``stale`` when a live state has an old heartbeat
-    or its process is gone (same machine only)."""
+    or its process is gone (same machine only). A missing status reads as state "unknown"; so does a
+    broken one or one with a field of the wrong type, unless ``strict``: then that is a ProtocolError."""
     try:
-        status = upgrade(read_json(run.status), "status")
+        status = check_fields(upgrade(read_json(run.status), "status"), STATUS_FILE, STATUS_FIELDS, ("state",))
     except FileNotFoundError:
         return {"format": FORMAT, "state": "unknown", "epoch": 0}
     except ProtocolError as e:
+        if strict:
+            raise
         return {"format": FORMAT, "state": "unknown", "epoch": 0, "error": str(e)}
     if status.get("state") in (TRAINING, WAITING):
         now = time.time() if now is None else now
@@ -88,13 +107,17 @@ def write_launch(run: RunDir, pid: int, argv: list[str], **fields: Any) -> None:
                                    "started_at": time.time(), **fields})
 
 
-def read_launch(run: RunDir) -> dict | None:
-    """The last launch record; None if there is none or it is unreadable."""
+def read_launch(run: RunDir, strict: bool = False) -> dict | None:
+    """The last launch record; None if there is none, or if it is unreadable or has a field of the
+    wrong type, unless ``strict``: then that is a ProtocolError."""
     try:
-        launch = upgrade(read_json(run.launch), "launch")
-    except (FileNotFoundError, ProtocolError):
+        return check_fields(upgrade(read_json(run.launch), "launch"), LAUNCH_FILE, LAUNCH_FIELDS, ("pid",))
+    except FileNotFoundError:
         return None
-    return launch if isinstance(launch.get("pid"), int) else None
+    except ProtocolError:
+        if strict:
+            raise
+        return None
 
 
 def launch_is_newer(launch: dict, status: dict) -> bool:
