@@ -101,6 +101,10 @@ def train_config(setting: TrainingSetting, method: str, seed: int, device: torch
     return cfg
 
 
+def _or_nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
 def train(cfg: TrainConfig) -> dict:
     """One run, with the row's measurements."""
     trainer = Trainer(cfg, log=_quiet)
@@ -113,6 +117,8 @@ def train(cfg: TrainConfig) -> dict:
         "test_consistent_acc": result.get("test_consistent_acc", math.nan),
         "min_val_loss": result["best_val_loss"],
         "wrong_reason": result["test_wrong_reason"],
+        # answers changed by swapping the artefacts this run's marks show (trainer/reliance.py); NaN without marks
+        "reliance_flip_rate": _or_nan((result.get("reliance") or {}).get("flip_rate")),
         "seconds": round(time.perf_counter() - t0, 1),
         "impl": trainer.penalty_impl if trainer.teaching.penalty else None,
         "feedback": trainer.teaching.method,

@@ -336,18 +336,35 @@ def tracked_saliency(run: protocol.RunDir, epoch: int, index: int, shape: tuple[
 
 # --------------------------------------------------------------------------- test results
 
-TEST_COLUMNS = ["run", "test_acc", "test_consistent_acc", "shortcut_gap", "test_wrong_reason"]
+TEST_COLUMNS = ["run", "test_acc", "test_consistent_acc", "shortcut_gap", "reliance_flip_rate", "reliance_swapped_acc",
+                "reliance_images", "test_wrong_reason"]
+RELIANCE_COLUMNS = {"reliance_flip_rate": "flip_rate", "reliance_swapped_acc": "swapped_test_acc",
+                    "reliance_images": "n_images"}  # the table's column: the key in result["reliance"]
 
 
 def test_results(runs: list[protocol.RunDir]) -> pd.DataFrame:
     """The held-out test figures finished runs report in their status (one row per run that has a test
-    split): accuracy, accuracy where the confounder still matches the label, the gap between them (how
-    much the shortcut decides) and the wrong-reason share. Missing or malformed figures are NaN. Reads
-    the status files only: the Metrics page calls it every refresh."""
-    results = [(run.name, protocol.read_status(run).get("result")) for run in runs]
-    rows = [(name, *(_number(result.get(c)) for c in TEST_COLUMNS[1:]))
-            for name, result in results if isinstance(result, dict) and "test_acc" in result]
+    split or a reliance measurement): accuracy, accuracy where the confounder still matches the label, the
+    gap between them (how much the shortcut decides), the reliance on the marked artefacts (share of
+    answers that swapping them changes, accuracy on the swapped images, how many: trainer/reliance.py) and
+    the wrong-reason share. Missing or malformed figures are NaN. Reads the status files only: the Metrics
+    page calls it every refresh."""
+    rows = []
+    for run in runs:
+        result = protocol.read_status(run).get("result")
+        if not isinstance(result, dict) or not ("test_acc" in result or isinstance(result.get("reliance"), dict)):
+            continue
+        reliance = result.get("reliance") if isinstance(result.get("reliance"), dict) else {}
+        rows.append((run.name, *(_number(reliance.get(RELIANCE_COLUMNS[c])) if c in RELIANCE_COLUMNS
+                                 else _number(result.get(c)) for c in TEST_COLUMNS[1:])))
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+def reliance(run: protocol.RunDir) -> dict | None:
+    """A finished run's reliance measurement (``result["reliance"]``), or None."""
+    result = protocol.read_status(run).get("result")
+    value = result.get("reliance") if isinstance(result, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------- evaluation

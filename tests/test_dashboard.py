@@ -725,6 +725,38 @@ def test_metrics_page_without_a_label_consistent_split_shows_test_accuracy_only(
     assert table.test_acc.tolist() == pytest.approx([80.0])
 
 
+RELIANCE = {"flip_rate": 0.31, "swapped_test_acc": 0.4, "test_acc": 0.7, "toward_rate": 0.6, "n_images": 200,
+            "n_artefacts": 12, "n_pasted": 200, "n_removed": 90, "source": "recurring", "split": "test"}
+
+
+def test_metrics_page_shows_the_reliance_on_the_marks_beside_the_shortcut_gap(app, tmp_path):
+    make_run(tmp_path, "marked", protocol.FINISHED, epochs_done=2,
+             result={"test_acc": 0.7, "test_consistent_acc": 0.9, "shortcut_gap": 0.2, "reliance": RELIANCE})
+    make_run(tmp_path, "own-data", protocol.FINISHED, epochs_done=2,  # a data set without a test split
+             result={"reliance": {**RELIANCE, "flip_rate": 0.02, "split": "val"}})
+    at = app("metrics")
+    at.selectbox(key="run").set_value("marked").run()
+    at.multiselect[0].set_value(["own-data"]).run()
+    table = at.dataframe[0].value
+    assert table.run.tolist() == ["marked", "own-data"]
+    assert table.reliance_flip_rate.tolist() == pytest.approx([31.0, 2.0])  # percent
+    assert table.reliance_images.tolist() == [200, 200]
+    assert "changed 31% of the model's answers: the model still relies on it" in texts(at.markdown)
+    assert "changed 2% of the model's answers: the model hardly relies on it any more" in texts(at.markdown)
+
+
+def test_learning_page_says_what_the_marks_still_decide(app, tmp_path):
+    make_run(tmp_path, "marked", protocol.FINISHED, result={"test_acc": 0.7, "reliance": RELIANCE})
+    assert "changed 31% of the model's answers" in texts(app("learning").info)
+
+
+def test_learning_page_says_what_the_marks_decide_while_training(app, tmp_path):
+    run = make_run(tmp_path, "training")
+    rows = protocol.read_metrics(run)
+    protocol.write_metrics(run, [{**row, "reliance_flip": 0.25 if row["epoch"] == 2 else None} for row in rows])
+    assert "After epoch 2" in texts(app("learning").info) and "changed 25%" in texts(app("learning").info)
+
+
 def test_learning_page_shows_marks_and_saliency(app, tmp_path):
     run = waiting_run(tmp_path)
     protocol.submit_feedback(run, 1, "human", [protocol.QueryFeedback("q000", 100, "mask", forbidden=square(0, 4, 0, 4))])

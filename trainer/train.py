@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, distributed, protocol
+from . import checkpoint, distributed, protocol, reliance
 from .annotator import OracleAnnotator
 from .batches import BatchSource, gather
 from .config import TrainConfig
@@ -398,6 +398,7 @@ class Trainer:
         val = self.metrics_on(self.data.val)
         row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
         row.update(wrong_reason=self.wrong_reason(self.data.test or self.data.val),
+                   reliance_flip=reliance.epoch_flip_rate(self),  # what the marks still decide (trainer/reliance.py)
                    n_feedback=len(self.feedback), lr=self.optimizer.param_groups[0]["lr"],
                    seconds=time.time() - t0)
         return row, val["confusion"]
@@ -430,6 +431,7 @@ class Trainer:
             result["test_consistent_acc"] = self.metrics_on(self.data.test_consistent)["acc"]
             # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
             result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
+        result["reliance"] = reliance.of_trainer(self)  # the same from the marks alone, on any data set
         if self.dist.is_writer:
             from .plots import write_plots
             write_plots(self.run, self.state.history)

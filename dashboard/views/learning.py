@@ -32,6 +32,7 @@ def render() -> None:
     run = summary.run
     common.unreadable(_answer_problems(str(run.path), common.feedback_stamp(run), tuple(protocol.queue_epochs(run))),
                       run.name)
+    reliance_line(run)
     tracking = common.tracking(run)
     if tracking.empty:
         st.info("Nothing to show yet. After marks are sent and the next epoch ends, this page shows for every "
@@ -46,6 +47,22 @@ def render() -> None:
 
 
 RED, GREEN = "must not use", "should use"
+
+
+def reliance_line(run: protocol.RunDir) -> None:
+    """What the marks still decide, in a sentence: after training from the run's result, while it trains
+    from the latest epoch's cheap measurement (trainer/reliance.py)."""
+    sentence = protocol.describe_reliance(run_reader.reliance(run))
+    if sentence is None:
+        metrics = common.metrics([run.name])
+        flips = metrics.dropna(subset=["reliance_flip"]) if "reliance_flip" in metrics else metrics.iloc[:0]
+        if flips.empty:
+            return
+        last = flips.iloc[-1]
+        sentence = (f"After epoch {int(last.epoch)}, swapping the marked artefacts in held-out images (pasting them "
+                    f"where they were not, removing them where they were) changed {last.reliance_flip:.0%} of the "
+                    f"model's answers; the full measurement comes when training ends.")
+    st.info(sentence, icon=":material/swap_horiz:")
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -19,6 +19,8 @@ CHARTS = [
                                                "val_f1": "F1"}, ".0%"),
     ("Feedback penalty and wrong-reason share",
      {"penalty": "penalty (before λ)", "wrong_reason": "wrong-reason share, held-out images"}, None),
+    ("What the marks still decide (held-out images)",
+     {"reliance_flip": "answers changed by swapping the marked artefacts"}, ".0%"),
 ]
 
 
@@ -51,12 +53,16 @@ def charts(names: list[str]) -> None:
 
 
 def test_results(runs: list[protocol.RunDir]) -> None:
-    """The finished runs' held-out test figures side by side; the shortcut gap is the behavioural
-    measure of what feedback changed, the wrong-reason share the input-gradient one."""
+    """The finished runs' held-out test figures side by side; the shortcut gap (generated sets) and the
+    reliance on the marked artefacts (any data set with marks) are the behavioural measures of what
+    feedback changed, the wrong-reason share the input-gradient one."""
     table = run_reader.test_results(runs)
     if table.empty:
         return
     st.subheader("Held-out test, after training")
+    reliance = [c for c in run_reader.RELIANCE_COLUMNS if c in table]
+    if not table[reliance].notna().any().any():
+        table = table.drop(columns=reliance)
     consistent = table.test_consistent_acc.notna().any()
     if consistent:
         st.caption("On the test split the confounder (sticker, patch, corner mark) is independent of the label; "
@@ -65,7 +71,8 @@ def test_results(runs: list[protocol.RunDir]) -> None:
                    "alone, test accuracy falls to chance and the gap is the rest.")
     else:
         table = table.drop(columns=["test_consistent_acc", "shortcut_gap"])
-    points = [c for c in ("test_acc", "test_consistent_acc", "shortcut_gap") if c in table]
+    points = [c for c in ("test_acc", "test_consistent_acc", "shortcut_gap", "reliance_flip_rate",
+                          "reliance_swapped_acc") if c in table]
     table[points] = table[points] * 100
     st.dataframe(table, hide_index=True, column_config={
         "run": st.column_config.TextColumn("Run"),
@@ -73,11 +80,23 @@ def test_results(runs: list[protocol.RunDir]) -> None:
         "test_consistent_acc": st.column_config.NumberColumn("Label-consistent accuracy", format="%.1f%%"),
         "shortcut_gap": st.column_config.NumberColumn(
             "Shortcut gap", format="%.1f points", help="Label-consistent minus test accuracy: lower is better"),
+        "reliance_flip_rate": st.column_config.NumberColumn(
+            "Answers changed by the marked artefact", format="%.1f%%",
+            help="Held-out images with the artefacts people marked pasted in (from images of another class, at the "
+                 "same place) or removed: the share of answers that changed. Lower is better; needs only the marks, "
+                 "so it works on your own data too"),
+        "reliance_swapped_acc": st.column_config.NumberColumn(
+            "Accuracy, artefact swapped", format="%.1f%%", help="Accuracy on those swapped images"),
+        "reliance_images": st.column_config.NumberColumn("Swapped images", format="%d"),
         "test_wrong_reason": st.column_config.NumberColumn(
             "Wrong-reason share", format="%.3f",
             help="Share of input-gradient attribution inside the confounder's true region (an input-gradient "
                  "measure: a flat gradient can hide a shortcut that the gap shows)"),
     })
+    for run in runs:
+        sentence = protocol.describe_reliance(run_reader.reliance(run))
+        if sentence:
+            st.markdown(f"**{run.name}**: {sentence}" if len(runs) > 1 else sentence)
 
 
 def tiles(frame: pd.DataFrame) -> None:

@@ -20,6 +20,7 @@ TRACKING_COLUMNS = ("epoch", "index", "masked_share")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_precision", "val_recall",
     "val_f1", "penalty", "wrong_reason", "n_feedback", "lr", "seconds",
+    "reliance_flip",  # answers that swapping the marked artefacts changes (trainer/reliance.py); NaN: older runs
 )
 
 
@@ -69,6 +70,31 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
     return str(v)
+
+
+# --------------------------------------------------------------------------- reliance
+
+RELIES, SOMEWHAT = 0.2, 0.05  # flip rates the sentence calls "still relies on it" / "relies on it a little"
+
+
+def describe_reliance(reliance: dict | None) -> str | None:
+    """One sentence a clinician reads about a run's ``result["reliance"]`` (trainer/reliance.py): what swapping
+    the marked artefact did to the model's answers; None without one."""
+    if not isinstance(reliance, dict):
+        return None
+    rate, n = reliance.get("flip_rate"), reliance.get("n_images")
+    if not isinstance(rate, (int, float)) or not isinstance(n, int) or not n:
+        reason = reliance.get("reason")
+        return f"Reliance on the marked artefacts was not measured: {reason}." if reason else None
+    what = "marked artefact" if reliance.get("source") == "recurring" else "marked regions"
+    verdict = ("the model still relies on it" if rate >= RELIES else
+               "the model relies on it a little" if rate >= SOMEWHAT else "the model hardly relies on it any more")
+    sentence = (f"Swapping the {what} in {n} held-out images (pasting it where it was not, removing it where it "
+                f"was) changed {rate:.0%} of the model's answers: {verdict}.")
+    acc, before = reliance.get("swapped_test_acc"), reliance.get("test_acc")
+    if isinstance(acc, (int, float)) and isinstance(before, (int, float)):
+        sentence += f" Accuracy on those images went from {before:.0%} to {acc:.0%}."
+    return sentence
 
 
 # --------------------------------------------------------------------------- confusion matrix
