@@ -252,11 +252,23 @@ def test_results(runs: list[protocol.RunDir]) -> pd.DataFrame:
     """The held-out test figures finished runs report in their status (one row per run that has a test
     split): accuracy, accuracy where the confounder still matches the label, the gap between them (how
     much the shortcut decides) and the wrong-reason share. Missing or malformed figures are NaN. Reads
-    the status files only: the Metrics page calls it every refresh."""
+    the status files only: the Metrics page calls it every refresh. Further held-out splits a run
+    reports by name (a csv set's ``test_site_b``) come after, one column ``split:<name>`` each."""
     results = [(run.name, protocol.read_status(run).get("result")) for run in runs]
-    rows = [(name, *(_number(result.get(c)) for c in TEST_COLUMNS[1:]))
-            for name, result in results if isinstance(result, dict) and "test_acc" in result]
-    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+    results = [(name, result, _other_splits(result)) for name, result in results if isinstance(result, dict)]
+    others = list(dict.fromkeys(split for _, _, splits in results for split in splits))
+    rows = [(name, *(_number(result.get(c)) for c in TEST_COLUMNS[1:]), *(splits.get(o, math.nan) for o in others))
+            for name, result, splits in results if "test_acc" in result or splits]
+    return pd.DataFrame(rows, columns=TEST_COLUMNS + [f"split:{o}" for o in others])
+
+
+def _other_splits(result: dict) -> dict[str, float]:
+    """The accuracy of each held-out split other than test and test_consistent in a run's result."""
+    splits = result.get("splits")
+    if not isinstance(splits, dict):
+        return {}
+    return {str(name): _number(m.get("acc")) for name, m in splits.items()
+            if name not in ("test", "test_consistent") and isinstance(m, dict)}
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -423,13 +423,20 @@ class Trainer:
                   "best_val_acc": next((r["val_acc"] for r in self.state.history
                                         if r["epoch"] == self.state.best_epoch), math.nan),
                   "n_feedback": len(self.feedback), "run_dir": str(self.run.path)}
+        splits = {name: {"acc": self.metrics_on(split)["acc"], "n": len(split)}
+                  for name, split in self.data.held_out().items()}  # test, test_consistent, others by name
         if self.data.test is not None:
-            result["test_acc"] = self.metrics_on(self.data.test)["acc"]
+            result["test_acc"] = splits["test"]["acc"]
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
-            result["test_consistent_acc"] = self.metrics_on(self.data.test_consistent)["acc"]
-            # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
-            result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
+            result["test_consistent_acc"] = splits["test_consistent"]["acc"]
+            if self.data.test is not None:
+                # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
+                result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
+        if splits:
+            result["splits"] = splits
+            self.log("held out: " + ", ".join(f"{name} acc {m['acc']:.3f} ({m['n']} images)" for name, m in splits.items())
+                     + (f"; shortcut gap {result['shortcut_gap']:+.3f}" if "shortcut_gap" in result else ""))
         if self.dist.is_writer:
             from .plots import write_plots
             write_plots(self.run, self.state.history)
