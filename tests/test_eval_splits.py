@@ -76,3 +76,55 @@ def test_a_class_only_in_a_held_out_split_is_an_error(tmp_path):
     table = make_split_csv(tmp_path, {"train": 6, "site_b": 2})
     table.write_text(table.read_text().replace("img/site_b-01.png,c1", "img/site_b-01.png,c9"))
     assert "class(es) with validation or test images but no training images: c9" in error_of("csv", tmp_path)
+
+
+# --------------------------------------------------------------------------- batches from files
+
+def run_metrics(tmp_path, title: str, data, **kw) -> tuple[list[dict], dict, dict]:
+    """Metrics rows (without timings), result and final weights of a 2-epoch run."""
+    trainer = Trainer(csv_config(tmp_path, title, data, epochs=2, **kw), log=lambda *a: None)
+    result = trainer.fit()
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in protocol.read_metrics(trainer.run)]
+    result.pop("run_dir")
+    return rows, result, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_default_in_memory_and_worker_runs_give_the_same_results(tmp_path, monkeypatch):
+    """By default a small file-backed set is decoded into memory once; --workers 0 decodes in the
+    training process and --workers 1 in one persistent worker, every epoch; a set over the memory
+    budget goes to persistent workers by default. All four runs are the same run."""
+    import trainer.batches as batches
+
+    make_split_csv(tmp_path / "data", {"train": 24, "val": 8, "test": 8})
+    default = Trainer(csv_config(tmp_path, "probe", tmp_path / "data"), log=lambda *a: None)
+    assert default.data.train.in_memory and default.data.val.in_memory and default.data.test.in_memory
+    assert not Trainer(csv_config(tmp_path, "probe0", tmp_path / "data", workers=0),
+                       log=lambda *a: None).data.train.in_memory
+
+    reference = run_metrics(tmp_path, "default", tmp_path / "data")
+    for title, kw in (("w0", dict(workers=0)), ("w1", dict(workers=1))):
+        rows, result, weights = run_metrics(tmp_path, title, tmp_path / "data", **kw)
+        assert rows == reference[0] and result == reference[1], title
+        assert all(torch.equal(weights[k], reference[2][k]) for k in weights), title
+    monkeypatch.setattr(batches, "IN_MEMORY_BUDGET", 0)
+    monkeypatch.setattr(batches, "default_workers", lambda: 1)
+    rows, result, weights = run_metrics(tmp_path, "over-budget", tmp_path / "data")
+    assert rows == reference[0] and result == reference[1]
+
+
+def test_in_memory_split_gives_the_file_split_s_tensors_and_masks(tmp_path):
+    from fixtures_real import make_csv
+    from trainer.batches import keep_in_memory
+
+    make_csv(tmp_path, masks=True, split=True)
+    files = build_dataset("csv", request(tmp_path))
+    data, line = keep_in_memory(files)
+    assert line.startswith("data: train, val, test decoded into memory once (12 images")
+    for name in ("train", "val", "test"):
+        a, b = getattr(files, name), getattr(data, name)
+        assert b.in_memory and b.has_gt_masks
+        for i in range(len(a)):
+            assert torch.equal(a[i][0], b[i][0]) and a[i][1:] == b[i][1:]
+            assert torch.equal(a.gt_mask(i), b.gt_mask(i))
+    small, line = keep_in_memory(files, budget=files.train.decoded_bytes)  # train fits, the rest does not
+    assert small.train.in_memory and not small.val.in_memory and line.startswith("data: train decoded")
