@@ -98,6 +98,10 @@ class Plan:
     feedback_settings: tuple[TrainingSetting, ...] = ()
     feedback_runs: tuple[str, ...] = FEEDBACK_RUNS
     feedback_methods: tuple[str, ...] = FEEDBACK_METHODS
+    # loading (not in the default run): a csv set of 28 px PNGs, train images (val and test a fifth each)
+    loading_images: int = 800
+    loading_epochs: int = 4
+    loading_repeats: int = 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,6 +124,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             resume_rounds=2,
             penalty_setting=digits, penalty_methods=("hitl",), penalty_variants=PENALTY_VARIANTS,
             feedback_settings=(digits,), feedback_runs=("plain", "hitl", "hitl_loose", "all_masks"),
+            loading_images=300, loading_epochs=2, loading_repeats=1,
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.

@@ -303,6 +303,33 @@ def render_distributed(results: dict) -> list[str]:
         _table(["launcher", "processes", "device", "threads each", "epoch s", "images/s"], body) + [""]
 
 
+def render_loading(results: dict) -> list[str]:
+    rows = results.get("loading") or []
+    if not rows:
+        return []
+    first = rows[0]
+    body = [[f"`{r['setting']}`", f"{r['start_s']:.1f}", f"{r['epoch_s']:.2f}", f"**{r['run_s']:.1f}**",
+             "yes" if r["same_metrics"] else "**no**"] for r in rows]
+    return ["#### Reading a small-image data set from disk", "",
+            f"{first['n_train']} training images of {first['image_size']} px, {first['epochs']} epochs, "
+            f"{first['device']}, median of {first['rounds']} round(s); "
+            + results.get("notes", {}).get("loading", "") + ".", ""] + \
+        _table(["setting", "start s", "epoch s", "run s", "same metrics as default"], body) + [""]
+
+
+def loading_targets(rows: list[dict]) -> list[str]:
+    """The default reading within 10% of the fastest setting's whole run, and every setting's metrics the same."""
+    if not rows:
+        return []
+    best = min(r["run_s"] for r in rows)
+    default = next(r for r in rows if r["setting"] == "default")
+    ok = default["run_s"] <= 1.1 * best
+    same = all(r["same_metrics"] for r in rows)
+    return [f"- default reading within 10% of the fastest ({default['run_s']:.1f} s against {best:.1f} s): "
+            f"{'holds' if ok else 'FAILS'}",
+            f"- the same metrics with every setting: {'holds' if same else 'FAILS'}"]
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -338,13 +365,13 @@ def render_file(path: Path, results: dict) -> str:
            + (f"; training runs at a time {results['jobs']} (their seconds are shared-core times)"
               if any(n > 1 for n in results.get("jobs", {}).values()) else "") + ".", ""]
     for render in (render_learning, render_efficiency, render_feedback, render_cost, render_cosine, render_penalties,
-                   render_latency, render_distributed):
+                   render_latency, render_distributed, render_loading):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
     targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
                + learning_targets(results.get("learning") or []) + learning_targets(results.get("feedback") or [])
-               + penalty_targets(results.get("penalties") or []))
+               + penalty_targets(results.get("penalties") or []) + loading_targets(results.get("loading") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]
     return "\n".join(out)

@@ -348,16 +348,29 @@ def test_results(runs: list[protocol.RunDir]) -> pd.DataFrame:
     gap between them (how much the shortcut decides), the reliance on the marked artefacts (share of
     answers that swapping them changes, accuracy on the swapped images, how many: trainer/reliance.py) and
     the wrong-reason share. Missing or malformed figures are NaN. Reads the status files only: the Metrics
-    page calls it every refresh."""
+    page calls it every refresh. Further held-out splits a run reports by name (a csv set's
+    ``test_site_b``) come after, one column ``split:<name>`` each."""
+    results = [(run.name, protocol.read_status(run).get("result")) for run in runs]
+    results = [(name, result, _other_splits(result)) for name, result in results if isinstance(result, dict)]
+    others = list(dict.fromkeys(split for _, _, splits in results for split in splits))
     rows = []
-    for run in runs:
-        result = protocol.read_status(run).get("result")
-        if not isinstance(result, dict) or not ("test_acc" in result or isinstance(result.get("reliance"), dict)):
-            continue
+    for name, result, splits in results:
         reliance = result.get("reliance") if isinstance(result.get("reliance"), dict) else {}
-        rows.append((run.name, *(_number(reliance.get(RELIANCE_COLUMNS[c])) if c in RELIANCE_COLUMNS
-                                 else _number(result.get(c)) for c in TEST_COLUMNS[1:])))
-    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+        if not ("test_acc" in result or reliance or splits):
+            continue
+        rows.append((name, *(_number(reliance.get(RELIANCE_COLUMNS[c])) if c in RELIANCE_COLUMNS
+                             else _number(result.get(c)) for c in TEST_COLUMNS[1:]),
+                     *(splits.get(o, math.nan) for o in others)))
+    return pd.DataFrame(rows, columns=TEST_COLUMNS + [f"split:{o}" for o in others])
+
+
+def _other_splits(result: dict) -> dict[str, float]:
+    """The accuracy of each held-out split other than test and test_consistent in a run's result."""
+    splits = result.get("splits")
+    if not isinstance(splits, dict):
+        return {}
+    return {str(name): _number(m.get("acc")) for name, m in splits.items()
+            if name not in ("test", "test_consistent") and isinstance(m, dict)}
 
 
 def reliance(run: protocol.RunDir) -> dict | None:

@@ -164,3 +164,14 @@ def test_a_matched_rerun_replaces_only_its_rows_and_says_when_each_was_measured(
                  wrong_reason=0.1)
     markdown = "\n".join(report.render_feedback(merged))
     assert "Measured at more than one version (git):* old1: 2 runs (d-plain, d-hitl-penalty); new2: 2 runs" in markdown
+
+
+def test_report_renders_the_loading_rows_and_checks_the_default_against_the_fastest():
+    rows = [{"setting": s, "workers": w, "n_train": 8, "image_size": 28, "epochs": 2, "device": "cpu", "rounds": 1,
+             "start_s": 1.0, "epoch_s": e, "run_s": r, "same_metrics": True}
+            for s, w, e, r in (("default", None, 1.0, 10.0), ("--workers 0", 0, 1.0, 9.5), ("--workers 2", 2, 3.0, 20.0))]
+    lines = report.render_loading({"loading": rows})
+    assert "| `default` | 1.0 | 1.00 | **10.0** | yes |" in lines
+    assert report.loading_targets(rows)[0].endswith("(10.0 s against 9.5 s): holds")
+    rows[0]["run_s"] = 11.0
+    assert report.loading_targets(rows)[0].endswith("FAILS")

@@ -757,6 +757,21 @@ def test_learning_page_says_what_the_marks_decide_while_training(app, tmp_path):
     assert "After epoch 2" in texts(app("learning").info) and "changed 25%" in texts(app("learning").info)
 
 
+def test_metrics_page_shows_further_held_out_splits_by_name(app, tmp_path):
+    make_run(tmp_path, "sites", protocol.FINISHED, epochs_done=2,
+             result={"test_acc": 0.8, "splits": {"test": {"acc": 0.8, "n": 4}, "test_site_b": {"acc": 0.5, "n": 6}}})
+    make_run(tmp_path, "site-only", protocol.FINISHED, epochs_done=2, result={"splits": {"site_c": {"acc": 0.25, "n": 4}}})
+    at = app("metrics")
+    at.selectbox(key="run").set_value("sites").run()
+    at.multiselect[0].set_value(["site-only"]).run()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["run", "test_acc", "test_wrong_reason", "split:test_site_b", "split:site_c"]
+    by_run = table.set_index("run")
+    assert by_run.loc["sites", "split:test_site_b"] == pytest.approx(50.0)
+    assert by_run.loc["site-only", "split:site_c"] == pytest.approx(25.0)
+    assert by_run["test_acc"].isna().tolist() == [name == "site-only" for name in by_run.index]
+
+
 def test_learning_page_shows_marks_and_saliency(app, tmp_path):
     run = waiting_run(tmp_path)
     protocol.submit_feedback(run, 1, "human", [protocol.QueryFeedback("q000", 100, "mask", forbidden=square(0, 4, 0, 4))])

@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("-vf", "--val-fraction", type=_fraction, help="stratified share of the validation images (default 1)")
     data.add_argument("--image-size", type=positive(int), help="side in pixels (default: the data set's)")
     data.add_argument("--task", dest="task", help="isic2017 only: melanoma (binary) or 3-class")
-    data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers decoding data sets on disk (default: up to 4, one core spare)")
+    data.add_argument("--workers", type=_non_negative(int), help="DataLoader workers decoding data sets on disk every epoch (default: splits whose decoded images "
+                           "fit in 512 MiB are decoded into memory once, the rest by up to 4 persistent workers, one core spare)")
 
     run = p.add_argument_group("run")
     run.add_argument("-md", "--runs-dir", type=path_value, metavar="DIR", help=f"where runs live (default {d.runs_dir}/)")

@@ -40,7 +40,7 @@ class TrainConfig:
     feedback_timeout: float = 0.0           # seconds; 0 waits for ever
     seed: int = 0
     device: str = "auto"
-    workers: int | None = None            # DataLoader workers for data on disk; None: up to 4, one core spare
+    workers: int | None = None            # DataLoader workers for data on disk; None: in memory if it fits, else up to 4
     track_images: int = 32                  # annotated images whose saliency is saved every epoch
     dataset_options: dict = field(default_factory=dict)
     # how masks teach (trainer/counterexamples.py), masks given up front, the simulated annotator's style

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import checkpoint, distributed, protocol, reliance
 from .annotator import OracleAnnotator
-from .batches import BatchSource, gather
+from .batches import BatchSource, gather, keep_in_memory
 from .config import TrainConfig
 from .counterexamples import Counterexamples, dilation_pixels
 from .data import DataSplits, Split, build_run_dataset
@@ -96,6 +96,10 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
         data = build_run_dataset(cfg)
     for note in data.notes if dist.is_writer else ():
         log(f"warning: {note}")
+    if cfg.workers is None:  # by default what fits is decoded once; --workers N reads files with N workers
+        data, loaded = keep_in_memory(data)
+        if loaded and dist.is_writer:
+            log(loaded)
     teaching = resolve_teaching(cfg.feedback_method, cfg.dataset)
     cfg = replace(cfg, image_size=data.image_size, feedback_method=teaching.method)
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
@@ -142,6 +146,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, cfg.epochs))
         self.train_batches = BatchSource(self.data.train, self.dist.local_batch_size(cfg.batch_size), cfg.workers,
                                          self.device)
+        self._eval_sources: dict[tuple[int, int], BatchSource] = {}
         self.state = TrainState()
         self.queries = QueryRound(self)
         if cfg.prior_masks and not resume:
@@ -265,7 +270,10 @@ class Trainer:
         share under torchrun)."""
         self.model.eval()
         probs, labels = [], []
-        source = BatchSource(split, batch_size, self.cfg.workers, self.device)
+        key = (id(split), batch_size)  # one source per split: its DataLoader workers persist across epochs
+        source = self._eval_sources.get(key)
+        if source is None or source.split is not split:
+            source = self._eval_sources[key] = BatchSource(split, batch_size, self.cfg.workers, self.device)
         for x, y, _ in source.epoch(self.dist.eval_indices(len(split))):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 probs.append(self.model(x).float().softmax(1))
@@ -424,13 +432,20 @@ class Trainer:
                   "best_val_acc": next((r["val_acc"] for r in self.state.history
                                         if r["epoch"] == self.state.best_epoch), math.nan),
                   "n_feedback": len(self.feedback), "run_dir": str(self.run.path)}
+        splits = {name: {"acc": self.metrics_on(split)["acc"], "n": len(split)}
+                  for name, split in self.data.held_out().items()}  # test, test_consistent, others by name
         if self.data.test is not None:
-            result["test_acc"] = self.metrics_on(self.data.test)["acc"]
+            result["test_acc"] = splits["test"]["acc"]
             result["test_wrong_reason"] = self.wrong_reason(self.data.test)
         if self.data.test_consistent is not None:
-            result["test_consistent_acc"] = self.metrics_on(self.data.test_consistent)["acc"]
-            # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
-            result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
+            result["test_consistent_acc"] = splits["test_consistent"]["acc"]
+            if self.data.test is not None:
+                # how much the shortcut decides: a behavioural measure, unlike the gradient-based wrong-reason share
+                result["shortcut_gap"] = result["test_consistent_acc"] - result["test_acc"]
+        if splits:
+            result["splits"] = splits
+            self.log("held out: " + ", ".join(f"{name} acc {m['acc']:.3f} ({m['n']} images)" for name, m in splits.items())
+                     + (f"; shortcut gap {result['shortcut_gap']:+.3f}" if "shortcut_gap" in result else ""))
         result["reliance"] = reliance.of_trainer(self)  # the same from the marks alone, on any data set
         if self.dist.is_writer:
             from .plots import write_plots

@@ -71,10 +71,14 @@ def test_results(runs: list[protocol.RunDir]) -> None:
                    "alone, test accuracy falls to chance and the gap is the rest.")
     else:
         table = table.drop(columns=["test_consistent_acc", "shortcut_gap"])
+    others = [c for c in table.columns if c.startswith("split:")]  # further held-out splits, by name
     points = [c for c in ("test_acc", "test_consistent_acc", "shortcut_gap", "reliance_flip_rate",
-                          "reliance_swapped_acc") if c in table]
+                          "reliance_swapped_acc") if c in table] + others
     table[points] = table[points] * 100
     st.dataframe(table, hide_index=True, column_config={
+        **{c: st.column_config.NumberColumn(f"{c.removeprefix('split:')} accuracy", format="%.1f%%",
+                                            help="A further held-out split of the data set, named in its CSV")
+           for c in others},
         "run": st.column_config.TextColumn("Run"),
         "test_acc": st.column_config.NumberColumn("Test accuracy", format="%.1f%%"),
         "test_consistent_acc": st.column_config.NumberColumn("Label-consistent accuracy", format="%.1f%%"),

@@ -80,7 +80,10 @@ class TensorSplit(Split):
 @dataclass
 class DataSplits:
     """The splits of one data set. ``test`` is the decorrelated split for confounded sets;
-    ``test_consistent`` (synthetic sets only) keeps the train-time correlation, as a reference."""
+    ``test_consistent`` keeps the train-time correlation, as a reference (the generated sets have one;
+    a csv set may), so that the two give the shortcut gap. ``evaluation`` holds further held-out splits
+    by name (a csv set's ``test_site_b``): like ``test`` they are never trained or validated on, only
+    evaluated and reported by name when a run ends."""
 
     train: Split
     val: Split
@@ -91,10 +94,16 @@ class DataSplits:
     test_consistent: Split | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)  # warnings the trainer prints at start, one line each
+    evaluation: dict[str, Split] = field(default_factory=dict)  # further held-out splits, by name
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def held_out(self) -> dict[str, Split]:
+        """Every split evaluated when a run ends, by name: ``test``, ``test_consistent``, then the others."""
+        named = {"test": self.test, "test_consistent": self.test_consistent, **self.evaluation}
+        return {name: split for name, split in named.items() if split is not None}
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..protocol.atomic import atomic_write_bytes, atomic_write_text
-from .base import DataError, Split
+from .base import DataError, Split, TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,14 @@ def load_rgb(path: Path, size: int | None = None) -> Image.Image:
     return img
 
 
+def image_bytes(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 C×H×W."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
 def image_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> float32 C×H×W in [0, 1]."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+    """RGB PIL image -> float32 C×H×W in [0, 1] (as a TensorSplit of ``image_bytes`` gives it)."""
+    return image_bytes(img).float().div_(255)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -269,11 +274,37 @@ class FileSplit(Split):
 
     def __getitem__(self, i):
         i = int(i)
+        return self.decode(i).float().div_(255), int(self.labels[i]), i
+
+    def decode(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 C×H×W."""
         try:
             img = load_rgb(self.files[i], self.image_size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {self.sources[i]}: {str(e)[:80]}") from e
-        return image_tensor(img), int(self.labels[i]), i
+        return image_bytes(img)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The memory ``to_memory`` takes: uint8 images, and bool masks where the split has them."""
+        pixels = self.image_size * self.image_size
+        return len(self) * pixels * (3 + (self.masks is not None))
+
+    def to_memory(self) -> TensorSplit:
+        """Every image decoded once (in threads: PIL releases the GIL) into a TensorSplit that gives the
+        same tensors, the masks with them."""
+        n, size = len(self), self.image_size
+        images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+        masks = None if self.masks is None else torch.empty((n, size, size), dtype=torch.bool)
+
+        def put(i: int) -> None:
+            images[i] = self.decode(i)
+            if masks is not None:
+                masks[i] = self.gt_mask(i)
+
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(put, range(n)))
+        return TensorSplit(self.name, images, self.labels, masks)
 
     def gt_mask(self, i: int) -> torch.Tensor | None:
         """The marked pixels of image ``i`` (bool, image size); all False for an image listed without a

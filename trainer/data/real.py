@@ -33,6 +33,9 @@ NCI_TABLES = ("covariate_data_training_NHS.xls", "covariate_data_training_NHS.cs
 NCI_CLASSES = ["negative", "positive"]  # WRST_HIST_AFTER == 0 / > 0
 NCI_VIEW = re.compile(r"^(?P<id>.+?)(?:_C(?P<view>\d+))?$")  # "<IMAGE_ID>_C1" is the first cervigram
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+# A csv set's split names: train and val (or validation), and any other name for a held-out split
+# evaluated when a run ends (test, test_consistent, test_site_b…): a short word, no path characters.
+SPLIT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 
 @dataclass
@@ -202,10 +205,13 @@ def _need_folder(dataset: str, folder: Path, expected: str) -> Path:
 
 def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str], train: Listing,
               val: Listing | None, test: Listing | None, holdout: float, description: str,
-              skipped: list[Path]) -> DataSplits:
+              skipped: list[Path], more: dict[str, Listing] | None = None) -> DataSplits:
     """Class list from the data, a stratified validation holdout when there is no official one, the
     requested fractions, then the images of what was selected are checked (and large ones cached).
-    ``skipped`` files and fractions rounded up become the data set's notes."""
+    ``skipped`` files and fractions rounded up become the data set's notes. ``more`` are further
+    held-out splits by name (``test_consistent`` becomes the data set's own, the rest its
+    ``evaluation`` splits); like ``test`` they are used whole."""
+    more = dict(more or {})
     size = request.image_size or DEFAULT_IMAGE_SIZE
     if size < MIN_IMAGE_SIZE:
         raise DataError(f"{dataset}: --image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
@@ -213,15 +219,17 @@ def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str]
     if len(present) < 2:
         found = ", ".join(classes[c] for c in present) or "none"
         raise DataError(f"{dataset}: training data needs images of at least two classes, found: {found}")
-    untrained = sorted({classes[c] for part in (val, test) if part for c in part.labels} - {classes[c] for c in present})
+    held = [part for part in (val, test, *more.values()) if part]
+    untrained = sorted({classes[c] for part in held for c in part.labels} - {classes[c] for c in present})
     if untrained:
         raise DataError(f"{dataset}: class(es) with validation or test images but no training images: {describe(untrained)}")
-    _check_distinct_files(dataset, ((_rel(p, root), p) for part in (train, val, test) if part for p in part.paths))
+    _check_distinct_files(dataset, ((_rel(p, root), p) for part in (train, *held) for p in part.paths))
     mapping = {old: new for new, old in enumerate(present)}
     class_names = [classes[c] for c in present]
     train = train.relabel(mapping)
     val = val.relabel(mapping) if val else None
     test = test.relabel(mapping) if test else None
+    more = {name: part.relabel(mapping) for name, part in more.items()}
 
     if val is None:
         holdout = float(request.options.get("val_holdout", holdout))
@@ -245,8 +253,10 @@ def _assemble(dataset: str, request: DataRequest, root: Path, classes: list[str]
             store.check_masks(f"{dataset} {name}", listing.masks, sizes)
         return FileSplit(name, files, torch.tensor(listing.labels), size, listing.paths, listing.masks)
 
+    opened = {name: open_split(name, part) for name, part in more.items()}
     return DataSplits(train=open_split("train", train), val=open_split("val", val),
                       test=open_split("test", test) if test else None,
+                      test_consistent=opened.pop("test_consistent", None), evaluation=opened,
                       class_names=class_names, in_chans=3, image_size=size, description=description,
                       notes=notes)
 
@@ -450,7 +460,8 @@ def _check_inside(dataset: str, table_path: Path, root: Path, table: pd.DataFram
 def build_csv(request: DataRequest) -> DataSplits:
     """A CSV with columns ``path,label`` (paths relative to the CSV's folder), optional ``mask`` (a
     relevance-mask image: nonzero = pixels the model must not rely on) and optional ``split``
-    (train/val/test). ``--data-dir`` is the CSV itself or a folder holding ``labels.csv``."""
+    (train, val, or any other name, e.g. test, test_consistent, test_site_b: a held-out split evaluated
+    and reported by name when a run ends). ``--data-dir`` is the CSV itself or a folder holding ``labels.csv``."""
     dataset = "csv"
     given = _data_root(dataset, request)
     table_path = given / "labels.csv" if given.is_dir() else given
@@ -481,19 +492,21 @@ def build_csv(request: DataRequest) -> DataSplits:
     classes = _class_order(table["label"])
     labels = [classes.index(label) for label in table["label"]]
     if "split" in table.columns:
-        splits = [s.lower() for s in table["split"]]
-        unknown = [f"{p}={s!r}" for p, s in zip(names, table["split"]) if s.lower() not in SPLIT_FOLDERS]
-        if unknown:
-            raise DataError(f"{dataset}: {len(unknown)} split value(s) in {table_path.name} are not train, val "
-                            f"or test: {describe(unknown)}")
+        splits = ["val" if s.lower() == "validation" else s.lower() for s in table["split"]]
+        bad = [f"{p}={s!r}" for p, s, name in zip(names, table["split"], splits) if not SPLIT_NAME.fullmatch(name)]
+        if bad:
+            raise DataError(f"{dataset}: {len(bad)} split value(s) in {table_path.name} are not split names (train, "
+                            f"val, or a held-out split such as test or test_site_b: up to 40 letters, digits, _ "
+                            f"and -, no spaces or path characters): {describe(bad)}")
     else:
         splits = ["train"] * len(paths)
     everything = Listing(paths, labels, masks)
-    parts = {name: everything.take(i for i, s in enumerate(splits) if s == name) for name in SPLIT_FOLDERS}
-    if not parts["train"].paths:
+    parts = {name: everything.take(i for i, s in enumerate(splits) if s == name) for name in dict.fromkeys(splits)}
+    if "train" not in parts:
         raise DataError(f"{dataset}: {table_path.name} has no rows with split=train")
-    return _assemble(dataset, request, root, classes, parts["train"], parts["val"] if parts["val"].paths else None,
-                     parts["test"] if parts["test"].paths else None, 0.2, f"images listed in {table_path}", [])
+    train, val, test = parts.pop("train"), parts.pop("val", None), parts.pop("test", None)
+    return _assemble(dataset, request, root, classes, train, val, test, 0.2, f"images listed in {table_path}", [],
+                     more=dict(sorted(parts.items())))
 
 
 REAL_BUILDERS = {"aptos2019": build_aptos, "isic2017": build_isic, "nci": build_nci,
