@@ -75,7 +75,11 @@ HOSTILE = {
     "infinity in a box": (_text(json.dumps(mask_doc()).replace("[0, 0, 4, 4]", "[0, 0, Infinity, 4]")),
                           "Infinity is not a JSON number"),
     "overflowing number in a box": (_text(json.dumps(mask_doc()).replace("[0, 0, 4, 4]", "[0, 0, 1e999, 4]")),
-                                    "is not [x0, y0, x1, y1]"),
+                                    "the number 1e999 is out of range"),
+    "overflowing submitted_at": (_text(json.dumps(mask_doc()).replace('"format": 1', '"submitted_at": 1e400, "format": 1')),
+                                 "the number 1e400 is out of range"),
+    "integer beyond any float": (_text(json.dumps(mask_doc()).replace('"format": 1', '"submitted_at": 1' + "0" * 400
+                                                                      + ', "format": 1')), "is out of range"),
     "query_id as a list": (_text(json.dumps(mask_doc(query_id=["q000"]))), "unknown query_id"),
     "action as an object": (_text(json.dumps(mask_doc(action={"a": 1}))), "unknown action"),
     "not UTF-8": (_bytes(b'{"format": 1, "epoch": 1, "annotator": "\xff\xfe", "queries": []}'), "not UTF-8"),

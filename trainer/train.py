@@ -167,7 +167,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ status
 
-    def status(self, state: str, force: bool = True, **fields) -> None:
+    def status(self, state: str, force: bool = True, final: bool = False, **fields) -> None:
+        """Write status.json (a heartbeat at most every HEARTBEAT_SECONDS unless ``force``). A write that
+        fails is logged once and training goes on; the ``final`` one (failed, stopped) fails quietly: the
+        error that ends the run is its one line."""
         if not self.dist.is_writer:
             return
         now = time.time()
@@ -180,7 +183,7 @@ class Trainer:
                                   host=socket.gethostname(), **self.status_fields)
         except OSError as e:  # a read-only or full runs folder: the next write that matters fails the run
             problem = protocol.describe_os_error(e)
-            if problem != self._status_problem:
+            if problem != self._status_problem and not final:
                 self.log(f"cannot write the status: {problem}; carrying on")
             self._status_problem = problem
         else:
@@ -503,11 +506,11 @@ def run_training(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         try:
             return trainer.fit()
         except Stopped as e:
-            trainer.status(protocol.STOPPED, phase="stopped", error=f"stopped by {e}; resume with --resume")
+            trainer.status(protocol.STOPPED, final=True, phase="stopped", error=f"stopped by {e}; resume with --resume")
             raise
         except BaseException as e:
             tail = traceback.format_exc().splitlines()[-12:]
-            trainer.status(protocol.FAILED, phase="failed", error=error_line(e), traceback=tail)
+            trainer.status(protocol.FAILED, final=True, phase="failed", error=error_line(e), traceback=tail)
             raise
 
 

@@ -22,7 +22,7 @@ from .formats import FORMAT, ProtocolError, parse_json, read_json, upgrade
 from .layout import (BEST_CHECKPOINT, CONFIG_FILE, CONFUSION_FILE, EVALUATION_FILE, FEEDBACK_DIR,
                      LAST_CHECKPOINT, LAUNCH_FILE, LOCK_FILE, LOG_FILE, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, QUEUE_DIR,
                      REJECTED_DIR, STATUS_FILE, TRACKING_DIR, TRACKING_FILE, RunDir, run_from_argument)
-from .lock import RunBusy, RunLock, hold_run, lock_holder, remove_trainer_temps
+from .lock import RunBusy, RunLock, busy_message, hold_run, lock_holder, remove_trainer_temps
 from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, ImageMarks, QueryFeedback,
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
                        read_mask_file, reject_feedback, submit_feedback, union_marks)
