@@ -52,7 +52,9 @@ def hold_run(run: RunDir) -> RunLock:
     """Take the run's lock (creating the run folder if need be) and write this pid into the lock file.
     Raises RunBusy when another process holds it, OSError when the folder cannot be written."""
     run.path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    # held through a read-only descriptor (a flock needs no write access): a file open for writing for the
+    # whole run would stop the folder from being remounted read-only; the pid goes through a second one
+    fd = os.open(run.lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -64,8 +66,12 @@ def hold_run(run: RunDir) -> RunLock:
             raise
         return RunLock(fd, f"cannot lock {run.lock} ({os.strerror(e.errno)}): a second trainer on this run "
                            f"would not be stopped")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        with open(run.lock, "w", encoding="ascii") as f:  # closing it keeps the lock: it is fd's
+            f.write(f"{os.getpid()}\n")
+    except BaseException:
+        os.close(fd)
+        raise
     return RunLock(fd)
 
 
