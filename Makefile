@@ -50,7 +50,7 @@ demo:
 test:
 	$(PY) -m pytest -q
 
-## soak: kill -9 tiny runs at random moments (N=10 runs), resume each, count how many end exactly as uninterrupted
+## soak: kill -9 tiny runs at random moments (N=10 runs), resume each twice at once (one may train) while a reader reads, count how many end exactly as uninterrupted (tests/test_soak.py, in make test, is its short form)
 soak:
 	$(PY) tests/soak.py --runs $(or $(N),10) $(ARGS)
 

@@ -226,6 +226,8 @@ def delete_run(run: protocol.RunDir) -> None:
 def resume_run(run: protocol.RunDir) -> None:
     """Continue a stopped, failed or stale run from its last checkpoint (from the beginning when it stopped
     before its first one)."""
+    if protocol.lock_holder(run) is not None:  # the trainer's own refusal, said before starting one
+        raise LaunchError(protocol.busy_message(run))
     if live_pid(run) is not None or protocol.read_status(run)["state"] in LIVE_STATES:
         raise LaunchError(f"{run.name} is still running")
     if not run.has_config():

@@ -128,6 +128,8 @@ def test_killing_one_rank_stops_the_job_and_resume_on_one_process_finishes(tmp_p
         assert job.poll() is None, job.stdout.read()[-3000:]
         time.sleep(0.5)
     assert protocol.read_status(run).get("waiting_epoch") == 1, "the run never asked"
+    rank0 = next(pid for pid in children(job.pid) if environ(pid).get("RANK") == "0")
+    assert protocol.lock_holder(run) == rank0 == protocol.read_status(run)["pid"]  # rank 0 holds the run
     rank1 = next(pid for pid in children(job.pid) if environ(pid).get("RANK") == "1")
     os.kill(rank1, signal.SIGKILL)
     killed = time.time()

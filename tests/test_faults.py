@@ -75,7 +75,11 @@ HOSTILE = {
     "infinity in a box": (_text(json.dumps(mask_doc()).replace("[0, 0, 4, 4]", "[0, 0, Infinity, 4]")),
                           "Infinity is not a JSON number"),
     "overflowing number in a box": (_text(json.dumps(mask_doc()).replace("[0, 0, 4, 4]", "[0, 0, 1e999, 4]")),
-                                    "is not [x0, y0, x1, y1]"),
+                                    "the number 1e999 is out of range"),
+    "overflowing submitted_at": (_text(json.dumps(mask_doc()).replace('"format": 1', '"submitted_at": 1e400, "format": 1')),
+                                 "the number 1e400 is out of range"),
+    "integer beyond any float": (_text(json.dumps(mask_doc()).replace('"format": 1', '"submitted_at": 1' + "0" * 400
+                                                                      + ', "format": 1')), "is out of range"),
     "query_id as a list": (_text(json.dumps(mask_doc(query_id=["q000"]))), "unknown query_id"),
     "action as an object": (_text(json.dumps(mask_doc(action={"a": 1}))), "unknown action"),
     "not UTF-8": (_bytes(b'{"format": 1, "epoch": 1, "annotator": "\xff\xfe", "queries": []}'), "not UTF-8"),
@@ -164,7 +168,7 @@ def test_a_dangling_link_counts_as_sent_for_both_sides_until_the_trainer_moves_i
 def test_answers_over_the_size_limit_are_refused_before_writing(tmp_path, monkeypatch):
     run = protocol.RunDir(tmp_path / "r")
     make_manifest(run)
-    monkeypatch.setattr(protocol, "MASK_FILE_MAX_BYTES", 100)
+    monkeypatch.setattr(protocol.maskfile, "MASK_FILE_MAX_BYTES", 100)  # where the check reads it
     answers = [protocol.QueryFeedback(f"q{i:03d}", 10 + i, protocol.ACTION_SKIP) for i in range(3)]
     with pytest.raises(protocol.ProtocolError, match="over the 0 MiB limit"):
         protocol.submit_feedback(run, 1, "dashboard", answers)

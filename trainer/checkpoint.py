@@ -52,9 +52,21 @@ def _load(path: Path, map_location: Any) -> Any:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes)")
         return torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one line: its message's first non-empty line, or its type when it has none."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
 
 
 def read(path: Path | str, map_location: Any = "cpu") -> dict:

@@ -22,6 +22,14 @@ class CLIError(Exception):
     pass
 
 
+class RunFileError(CLIError):
+    """A file of the run to resume that cannot be used; ``run`` is the run."""
+
+    def __init__(self, message: str, run: protocol.RunDir):
+        super().__init__(message)
+        self.run = run
+
+
 def parse_bool(text: str) -> bool:
     """A real boolean: ``-ov False`` is false (the original parsed any non-empty string as True)."""
     value = text.strip().lower()
@@ -311,10 +319,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         if not run.has_config():
             raise CLIError(f"--resume: no run at {run.path} (a run stopped before it wrote its config.json has "
                            f"nothing to resume: start it again without --resume)")
-        try:
-            base = TrainConfig.from_dict(protocol.read_config(run)).to_dict()
-        except protocol.ProtocolError as e:
-            raise CLIError(f"--resume: {e}") from None
+        base = saved_config(run, parser, given)
     else:
         base = DEFAULTS.to_dict()
     cfg = TrainConfig.from_dict({**base, **from_file, **given})
@@ -328,6 +333,39 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
         raise CLIError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
     check_methods(cfg, given, base if resume else None)
     return cfg, resume
+
+
+def saved_config(run: protocol.RunDir, parser: argparse.ArgumentParser, given: dict) -> dict:
+    """The config a resumed run saved, each setting checked by the same parser as the flags (those given
+    again are not: the flag replaces them); RunFileError naming the file and what is wrong."""
+    path = run.config
+    try:
+        doc = protocol.read_config(run)
+    except OSError as e:
+        raise RunFileError(f"--resume: cannot read {path}: {e.strerror or type(e).__name__}", run) from None
+    except protocol.ProtocolError as e:
+        reason = re.sub(r"^(config|config\.json): ", "", str(e))
+        raise RunFileError(f"--resume: {path}: {reason}", run) from None
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in doc.items():
+        if key in NOT_FROM_CONFIG_FILES or key in given or key not in names or value is None:
+            continue
+        if key == "dataset_options":
+            if not isinstance(value, dict):
+                raise RunFileError(f"--resume: {path}: dataset_options must be an object", run)
+            continue
+        action = options.get(key)
+        if action is None:
+            continue
+        if isinstance(value, (dict, list)):
+            raise RunFileError(f"--resume: {path}: {key} must be a single value, not {type(value).__name__}", run)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        try:
+            parser.parse_args([action.option_strings[-1], text])
+        except CLIError as e:
+            raise RunFileError(f"--resume: {path}: {key}: {_without_value(str(e), text)}", run) from None
+    return TrainConfig.from_dict(doc).to_dict()
 
 
 # Keys of a config file that are not settings of the experiment: a run's own name and folder, and the
@@ -458,12 +496,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg, resume = parse_args(argv)
+    except RunFileError as e:
+        _mark_refused(e)
+        print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
     except CLIError as e:
         print(f"hitl-train: error: {e}", file=sys.stderr)
         return 2
     install_stop_handlers()
     try:
         result = run_training(cfg, resume=resume)
+    except protocol.RunBusy as e:
+        print(f"hitl-train: error: {e}", file=sys.stderr)
+        return 2
     except (DataError, ModelError, FileNotFoundError, ValueError) as e:
         print(f"hitl-train: error: {e}", file=sys.stderr)
         return 2
@@ -477,6 +522,22 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the job
         print_summary(result)
     return 0
+
+
+def _mark_refused(e: RunFileError) -> None:
+    """A resume refused for a broken run file: the run's status says "failed" with that line, as the run
+    cannot be resumed as it is; unless another trainer holds the run (its status is its own) or the
+    folder cannot be written (then the status keeps what it said)."""
+    from .train import mark_failed
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        lock = protocol.hold_run(e.run)
+    except (protocol.RunBusy, OSError):
+        return
+    with lock:
+        mark_failed(e.run, str(e))
 
 
 def print_summary(result: dict) -> None:

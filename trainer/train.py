@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,7 +134,14 @@ class Trainer:
         self.teaching = parts.teaching
         self.amp = self.device.type == "cuda"
         if resume and self.dist.is_writer:
-            for note in checkpoint.recover(self.run):
+            try:
+                notes = checkpoint.recover(self.run)
+            except checkpoint.CheckpointError as e:
+                raise ValueError(f"--resume: {e}") from None
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"--resume: {self.run.last_checkpoint} is not a checkpoint this version wrote "
+                                 f"({type(e).__name__}: {checkpoint.first_line(e)})") from None
+            for note in notes:
                 self.log(note)
             if not self.run.last_checkpoint.exists():  # stopped before its first checkpoint
                 self.log(f"{self.run.path} has no checkpoint yet: starting it from the beginning")
@@ -165,7 +172,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ status
 
-    def status(self, state: str, force: bool = True, **fields) -> None:
+    def status(self, state: str, force: bool = True, final: bool = False, **fields) -> None:
+        """Write status.json (a heartbeat at most every HEARTBEAT_SECONDS unless ``force``). A write that
+        fails is logged once and training goes on; the ``final`` one (failed, stopped) fails quietly: the
+        error that ends the run is its one line."""
         if not self.dist.is_writer:
             return
         now = time.time()
@@ -178,7 +188,7 @@ class Trainer:
                                   host=socket.gethostname(), **self.status_fields)
         except OSError as e:  # a read-only or full runs folder: the next write that matters fails the run
             problem = protocol.describe_os_error(e)
-            if problem != self._status_problem:
+            if problem != self._status_problem and not final:
                 self.log(f"cannot write the status: {problem}; carrying on")
             self._status_problem = problem
         else:
@@ -363,20 +373,27 @@ class Trainer:
         }, best=best)
 
     def _load_checkpoint(self) -> None:
+        path = self.run.last_checkpoint
         try:
-            ckpt = checkpoint.read(self.run.last_checkpoint, map_location=self.device)
+            ckpt = checkpoint.read(path, map_location=self.device)
         except checkpoint.CheckpointError as e:
             raise ValueError(f"--resume: {e}") from None
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.feedback.load_state_dict(ckpt["feedback"])
-        s = ckpt["state"]
-        self.state = TrainState(s["epoch"], s["best_val_loss"], s["best_epoch"], s["history"], s["answered"],
-                                s["applied"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["rng"]["cuda"]])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.feedback.load_state_dict(ckpt["feedback"])
+            s = ckpt["state"]
+            self.state = TrainState(int(s["epoch"]), float(s["best_val_loss"]), int(s["best_epoch"]),
+                                    list(s["history"]), list(s["answered"]), list(s["applied"]))
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+            if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["rng"]["cuda"]])
+        except KeyError as e:
+            raise ValueError(f"--resume: {path} has no {e.args[0]!r}: not a checkpoint this version wrote") from None
+        except (TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise ValueError(f"--resume: {path} does not fit this run ({type(e).__name__}: "
+                             f"{checkpoint.first_line(e)})") from None
 
     # ------------------------------------------------------------------ the loop
 
@@ -484,15 +501,71 @@ def install_stop_handlers() -> None:
 
 
 def run_training(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
-    """Train with status bookkeeping: a failure or stop is written to status.json before it propagates."""
-    trainer = Trainer(cfg, resume=resume, log=log)
+    """Train with status bookkeeping: a failure or stop is written to status.json before it propagates.
+
+    The run's lock (protocol/lock.py) is held throughout, by rank 0 under torchrun: a second trainer on
+    the run is refused (``protocol.RunBusy``) before it reads or writes anything there. Holding it, the
+    trainer removes the temp files a killed trainer left. A resume that cannot start (a broken
+    checkpoint, a data set gone) writes "failed" with its one-line error, since the run can no longer be
+    resumed as it is; a new run that cannot start has no status to write."""
+    run = protocol.RunDir(Path(cfg.runs_dir) / cfg.title)
+    with _hold(run, log) as lock:
+        if not resume and lock is not None and run.has_config():  # another start got there first
+            raise ValueError(f"run {cfg.title!r} already exists in {cfg.runs_dir}; pass --resume or another --title")
+        try:
+            trainer = Trainer(cfg, resume=resume, log=log)
+        except Stopped:
+            raise
+        except BaseException as e:
+            if resume and lock is not None:
+                mark_failed(run, str(e) if isinstance(e, ValueError) else error_line(e))
+            raise
+        try:
+            return trainer.fit()
+        except Stopped as e:
+            trainer.status(protocol.STOPPED, final=True, phase="stopped", error=f"stopped by {e}; resume with --resume")
+            raise
+        except BaseException as e:
+            tail = traceback.format_exc().splitlines()[-12:]
+            trainer.status(protocol.FAILED, final=True, phase="failed", error=error_line(e), traceback=tail)
+            raise
+
+
+def error_line(e: BaseException) -> str:
+    """What status.json says of a failure: one line."""
+    return protocol.describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+
+
+def mark_failed(run: protocol.RunDir, error: str) -> None:
+    """A resume that could not start: "failed" with its error, the rest of the old status kept (epoch,
+    result). Best effort: a folder that cannot be written keeps what it says."""
     try:
-        return trainer.fit()
-    except Stopped as e:
-        trainer.status(protocol.STOPPED, phase="stopped", error=f"stopped by {e}; resume with --resume")
-        raise
-    except BaseException as e:
-        tail = traceback.format_exc().splitlines()[-12:]
-        error = protocol.describe_os_error(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
-        trainer.status(protocol.FAILED, phase="failed", error=error, traceback=tail)
-        raise
+        old = protocol.read_status(run)
+    except Exception:
+        old = {}
+    keep = {k: v for k, v in old.items() if k not in ("format", "state", "pid", "heartbeat", "reported_state",
+                                                      "heartbeat_age", "traceback", "phase", "error")}
+    try:
+        protocol.write_status(run, protocol.FAILED, **{**keep, "phase": "failed", "error": error})
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+@contextmanager
+def _hold(run: protocol.RunDir, log):
+    """The run's lock for the writer (rank 0: torchrun sets RANK before the process group exists), after
+    which the temp files of a killed writer are removed; None on the other ranks."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
+    lock = protocol.hold_run(run)
+    try:
+        if lock.warning:
+            log(f"warning: {lock.warning}")
+        removed = protocol.remove_trainer_temps(run)
+        if removed:
+            log(f"removed {len(removed)} temp file(s) left by a write that was interrupted: "
+                f"{', '.join(str(p.relative_to(run.path)) for p in removed[:5])}{' ...' if len(removed) > 5 else ''}")
+        yield lock
+    finally:
+        lock.release()

@@ -11,6 +11,7 @@ write ``protocol.read_status(run)``:
     formats   the format number, upgrades of older documents, strict JSON reading
     layout    file names and ``RunDir`` (see docs/run-directory.md for the whole layout)
     status    config, status and heartbeat, launch record, trainer log
+    lock      one trainer per run: the OS lock on trainer.lock
     records   metrics, confusion matrix, tracking, evaluation
     queue     the query queue and its manifest
     maskfile  the mask file: codec, answers, checks, rejecting
@@ -19,8 +20,9 @@ from .atomic import (TEMP_GLOB, atomic_save_npy, atomic_write_bytes, atomic_writ
                      describe_os_error, exclusive_write_bytes, remove_stale_temps)
 from .formats import FORMAT, RUN_FILE_MAX_BYTES, ProtocolError, parse_json, read_bytes, read_json, read_text, upgrade
 from .layout import (BEST_CHECKPOINT, CONFIG_FILE, CONFUSION_FILE, EVALUATION_FILE, FEEDBACK_DIR,
-                     LAST_CHECKPOINT, LAUNCH_FILE, LOG_FILE, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, QUEUE_DIR,
+                     LAST_CHECKPOINT, LAUNCH_FILE, LOCK_FILE, LOG_FILE, MANIFEST_FILE, METRICS_FILE, PLOTS_DIR, QUEUE_DIR,
                      REJECTED_DIR, STATUS_FILE, TRACKING_DIR, TRACKING_FILE, RunDir, run_from_argument)
+from .lock import RunBusy, RunLock, busy_message, hold_run, lock_holder, remove_trainer_temps
 from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, ImageMarks, QueryFeedback,
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
                        read_mask_file, reject_feedback, submit_feedback, union_marks)

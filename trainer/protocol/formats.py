@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,7 +80,10 @@ def parse_json(data: bytes, name: str, finite_only: bool = True) -> Any:
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant) if finite_only else json.loads(text)
+        if finite_only:  # 1e400 never reaches parse_constant: json makes it inf through float()
+            return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                              parse_int=_finite_int)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except RecursionError:
@@ -97,6 +101,20 @@ def _short(value: Any) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:24]}{'...' if len(text) > 24 else ''} is out of range")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:  # no float holds it: every reader would overflow
+        raise ValueError(f"the integer {text[:24]}... is out of range")
+    return value
 
 
 # Ordered upgrades: _UPGRADES[kind][n] turns a format-n document into format n+1.

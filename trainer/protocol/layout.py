@@ -16,6 +16,7 @@ Layout of ``<runs_dir>/<run>/`` (see docs/run-directory.md):
     evaluation.json             faithfulness of the explanations                (hitl-evaluate)
     launch.json                 how the dashboard started (and asked to stop) a trainer  (dashboard)
     trainer.log                 stdout/stderr of a trainer started by the dashboard
+    trainer.lock                pid of the trainer holding the run's lock (protocol/lock.py)  (trainer)
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ MANIFEST_FILE = "manifest.json"
 LOG_FILE = "trainer.log"
 EVALUATION_FILE = "evaluation.json"
 LAUNCH_FILE = "launch.json"
+LOCK_FILE = "trainer.lock"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RunDir:
     log = property(lambda self: self.path / LOG_FILE)
     evaluation = property(lambda self: self.path / EVALUATION_FILE)
     launch = property(lambda self: self.path / LAUNCH_FILE)
+    lock = property(lambda self: self.path / LOCK_FILE)
 
     def queue_dir(self, epoch: int) -> Path:
         return self.queue_root / f"epoch_{epoch:03d}"
