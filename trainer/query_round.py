@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import protocol
-from .batches import gather
+from .batches import BatchSource, gather
 from .data.images import png_bytes
 from .explain import normalise
+from .proposals import Finder, candidates_for, predict_and_rank
 from .sampling import SAMPLERS, entropy
 
 if TYPE_CHECKING:
@@ -56,7 +57,14 @@ class QueryRound:
     def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""
         t = self.trainer
-        probs, labels = train_predictions or t.predict(t.data.train)
+        started = time.perf_counter()
+        finder = self.proposal_finder()
+        scores = None
+        if train_predictions is None and finder is not None:  # the ranking shares the prediction pass
+            batches = BatchSource(t.data.train, 256, t.cfg.workers, t.device).epoch(torch.arange(len(t.data.train)))
+            probs, labels, scores = predict_and_rank(t.model, batches, len(t.data.train), finder, t.amp, t.device)
+        else:
+            probs, labels = train_predictions or t.predict(t.data.train)
         probs, labels = probs.cpu(), labels.cpu()
         allowed = ~t.feedback.excluded.cpu()
         candidates = torch.nonzero(allowed).flatten()
@@ -82,6 +90,38 @@ class QueryRound:
                     "created_at": time.time(), "queries": queries}
         protocol.write_manifest(t.run, epoch, manifest)
         return protocol.read_manifest(t.run, epoch)
+
+    def proposal_finder(self) -> Finder | None:
+        """The directions fitted from the marks so far, when this run proposes (``--proposals``) and
+        enough images carry a usable mark."""
+        t = self.trainer
+        if t.cfg.proposals_per_epoch <= 0:
+            return None
+        return Finder.fit(t.model, t.feedback, lambda i: gather(t.data.train, i), t.device)
+
+    def write_proposals(self, epoch: int, finder: Finder, scores: torch.Tensor | None, queried: torch.Tensor,
+                        labels: torch.Tensor, started: float) -> None:
+        """Images and masks of the best unannotated images (not queried now, not excluded), then the
+        index; before the manifest, so a complete queue has its proposals."""
+        t = self.trainer
+        exclude = t.feedback.excluded.cpu().clone()
+        exclude[queried] = True
+        candidates = candidates_for(t.feedback, exclude)
+        take = lambda i: gather(t.data.train, i)  # noqa: E731
+        scores = finder.rank(take, candidates) if scores is None else scores[candidates]
+        found = finder.choose(candidates, scores, t.cfg.proposals_per_epoch, take)
+        entries = []
+        for i, p in enumerate(found):
+            pid = f"p{i:03d}"
+            x, _ = take(torch.tensor([p.index]))
+            protocol.write_proposal(t.run, epoch, pid, png_bytes(x[0]), p.mask)
+            entries.append(protocol.ProposalEntry(pid, p.index, p.score, int(labels[p.index]),
+                                                  int(x.shape[-2]), int(x.shape[-1])))
+        seconds = time.perf_counter() - started
+        protocol.write_proposals(t.run, epoch, entries, method="cav", marked=finder.marked,
+                                 scanned=len(candidates), created_at=time.time())
+        t.log(f"epoch {epoch}: {len(entries)} proposals from {finder.marked} marked images "
+              f"({len(candidates)} scanned; queue and proposals in {seconds:.2f} s)")
 
     def wait_for_feedback(self, epoch: int, manifest: dict) -> list[protocol.QueryFeedback] | None:
         """Block until a valid mask file for ``epoch`` arrives (or the timeout passes: then None).
@@ -141,5 +181,6 @@ class QueryRound:
         t = self.trainer
         counts = t.feedback.apply(answers)
         t.state.applied = sorted(set(t.state.applied) | {epoch})
-        t.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked, {counts['skipped']} skipped, "
+        proposed = f" ({counts['proposed']} accepted proposals, {counts['rejected']} rejected)" if counts["offered"] else ""
+        t.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked{proposed}, {counts['skipped']} skipped, "
               f"{counts['excluded']} excluded as mislabelled; {len(t.feedback)} images in the feedback set")
