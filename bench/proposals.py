@@ -10,7 +10,8 @@ the mean IoU of each proposed mask with the image's ground-truth sticker (over p
 share of proposals the simulated reviewer would accept (IoU >= 0.5), the seconds of ``propose``
 (time.perf_counter; the whole training set scanned by a pass of its own) and the seconds a query round
 adds (``round_extra_seconds``: the fits and the localisation; there the ranking shares the round's
-prediction pass).
+prediction pass), and the seconds of the whole queue (``build_queue``: 10 queries explained with
+deeplift, the training set predicted) without and with proposals (best of two each).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -37,11 +39,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def measure(seed: int, epochs: int, marks: int, top: int, sticker: str, share: float, image_size: int = 64,
             log=print) -> dict:
     with tempfile.TemporaryDirectory() as runs:
-        cfg = TrainConfig(dataset="synthetic-lesions", epochs=epochs, annotator="none", seed=seed, device="cpu",
-                          image_size=image_size, runs_dir=runs, title=f"proposals-{seed}",
-                          dataset_options={"sticker": sticker, "sticker_share": share}, track_images=0)
-        trainer = Trainer(cfg, log=lambda *_: None)
-        trainer.fit()
+        return _measure(runs, seed, epochs, marks, top, sticker, share, image_size, log)
+
+
+def _measure(runs: str, seed: int, epochs: int, marks: int, top: int, sticker: str, share: float, image_size: int,
+             log) -> dict:
+    cfg = TrainConfig(dataset="synthetic-lesions", epochs=epochs, annotator="none", seed=seed, device="cpu",
+                      image_size=image_size, runs_dir=runs, title=f"proposals-{seed}",
+                      dataset_options={"sticker": sticker, "sticker_share": share}, track_images=0)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.fit()
     train = trainer.data.train
     carries = train.masks.flatten(1).any(1)
     feedback = FeedbackSet(len(train), image_size, image_size)
@@ -59,12 +66,21 @@ def measure(seed: int, epochs: int, marks: int, top: int, sticker: str, share: f
     finder = Finder.fit(trainer.model, feedback, take, cpu)
     finder.choose(candidates, scores, top, take)
     extra = time.perf_counter() - t0
+    # the whole query round's queue (10 queries, deeplift) with and without proposals, as a person waits
+    trainer.feedback = feedback
+    queue_seconds = {}
+    for epoch, n in ((100, 0), (101, top), (102, 0), (103, top)):
+        trainer.cfg = replace(trainer.cfg, proposals_per_epoch=n)
+        t0 = time.perf_counter()
+        trainer.queries.build_queue(epoch)
+        queue_seconds.setdefault(n, []).append(time.perf_counter() - t0)
     hits = [p for p in found if carries[p.index]]
     ious = [iou(p.mask, train.masks[p.index].numpy()) for p in hits]
     row = {"seed": seed, "proposals": len(found), "precision": len(hits) / max(1, len(found)),
            "mean_iou": statistics.mean(ious) if ious else float("nan"),
            "accepted": sum(v >= 0.5 for v in ious) / max(1, len(found)), "seconds": round(seconds, 3),
            "round_extra_seconds": round(extra, 3),
+           "queue_seconds": round(min(queue_seconds[0]), 3), "queue_with_proposals_seconds": round(min(queue_seconds[top]), 3),
            "scanned": len(train) - len(feedback), "base_rate": float(carries.float().mean())}
     log(row)
     return row
@@ -81,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     rows = [measure(s, args.epochs, args.marks, args.top, args.sticker, args.share) for s in args.seeds]
-    for key in ("precision", "mean_iou", "accepted", "seconds", "round_extra_seconds"):
+    for key in ("precision", "mean_iou", "accepted", "seconds", "round_extra_seconds", "queue_seconds",
+                "queue_with_proposals_seconds"):
         values = [r[key] for r in rows]
         print(f"{key}: {statistics.mean(values):.3f} (per seed {', '.join(f'{v:.3f}' for v in values)})")
 

@@ -198,3 +198,58 @@ def test_an_oracle_run_writes_answers_and_applies_proposals(tmp_path):
     assert all(int(trainer.feedback.position[a.index]) >= 0 for a in accepted)
     assert len(trainer.feedback) > before
     assert any("proposals from" in line for line in logs) and any("accepted proposals" in line for line in logs)
+
+
+# --------------------------------------------------------------------------- the Review page (AppTest)
+
+def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from test_dashboard import APP, OPTIONS, make_queue, make_run, rect
+
+    from dashboard import launcher
+    from dashboard.views import canvas
+
+    monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
+    monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
+                        {"docs": {data["doc"]: {"ops": [rect(4, 8, 20, 16)], "revision": 1}}})
+    run = make_run(tmp_path, "waiting", protocol.WAITING, epochs_done=1, waiting_epoch=1)
+    masks = []
+    entries = []
+    for i in range(3):
+        mask = np.zeros((H, W), bool)
+        mask[4 * i:4 * i + 8, 4 * i:4 * i + 8] = True
+        masks.append(mask)
+        protocol.write_proposal(run, 1, f"p{i:03d}", png_bytes(), mask)
+        entries.append(protocol.ProposalEntry(f"p{i:03d}", 200 + i, 3.0 - i, 5, H, W))
+    protocol.write_proposals(run, 1, entries, method="cav", marked=3)
+    manifest = make_queue(run, 1)
+
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert any("found 3 more images" in m.value for m in at.markdown)
+    boxes = [c for c in at.checkbox if c.key.startswith("proposal-")]
+    assert [c.value for c in boxes] == [True, True, True]
+    assert not any("cannot be shown" in c.value for c in at.caption)
+    from dashboard.views import proposals as proposals_view
+    picture = np.asarray(proposals_view.thumbnail(run, 1, entries[1]))
+    red = np.all(picture == proposals_view.OUTLINE, axis=-1)
+    scale = proposals_view.THUMB // H  # the outline follows the mask's edge: rows 4..11 of 32, enlarged
+    assert red.any() and np.argwhere(red).min(0).tolist() == [4 * scale, 4 * scale]
+    at.button(key="proposals-reject-1").click().run()
+    assert [c.value for c in at.checkbox if c.key.startswith("proposal-")] == [False] * 3
+    at.button(key="proposals-accept-1").click().run()
+    next(c for c in at.checkbox if c.key.endswith("p001")).uncheck().run()
+    assert any("**2** accepted · **1** rejected" in c.value for c in at.caption)
+    at.button(key="submit-1").click().run()
+    assert not at.exception, at.exception
+    sent = protocol.load_feedback(run, 1, manifest)
+    proposed = [(a.query_id, a.action) for a in sent if a.source == "proposed"]
+    assert proposed == [("p000", "mask"), ("p001", "skip"), ("p002", "mask")]
+    assert np.array_equal(next(a for a in sent if a.query_id == "p002").forbidden, masks[2])
+
+    assert proposals_view.mark_counts(run) == {"drawn": 1, "proposed": 2, "rejected": 1}
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, at.exception
+    assert any("**1** drawn · **2** proposed and accepted" in c.value for c in at.caption)
