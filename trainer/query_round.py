@@ -85,6 +85,8 @@ class QueryRound:
                     query_id=qid, index=index, true_label=int(labels[index]), predicted_label=int(pred[i]),
                     probabilities=probs[index].tolist(), entropy=float(h[i]), height=int(x.shape[-2]),
                     width=int(x.shape[-1]), already_annotated=bool(t.feedback.position[index] >= 0)).to_json())
+        if finder is not None:
+            self.write_proposals(epoch, finder, scores, chosen, labels, started)
         manifest = {"class_names": t.data.class_names, "saliency": t.cfg.saliency,
                     "sampling": t.cfg.sampling, "entropy_threshold": t.cfg.entropy_threshold,
                     "created_at": time.time(), "queries": queries}
