@@ -473,7 +473,9 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
     if state is not None:
         take_marks(run, queue, book, state.marks)
     try:
-        sent = answer_book.submit(run, queue, book, proposals_view.answers(run, queue.epoch))
+        proposed = proposals_view.answers(run, queue.epoch)  # a queue without proposals sends as before
+        sent = (answer_book.submit(run, queue, book, proposals=proposed) if proposed
+                else answer_book.submit(run, queue, book))
     except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
         st.session_state["review-flash"] = (False, f"Not sent: {e}. Clear some marks and send again.")
         return
