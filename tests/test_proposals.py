@@ -254,3 +254,14 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     at.switch_page("views/runs.py").run()
     assert not at.exception, at.exception
     assert any("**1** drawn · **2** proposed and accepted" in c.value for c in at.caption)
+
+
+def test_rejected_proposals_are_remembered(tmp_path):
+    from trainer.proposals import rejected_before
+
+    run, manifest, masks = queue_with_proposals(tmp_path)
+    assert rejected_before(run, [1]) == set()
+    protocol.submit_feedback(run, 1, "human", [
+        protocol.QueryFeedback("p000", 10, protocol.ACTION_MASK, forbidden=masks[0], source="proposed"),
+        protocol.QueryFeedback("p002", 12, protocol.ACTION_SKIP, source="proposed")])
+    assert rejected_before(run, [1, 2]) == {12}

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import protocol
 from .feedback import FeedbackSet
 
 MIN_MARKED = 3          # marked images needed before anything is proposed
@@ -274,3 +275,19 @@ def predict_and_rank(model, batches, n: int, finder: Finder | None, amp: bool, d
             scores.append(finder.best_logits(f))
         labels.append(y)
     return torch.cat(probs), torch.cat(labels), (torch.cat(scores) if finder is not None else None)
+
+
+def rejected_before(run: protocol.RunDir, epochs) -> set[int]:
+    """Training images whose proposal a reviewer rejected in the mask files of ``epochs`` (those the
+    trainer applied): not proposed again. Files that cannot be read are passed over (the query round
+    refuses them on its own)."""
+    rejected: set[int] = set()
+    for epoch in epochs:
+        try:
+            manifest = protocol.read_manifest(run, epoch)
+            answers = protocol.load_feedback(run, epoch, manifest) if manifest else None
+        except (OSError, protocol.ProtocolError):
+            continue
+        rejected |= {a.index for a in answers or () if a.source == protocol.SOURCE_PROPOSED
+                     and a.must_not_use() is None}
+    return rejected

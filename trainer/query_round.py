@@ -13,7 +13,7 @@ from . import protocol
 from .batches import BatchSource, gather
 from .data.images import png_bytes
 from .explain import normalise
-from .proposals import Finder, candidates_for, predict_and_rank
+from .proposals import SCAN_LIMIT, Finder, candidates_for, predict_and_rank, rejected_before
 from .sampling import SAMPLERS, entropy
 
 if TYPE_CHECKING:
@@ -103,14 +103,22 @@ class QueryRound:
 
     def write_proposals(self, epoch: int, finder: Finder, scores: torch.Tensor | None, queried: torch.Tensor,
                         labels: torch.Tensor, started: float) -> None:
-        """Images and masks of the best unannotated images (not queried now, not excluded), then the
-        index; before the manifest, so a complete queue has its proposals."""
+        """Images and masks of the best unannotated images (not queried now, not excluded as mislabelled,
+        not rejected as a proposal before), then the index; before the manifest, so a complete queue has
+        its proposals."""
         t = self.trainer
         exclude = t.feedback.excluded.cpu().clone()
         exclude[queried] = True
+        exclude[sorted(rejected_before(t.run, t.state.applied))] = True  # a rejected proposal is not proposed again
         candidates = candidates_for(t.feedback, exclude)
         take = lambda i: gather(t.data.train, i)  # noqa: E731
-        scores = finder.rank(take, candidates) if scores is None else scores[candidates]
+        if scores is None:  # under torchrun the prediction pass was the ranks': a bounded scan of its own
+            if len(candidates) > SCAN_LIMIT:
+                g = torch.Generator().manual_seed(t.cfg.seed * 7919 + epoch)
+                candidates = candidates[torch.randperm(len(candidates), generator=g)[:SCAN_LIMIT]].sort().values
+            scores = finder.rank(take, candidates)
+        else:
+            scores = scores[candidates]
         found = finder.choose(candidates, scores, t.cfg.proposals_per_epoch, take)
         entries = []
         for i, p in enumerate(found):
