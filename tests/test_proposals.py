@@ -265,3 +265,11 @@ def test_rejected_proposals_are_remembered(tmp_path):
         protocol.QueryFeedback("p000", 10, protocol.ACTION_MASK, forbidden=masks[0], source="proposed"),
         protocol.QueryFeedback("p002", 12, protocol.ACTION_SKIP, source="proposed")])
     assert rejected_before(run, [1, 2]) == {12}
+
+
+def test_accepted_proposals_have_pictures_for_the_learning_page(tmp_path):
+    from dashboard.views import proposals as proposals_view
+
+    run, _, _ = queue_with_proposals(tmp_path)
+    images = proposals_view.proposal_images(run)
+    assert sorted(images) == [10, 11, 12] and images[10].shape == (H, W, 3)

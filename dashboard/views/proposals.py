@@ -130,6 +130,19 @@ def mark_counts(run: protocol.RunDir) -> dict[str, int]:
     return counts
 
 
+def proposal_images(run: protocol.RunDir) -> dict[int, np.ndarray]:
+    """The image of each training index ever proposed (the newest copy), for pages that show marked
+    images: an accepted proposal has no query image."""
+    images: dict[int, np.ndarray] = {}
+    for epoch in protocol.queue_epochs(run):
+        for entry in read(run, epoch)[0]:
+            try:
+                images[entry.index] = protocol.read_proposal_image(run, epoch, entry.proposal_id)
+            except (OSError, ValueError):
+                continue
+    return images
+
+
 def counts_line(run: protocol.RunDir) -> str | None:
     """One line for the Runs page, or None when the run had no proposals answered."""
     n = mark_counts(run)
