@@ -62,9 +62,10 @@ class Direction:
     bias: torch.Tensor
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """Per-position logits (N×h×w) of a feature map (N×C×h×w)."""
-        z = (feats - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        return torch.einsum("nchw,c->nhw", z, self.weight) + self.bias
+        """Per-position logits (N×h×w, float32) of a feature map (N×C×h×w), on the map's device."""
+        mean, std, weight, bias = (t.to(feats.device) for t in (self.mean, self.std, self.weight, self.bias))
+        z = (feats.float() - mean[None, :, None, None]) / std[None, :, None, None]
+        return torch.einsum("nchw,c->nhw", z, weight) + bias
 
 
 def marked_examples(feedback: FeedbackSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,18 +78,6 @@ def marked_examples(feedback: FeedbackSet) -> tuple[torch.Tensor, torch.Tensor]:
     masks, relevant = feedback.masks[pos].cpu(), feedback.relevant[pos].cpu()
     keep = (masks.flatten(1).float().mean(1) <= MAX_MARK_AREA) & ~relevant.flatten(1).any(1) & masks.flatten(1).any(1)
     return idx[keep], masks[keep]
-
-
-@torch.no_grad()
-def feature_maps(model, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The model's last feature map (N×C×h×w, float32 on the CPU) for images in [0, 1]."""
-    out = []
-    for i in range(0, len(x), BATCH):
-        f = model.features(x[i:i + BATCH].to(device))
-        if f.ndim != 4:
-            raise ValueError("proposals need a model whose features are a spatial map (N×C×h×w)")
-        out.append(f.float().cpu())
-    return torch.cat(out)
 
 
 def fit_direction(feats: torch.Tensor, masks: torch.Tensor) -> Direction | None:
@@ -200,8 +189,8 @@ class Finder:
         return None if c_dir is None or f_dir is None else cls(model, c_dir, f_dir, len(marked), device)
 
     def best_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """Each image's best position's logit, from its last feature map (any device)."""
-        return self.coarse.logits(feats.float().cpu()).flatten(1).max(1).values
+        """Each image's best position's logit (on the CPU), from its last feature map (any device)."""
+        return self.coarse.logits(feats).flatten(1).max(1).values.cpu()
 
     @torch.no_grad()
     def rank(self, gather, candidates: torch.Tensor) -> torch.Tensor:

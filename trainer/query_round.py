@@ -99,7 +99,11 @@ class QueryRound:
         t = self.trainer
         if t.cfg.proposals_per_epoch <= 0:
             return None
-        return Finder.fit(t.model, t.feedback, lambda i: gather(t.data.train, i), t.device)
+        try:
+            return Finder.fit(t.model, t.feedback, lambda i: gather(t.data.train, i), t.device)
+        except ValueError as e:  # a model without a spatial feature map (a vision transformer's tokens)
+            t.log(f"no proposals: {e}")
+            return None
 
     def write_proposals(self, epoch: int, finder: Finder, scores: torch.Tensor | None, queried: torch.Tensor,
                         labels: torch.Tensor, started: float) -> None:
