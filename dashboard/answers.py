@@ -143,9 +143,11 @@ def counts(queue: Queue, answers: dict[str, Answer]) -> dict[str, int]:
     return result
 
 
-def submit(run: protocol.RunDir, queue: Queue, answers: dict[str, Answer]) -> bool:
-    """Write the mask file for the queue's epoch; False if one was already sent (another tab, another
-    person). Either way the epoch's draft has served its purpose and goes."""
-    sent = protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers))
+def submit(run: protocol.RunDir, queue: Queue, answers: dict[str, Answer],
+           proposals: list[protocol.QueryFeedback] = ()) -> bool:
+    """Write the mask file for the queue's epoch (with the answers to its ``proposals``, source
+    "proposed"); False if one was already sent (another tab, another person). Either way the epoch's
+    draft has served its purpose and goes."""
+    sent = protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers) + list(proposals))
     draft_file(run, queue.epoch).unlink(missing_ok=True)
     return sent

@@ -7,7 +7,11 @@ People do not mark pixel-exact regions, so the annotator has styles (``--oracle-
 (the ground truth), ``box`` (its bounding rectangle), ``loose`` (that rectangle with each edge moved
 by a random −1…+2 margins, a margin being 1/32 of the image side: mostly larger, sometimes cutting
 into the region), ``partial`` (the region with a random 30–50% strip from one side left unmarked);
-and ``--oracle-skip p`` skips a random share p of the queries."""
+and ``--oracle-skip p`` skips a random share p of the queries.
+
+Proposals (``--proposals``, trainer/proposals.py) are answered too: accepted, with the proposed mask as
+it is, when it covers the image's ground-truth confounder with IoU >= ACCEPT_IOU; rejected otherwise
+(also on images without a confounder)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +25,13 @@ from .data import DataError, Split
 
 
 STYLES = ("exact", "box", "loose", "partial")
+ACCEPT_IOU = 0.5
+
+
+def mask_iou(a, b) -> float:
+    """Intersection over union of two bool masks (numpy); 0 when both are empty."""
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
 
 
 class OracleAnnotator:
@@ -77,7 +88,20 @@ class OracleAnnotator:
                 answers.append(protocol.QueryFeedback(q["query_id"], q["index"], protocol.ACTION_MASK, forbidden=mask))
             else:
                 answers.append(protocol.QueryFeedback(q["query_id"], q["index"], protocol.ACTION_SKIP))
-        return protocol.submit_feedback(run, epoch, "oracle", answers)
+        return protocol.submit_feedback(run, epoch, "oracle", answers + self.judge_proposals(run, epoch))
+
+    def judge_proposals(self, run: protocol.RunDir, epoch: int) -> list[protocol.QueryFeedback]:
+        """Accept each proposal whose mask matches the ground truth (IoU >= ACCEPT_IOU), reject the rest."""
+        found = protocol.read_proposals(run, epoch)
+        answers = []
+        for p in found["entries"] if found else ():
+            proposed = protocol.read_proposal_mask(run, epoch, p.proposal_id)
+            truth = self.train.gt_mask(p.index)
+            good = truth is not None and mask_iou(proposed, truth.cpu().bool().numpy()) >= ACCEPT_IOU
+            answers.append(protocol.QueryFeedback(
+                p.proposal_id, p.index, protocol.ACTION_MASK if good else protocol.ACTION_SKIP,
+                forbidden=proposed if good else None, source=protocol.SOURCE_PROPOSED))
+        return answers
 
 
 def watch(run: protocol.RunDir, poll: float = 0.5, log=print) -> int:

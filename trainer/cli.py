@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-se", "--query-start-epoch", type=_non_negative(int),
                     help="first epoch after which the model asks; 0 (default) also asks once before training, so marks "
                          "shape the model before it learns a shortcut")
+    fb.add_argument("--proposals", dest="proposals_per_epoch", type=_non_negative(int), metavar="N",
+                    help="once 3 images carry a small mark, each round also proposes up to N other training images "
+                         "that seem to carry the same artefact, with a mask each, to accept or reject in bulk "
+                         f"(trainer/proposals.py; default {d.proposals_per_epoch}: none)")
     fb.add_argument("-ov", "--oversample", type=parse_bool, nargs="?", const=True,
                     help="add annotated images to every batch, 1/8 of the batch size (default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),

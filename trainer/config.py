@@ -34,6 +34,7 @@ class TrainConfig:
     sampling: str = "high_entropy"
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10
+    proposals_per_epoch: int = 0            # images proposed per round as carrying a marked artefact (trainer/proposals.py)
     query_start_epoch: int = 0              # 0: one round before training too (docs/usage.md, bench)
     oversample: bool = True                 # annotated images join every batch (1/8 of its size)
     annotator: str = "human"                # human | oracle | none

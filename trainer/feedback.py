@@ -58,9 +58,14 @@ class FeedbackSet:
             self.add(index, masks[index])
 
     def apply(self, answers: list[protocol.QueryFeedback]) -> dict:
-        """Add one mask file's answers; returns counts for the log."""
-        counts = {"masked": 0, "skipped": 0, "excluded": 0}
+        """Add one mask file's answers; returns counts for the log (``masked``/``skipped``/``excluded``:
+        answers to queries; ``proposed``/``rejected``: proposals accepted or rejected, of ``offered``)."""
+        counts = {"masked": 0, "skipped": 0, "excluded": 0, "offered": 0, "proposed": 0, "rejected": 0}
         for a in answers:
+            if a.source == protocol.SOURCE_PROPOSED:  # an answer to a proposal: accepted or rejected
+                counts["offered"] += 1
+                counts["proposed" if a.must_not_use() is not None else "rejected"] += 1
+                continue
             if a.action == protocol.ACTION_WRONG_LABEL:
                 self.excluded[a.index] = True
                 counts["excluded"] += 1

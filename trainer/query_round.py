@@ -8,9 +8,10 @@ import time
 import torch
 
 from . import protocol
-from .batches import gather
+from .batches import BatchSource, gather
 from .data.images import png_bytes
 from .explain import normalise
+from .proposals import SCAN_LIMIT, Finder, candidates_for, predict_and_rank, rejected_before
 from .sampling import SAMPLERS, entropy
 
 
@@ -51,7 +52,14 @@ class QueryRound:
     def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""
         t = self.trainer
-        probs, labels = train_predictions or t.predict(t.data.train)
+        started = time.perf_counter()
+        finder = self.proposal_finder()
+        scores = None
+        if train_predictions is None and finder is not None:  # the ranking shares the prediction pass
+            batches = BatchSource(t.data.train, 256, t.cfg.workers, t.device).epoch(torch.arange(len(t.data.train)))
+            probs, labels, scores = predict_and_rank(t.model, batches, len(t.data.train), finder, t.amp, t.device)
+        else:
+            probs, labels = train_predictions or t.predict(t.data.train)
         probs, labels = probs.cpu(), labels.cpu()
         allowed = ~t.feedback.excluded.cpu()
         candidates = torch.nonzero(allowed).flatten()
@@ -72,11 +80,57 @@ class QueryRound:
                     query_id=qid, index=index, true_label=int(labels[index]), predicted_label=int(pred[i]),
                     probabilities=probs[index].tolist(), entropy=float(h[i]), height=int(x.shape[-2]),
                     width=int(x.shape[-1]), already_annotated=bool(t.feedback.position[index] >= 0)).to_json())
+        if finder is not None:
+            self.write_proposals(epoch, finder, scores, chosen, labels, started)
         manifest = {"class_names": t.data.class_names, "saliency": t.cfg.saliency,
                     "sampling": t.cfg.sampling, "entropy_threshold": t.cfg.entropy_threshold,
                     "created_at": time.time(), "queries": queries}
         protocol.write_manifest(t.run, epoch, manifest)
         return protocol.read_manifest(t.run, epoch)
+
+    def proposal_finder(self) -> Finder | None:
+        """The directions fitted from the marks so far, when this run proposes (``--proposals``) and
+        enough images carry a usable mark."""
+        t = self.trainer
+        if t.cfg.proposals_per_epoch <= 0:
+            return None
+        try:
+            return Finder.fit(t.model, t.feedback, lambda i: gather(t.data.train, i), t.device)
+        except ValueError as e:  # a model without a spatial feature map (a vision transformer's tokens)
+            t.log(f"no proposals: {e}")
+            return None
+
+    def write_proposals(self, epoch: int, finder: Finder, scores: torch.Tensor | None, queried: torch.Tensor,
+                        labels: torch.Tensor, started: float) -> None:
+        """Images and masks of the best unannotated images (not queried now, not excluded as mislabelled,
+        not rejected as a proposal before), then the index; before the manifest, so a complete queue has
+        its proposals."""
+        t = self.trainer
+        exclude = t.feedback.excluded.cpu().clone()
+        exclude[queried] = True
+        exclude[sorted(rejected_before(t.run, t.state.applied))] = True  # a rejected proposal is not proposed again
+        candidates = candidates_for(t.feedback, exclude)
+        take = lambda i: gather(t.data.train, i)  # noqa: E731
+        if scores is None:  # under torchrun the prediction pass was the ranks': a bounded scan of its own
+            if len(candidates) > SCAN_LIMIT:
+                g = torch.Generator().manual_seed(t.cfg.seed * 7919 + epoch)
+                candidates = candidates[torch.randperm(len(candidates), generator=g)[:SCAN_LIMIT]].sort().values
+            scores = finder.rank(take, candidates)
+        else:
+            scores = scores[candidates]
+        found = finder.choose(candidates, scores, t.cfg.proposals_per_epoch, take)
+        entries = []
+        for i, p in enumerate(found):
+            pid = f"p{i:03d}"
+            x, _ = take(torch.tensor([p.index]))
+            protocol.write_proposal(t.run, epoch, pid, png_bytes(x[0]), p.mask)
+            entries.append(protocol.ProposalEntry(pid, p.index, p.score, int(labels[p.index]),
+                                                  int(x.shape[-2]), int(x.shape[-1])))
+        seconds = time.perf_counter() - started
+        protocol.write_proposals(t.run, epoch, entries, method="cav", marked=finder.marked,
+                                 scanned=len(candidates), created_at=time.time())
+        t.log(f"epoch {epoch}: {len(entries)} proposals from {finder.marked} marked images "
+              f"({len(candidates)} scanned; queue and proposals in {seconds:.2f} s)")
 
     def wait_for_feedback(self, epoch: int, manifest: dict) -> list[protocol.QueryFeedback] | None:
         """Block until a valid mask file for ``epoch`` arrives (or the timeout passes: then None).
@@ -136,5 +190,6 @@ class QueryRound:
         t = self.trainer
         counts = t.feedback.apply(answers)
         t.state.applied = sorted(set(t.state.applied) | {epoch})
-        t.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked, {counts['skipped']} skipped, "
+        proposed = f" ({counts['proposed']} accepted proposals, {counts['rejected']} rejected)" if counts["offered"] else ""
+        t.log(f"epoch {epoch}: feedback applied: {counts['masked']} masked{proposed}, {counts['skipped']} skipped, "
               f"{counts['excluded']} excluded as mislabelled; {len(t.feedback)} images in the feedback set")

@@ -118,7 +118,10 @@ def feedback_stamp(run: protocol.RunDir) -> tuple:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _query_images(path: str, stamp: tuple) -> dict:
-    return run_reader.query_images(protocol.RunDir(path))
+    from dashboard.views.proposals import proposal_images  # accepted proposals are marked images too
+
+    run = protocol.RunDir(path)
+    return {**proposal_images(run), **run_reader.query_images(run)}
 
 
 def query_images(run: protocol.RunDir) -> dict:

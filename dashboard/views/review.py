@@ -17,6 +17,7 @@ from dashboard.answers import Answer
 from dashboard.masks import Geometry
 from dashboard.run_reader import Query, Queue, RunSummary
 from dashboard.views import canvas, common
+from dashboard.views import proposals as proposals_view
 
 SENT_LABELS = {protocol.ACTION_MASK: "marked", protocol.ACTION_SKIP: "skipped",
                protocol.ACTION_WRONG_LABEL: "label flagged as wrong"}
@@ -156,6 +157,7 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
                      "the other images are not affected.", icon=":material/broken_image:")
         else:
             query_card(run, queue, query, book, view)
+    proposals_view.section(run, queue.epoch)
     submit_panel(run, queue, book)
 
 
@@ -480,7 +482,9 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
     if state is not None:
         take_marks(run, queue, book, state.marks)
     try:
-        sent = answer_book.submit(run, queue, book)
+        proposed = proposals_view.answers(run, queue.epoch)  # a queue without proposals sends as before
+        sent = (answer_book.submit(run, queue, book, proposals=proposed) if proposed
+                else answer_book.submit(run, queue, book))
     except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
         st.session_state["review-flash"] = (False, f"Not sent: {e}. Clear some marks and send again.")
         return
@@ -492,6 +496,7 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
                         "someone else), so yours were not sent: the first answers stand. They are shown "
                         "under **Earlier answers**.")
     st.session_state.pop(book_key(run, queue.epoch), None)
+    proposals_view.forget(run, queue.epoch)
     st.session_state["review-flash"] = flash
 
 

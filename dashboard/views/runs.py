@@ -12,6 +12,7 @@ from trainer import protocol
 
 from dashboard import launcher, run_reader
 from dashboard.views import common
+from dashboard.views import proposals as proposals_view
 
 ANNOTATORS = {
     "human": "You, on the Review page",
@@ -94,6 +95,9 @@ def run_details(summary: run_reader.RunSummary) -> None:
         if summary.world_size > 1:
             parts.append(f"{summary.world_size} processes (torchrun)")
         st.caption(" · ".join(parts))
+        marks_line = proposals_view.counts_line(summary.run)
+        if marks_line:
+            st.caption(marks_line)
         if summary.state == protocol.FINISHED and summary.result:
             st.markdown(result_line(summary.result))
         common.show_trouble(summary)

@@ -8,6 +8,11 @@ image is the patch: exactly what a person would mark as "must not rely on".
 With the data-set option ``confounded: false`` the patch colour is random in train and validation
 too: the unconfounded reference a benchmark compares against.
 
+synthetic-lesions has two more options, for measuring how marks are carried to other images
+(trainer/proposals.py): ``sticker: anywhere`` puts the patch at a random place (not only a corner), and
+``sticker_share: p`` keeps it on a random share p of the images only (the rest have none, and an empty
+ground-truth mask). Both leave the default set (and its cache) exactly as it was.
+
 Generated once per setting under ``datasets/<name>/`` and cached; deterministic by seed.
 """
 from __future__ import annotations
@@ -38,6 +43,16 @@ def _corner_patch(n: int, size: int, patch: int, g: torch.Generator) -> torch.Te
     corner = torch.randint(0, 4, (n,), generator=g)
     ys = torch.where(corner // 2 == 0, 1, size - 1 - patch)
     xs = torch.where(corner % 2 == 0, 1, size - 1 - patch)
+    r = torch.arange(size)
+    rows = (r[None, :] >= ys[:, None]) & (r[None, :] < (ys + patch)[:, None])
+    cols = (r[None, :] >= xs[:, None]) & (r[None, :] < (xs + patch)[:, None])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def _anywhere_patch(n: int, size: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Bool masks (n×size×size) of a patch×patch square at a random place, at least 1 px from the edge."""
+    ys = torch.randint(1, size - patch, (n,), generator=g)
+    xs = torch.randint(1, size - patch, (n,), generator=g)
     r = torch.arange(size)
     rows = (r[None, :] >= ys[:, None]) & (r[None, :] < (ys + patch)[:, None])
     cols = (r[None, :] >= xs[:, None]) & (r[None, :] < (xs + patch)[:, None])
@@ -152,7 +167,8 @@ def build_decoy_digits(request: DataRequest) -> DataSplits:
 
 # --------------------------------------------------------------------------- synthetic lesions
 
-def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = True) -> dict:
+def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = True, sticker: str = "corner",
+                 sticker_share: float = 1.0) -> dict:
     """Skin-coloured images with one brown lesion each. Class ``irregular`` has a wavy, notched
     border (the real feature); class ``regular`` a smooth elliptical one. A coloured calibration
     patch in a corner, like those in dermoscopy sets, encodes the class in train and validation."""
@@ -184,6 +200,10 @@ def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = T
     img = img + 0.10 * torch.randn(img.shape, generator=g)
     patch = max(3, round(s / 5))
     masks = _corner_patch(n, s, patch, g)
+    if sticker == "anywhere":  # drawn after everything else: the default set stays as it was
+        masks = _anywhere_patch(n, s, patch, g)
+    if sticker_share < 1:
+        masks[torch.rand(n, generator=g) >= sticker_share] = False
 
     n_train, n_val = int(n * 0.625), int(n * 0.125)
     parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, n)}
@@ -197,8 +217,16 @@ def build_lesions(request: DataRequest) -> DataSplits:
         raise DataError(f"synthetic-lesions: --image-size must be between 64 and 224, got {size}")
     n = int(request.options.get("n_images", 1600))
     confounded = _confounded(request)
-    data = _cached("synthetic-lesions", f"s{size}_n{n}_seed{request.seed}{'' if confounded else '_clean'}_v{CACHE_VERSION}",
-                   lambda: make_lesions(size, request.seed, n, confounded))
+    sticker = request.options.get("sticker", "corner")
+    if sticker not in ("corner", "anywhere"):
+        raise DataError(f"option sticker must be corner or anywhere, got {sticker!r}")
+    share = request.options.get("sticker_share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise DataError(f"option sticker_share must be a number in (0, 1], got {share!r}")
+    variant = ("" if sticker == "corner" else "_anywhere") + ("" if share == 1 else f"_share{share:g}")
+    data = _cached("synthetic-lesions",
+                   f"s{size}_n{n}_seed{request.seed}{'' if confounded else '_clean'}{variant}_v{CACHE_VERSION}",
+                   lambda: make_lesions(size, request.seed, n, confounded, sticker, float(share)))
     return _splits_from(data, request, ["regular", "irregular"],
                         "synthetic skin lesions; border shape is the class, a corner sticker the confounder")
 

@@ -14,6 +14,7 @@ write ``protocol.read_status(run)``:
     lock      one trainer per run: the OS lock on trainer.lock
     records   metrics, confusion matrix, tracking, evaluation
     queue     the query queue and its manifest
+    proposals the queue's proposals: images that seem to carry what was marked, with proposed masks
     maskfile  the mask file: codec, answers, checks, rejecting
 """
 from .atomic import (TEMP_GLOB, atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text,
@@ -26,6 +27,9 @@ from .lock import RunBusy, RunLock, busy_message, hold_run, lock_holder, remove_
 from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MASK_FILE_MAX_BYTES, ImageMarks, QueryFeedback,
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
                        read_mask_file, reject_feedback, submit_feedback, union_marks)
+from .proposals import (PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, PROPOSALS_FILE, SOURCE_DRAWN,
+                        SOURCE_PROPOSED, ProposalEntry, proposal_image_path, proposal_mask_path,
+                        read_proposal_image, read_proposal_mask, read_proposals, write_proposal, write_proposals)
 from .queue import (QUERY_ID, QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)
 from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, describe_reliance, read_confusion, read_evaluation,

@@ -119,7 +119,7 @@ def _finite_int(text: str) -> int:
 
 # Ordered upgrades: _UPGRADES[kind][n] turns a format-n document into format n+1.
 _UPGRADES: dict[str, dict[int, Any]] = {kind: {} for kind in (
-    "config", "status", "manifest", "feedback", "evaluation", "confusion", "launch")}
+    "config", "status", "manifest", "feedback", "evaluation", "confusion", "launch", "proposals")}
 
 
 def upgrade(doc: dict, kind: str) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 from .atomic import exclusive_write_bytes, json_default
 from .formats import FORMAT, ProtocolError, parse_json, upgrade
 from .layout import FEEDBACK_DIR, RunDir
+from .proposals import PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, SOURCE_PROPOSED, read_proposals
 
 # Limits on a mask file, which anyone who can write feedback/ may put there: above them it is refused
 # unread. 16 MiB holds 500 brush-marked 224x224 answers several times over; a run-length list never
@@ -96,6 +97,9 @@ class QueryFeedback:
     action: str
     forbidden: np.ndarray | None = None   # bool H×W: the model must not rely on these pixels
     relevant: np.ndarray | None = None    # bool H×W: the model should rely on these pixels
+    # "drawn" (an answer to a query) or "proposed" (a proposal accepted, ACTION_MASK, or rejected,
+    # ACTION_SKIP; ``query_id`` is then the proposal's id): trainer/protocol/proposals.py
+    source: str = "drawn"
 
     def must_not_use(self) -> np.ndarray | None:
         """Where the model must not look: the forbidden marks and, where a relevant region was drawn,
@@ -138,16 +142,29 @@ def union_marks(answers: Iterable[QueryFeedback]) -> dict[int, ImageMarks]:
 
 
 def feedback_document(epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> dict:
-    queries = []
+    """The mask file: answers to queries under ``queries``; answers to proposals (source "proposed")
+    under ``proposals``, as accept (with the accepted mask) or reject. Without proposal answers the
+    document is what it always was."""
+    queries, proposals = [], []
     for a in answers:
+        if a.source == SOURCE_PROPOSED:
+            accepted = a.action == ACTION_MASK
+            p: dict[str, Any] = {"proposal_id": a.query_id, "index": int(a.index), "source": SOURCE_PROPOSED,
+                                 "action": PROPOSAL_ACCEPT if accepted else PROPOSAL_REJECT}
+            if accepted and a.forbidden is not None:
+                p["forbidden"] = encode_mask(a.forbidden)
+            proposals.append(p)
+            continue
         q: dict[str, Any] = {"query_id": a.query_id, "index": int(a.index), "action": a.action}
         if a.forbidden is not None:
             q["forbidden"] = encode_mask(a.forbidden)
         if a.relevant is not None:
             q["relevant"] = encode_mask(a.relevant)
         queries.append(q)
-    return {"format": FORMAT, "epoch": epoch, "annotator": annotator, "submitted_at": time.time(),
-            "queries": queries}
+    doc = {"format": FORMAT, "epoch": epoch, "annotator": annotator, "submitted_at": time.time(), "queries": queries}
+    if proposals:
+        doc["proposals"] = proposals
+    return doc
 
 
 def submit_feedback(run: RunDir, epoch: int, annotator: str, answers: Iterable[QueryFeedback]) -> bool:
@@ -219,7 +236,8 @@ def load_feedback(run: RunDir, epoch: int, manifest: dict) -> list[QueryFeedback
     except FileNotFoundError:
         return None
     try:
-        return parse_feedback(doc, manifest)
+        proposals = read_proposals(run, epoch) if isinstance(doc, dict) and "proposals" in doc else None
+        return parse_feedback(doc, manifest, proposals)
     except ProtocolError as e:
         raise ProtocolError(f"{FEEDBACK_DIR}/{path.name}: {e}") from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
@@ -240,8 +258,10 @@ def reject_feedback(run: RunDir, epoch: int) -> Path:
     return kept
 
 
-def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
-    """Validate a mask file against the queue it answers. Raises ProtocolError with the reason."""
+def parse_feedback(doc: Any, manifest: dict, proposals: dict | None = None) -> list[QueryFeedback]:
+    """Validate a mask file against the queue it answers (and, where it answers proposals, against the
+    queue's proposals index, ``read_proposals``). Raises ProtocolError with the reason. Answers to
+    proposals follow the answers to queries, with source "proposed"."""
     if not isinstance(doc, dict):
         raise ProtocolError("the mask file must hold a JSON object")
     doc = upgrade(doc, "feedback")
@@ -272,6 +292,45 @@ def parse_feedback(doc: Any, manifest: dict) -> list[QueryFeedback]:
         forbidden = decode_mask(q["forbidden"], h, w, f"query {qid} forbidden") if q.get("forbidden") is not None else None
         relevant = decode_mask(q["relevant"], h, w, f"query {qid} relevant") if q.get("relevant") is not None else None
         answers.append(QueryFeedback(qid, ref["index"], action, forbidden, relevant))
+    if "proposals" in doc:
+        answers += _parse_proposal_answers(doc["proposals"], proposals)
+    return answers
+
+
+def _parse_proposal_answers(items: Any, proposals: dict | None) -> list[QueryFeedback]:
+    """The mask file's ``proposals`` list, checked against the queue's proposals index."""
+    if not isinstance(items, list):
+        raise ProtocolError("'proposals' must be a list")
+    if items and proposals is None:
+        raise ProtocolError("answers proposals, but the queue has none")
+    known = {e.proposal_id: e for e in proposals["entries"]} if proposals else {}
+    seen: set[str] = set()
+    answers = []
+    for i, p in enumerate(items):
+        if not isinstance(p, dict):
+            raise ProtocolError(f"proposal #{i} is not an object")
+        pid = p.get("proposal_id")
+        if not isinstance(pid, str) or pid not in known:
+            raise ProtocolError(f"proposal #{i}: unknown proposal_id {_short(pid)}")
+        if pid in seen:
+            raise ProtocolError(f"proposal {pid}: answered twice")
+        seen.add(pid)
+        ref = known[pid]
+        if p.get("index") != ref.index:
+            raise ProtocolError(f"proposal {pid}: index {_short(p.get('index'))} does not match the queue ({ref.index})")
+        if p.get("source", SOURCE_PROPOSED) != SOURCE_PROPOSED:
+            raise ProtocolError(f"proposal {pid}: source {_short(p.get('source'))} is not {SOURCE_PROPOSED!r}")
+        action = p.get("action")
+        if not isinstance(action, str) or action not in PROPOSAL_ACTIONS:
+            raise ProtocolError(f"proposal {pid}: unknown action {_short(action)} "
+                                f"(expected one of {', '.join(PROPOSAL_ACTIONS)})")
+        if action == PROPOSAL_REJECT:
+            answers.append(QueryFeedback(pid, ref.index, ACTION_SKIP, source=SOURCE_PROPOSED))
+            continue
+        if p.get("forbidden") is None:
+            raise ProtocolError(f"proposal {pid}: accepted without the accepted mask (forbidden)")
+        forbidden = decode_mask(p["forbidden"], ref.height, ref.width, f"proposal {pid} forbidden")
+        answers.append(QueryFeedback(pid, ref.index, ACTION_MASK, forbidden, source=SOURCE_PROPOSED))
     return answers
 
 
