@@ -493,7 +493,7 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .model import ModelError
-    from .train import Stopped, install_stop_handlers, run_training
+    from .lifecycle import Stopped, install_stop_handlers, run_training
 
     if "--options-json" in (sys.argv[1:] if argv is None else argv):
         print(json.dumps(describe_options()))
@@ -532,7 +532,7 @@ def _mark_refused(e: RunFileError) -> None:
     """A resume refused for a broken run file: the run's status says "failed" with that line, as the run
     cannot be resumed as it is; unless another trainer holds the run (its status is its own) or the
     folder cannot be written (then the status keeps what it said)."""
-    from .train import mark_failed
+    from .lifecycle import mark_failed
 
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -14,7 +14,7 @@ import time
 from .cli import CLIError, Parser, positive
 from .config import TrainConfig
 from .data import DATASETS, DataError
-from .train import Stopped, install_stop_handlers, run_training
+from .lifecycle import Stopped, install_stop_handlers, run_training
 
 
 def build_parser() -> argparse.ArgumentParser:
