@@ -32,7 +32,9 @@ def answers():
 
 def test_relevant_marks_are_kept_apart_and_rrr_masks_are_unchanged():
     fs = FeedbackSet(5, H, W)
-    assert fs.apply(answers()) == {"masked": 3, "skipped": 0, "excluded": 0}
+    counts = fs.apply(answers())
+    assert {k: counts[k] for k in ("masked", "skipped", "excluded", "proposed")} == \
+        {"masked": 3, "skipped": 0, "excluded": 0, "proposed": 0}
     rows, masks = fs.lookup(torch.tensor([0, 1, 2, 3]))
     assert rows.tolist() == [0, 1, 2]
     assert torch.equal(masks[0].bool(), torch.from_numpy(box(0, 4, 0, 4)))

@@ -106,7 +106,7 @@ BROKEN = {
     "dataset_options a list": (lambda run: _config(run, {**json.loads(run.config.read_text()),
                                                          "dataset_options": [1]}),
                                "config.json", "dataset_options must be an object"),
-    "config a folder": (lambda run: (run.config.unlink(), run.config.mkdir()), "config.json", "Is a directory"),
+    "config a folder": (lambda run: (run.config.unlink(), run.config.mkdir()), "config.json", "is a folder"),
     "config not JSON": (lambda run: run.config.write_text("{"), "config.json", "not valid JSON"),
 }
 

@@ -343,8 +343,8 @@ def saved_config(run: protocol.RunDir, parser: argparse.ArgumentParser, given: d
     """The config a resumed run saved, each setting checked by the same parser as the flags (those given
     again are not: the flag replaces them); RunFileError naming the file and what is wrong."""
     path = run.config
-    try:
-        doc = protocol.read_config(run)
+    try:  # not read_config: its type checks are the dashboard's; each setting is checked below, or replaced
+        doc = protocol.upgrade(protocol.read_json(path), "config")
     except OSError as e:
         raise RunFileError(f"--resume: cannot read {path}: {e.strerror or type(e).__name__}", run) from None
     except protocol.ProtocolError as e:

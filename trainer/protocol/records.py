@@ -170,15 +170,20 @@ def read_saliency(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         f = io.BytesIO(data)
         version = np.lib.format.read_magic(f)
         header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
-        if tuple(header[0]) != tuple(shape) or not np.issubdtype(header[2], np.number):
+        if tuple(header[0]) != tuple(shape) or not _real_number(header[2]):
             return None
         f.seek(0)
         arr = np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError, TypeError, ProtocolError):
         return None
-    if not isinstance(arr, np.ndarray) or arr.shape != shape or not np.issubdtype(arr.dtype, np.number):
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or not _real_number(arr.dtype):
         return None
     return np.nan_to_num(arr.astype(np.float32)).clip(-1, 1)
+
+
+def _real_number(dtype: np.dtype) -> bool:
+    """A saliency map holds real numbers (a complex one is refused, not cast)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def write_evaluation(run: RunDir, doc: dict) -> None:
