@@ -271,20 +271,8 @@ def parse_feedback(doc: Any, manifest: dict, proposals: dict | None = None) -> l
     if not isinstance(queries, list):
         raise ProtocolError("'queries' must be a list")
     known = {q["query_id"]: q for q in manifest["queries"]}
-    seen: set[str] = set()
     answers = []
-    for i, q in enumerate(queries):
-        if not isinstance(q, dict):
-            raise ProtocolError(f"query #{i} is not an object")
-        qid = q.get("query_id")
-        if not isinstance(qid, str) or qid not in known:
-            raise ProtocolError(f"query #{i}: unknown query_id {_short(qid)}")
-        if qid in seen:
-            raise ProtocolError(f"query {qid}: answered twice")
-        seen.add(qid)
-        ref = known[qid]
-        if q.get("index") != ref["index"]:
-            raise ProtocolError(f"query {qid}: index {_short(q.get('index'))} does not match the queue ({ref['index']})")
+    for qid, q, ref in _answered(queries, "query", {k: (v, v["index"]) for k, v in known.items()}):
         action = q.get("action", ACTION_MASK)
         if not isinstance(action, str) or action not in ACTIONS:
             raise ProtocolError(f"query {qid}: unknown action {_short(action)} (expected one of {', '.join(ACTIONS)})")
@@ -304,20 +292,8 @@ def _parse_proposal_answers(items: Any, proposals: dict | None) -> list[QueryFee
     if items and proposals is None:
         raise ProtocolError("answers proposals, but the queue has none")
     known = {e.proposal_id: e for e in proposals["entries"]} if proposals else {}
-    seen: set[str] = set()
     answers = []
-    for i, p in enumerate(items):
-        if not isinstance(p, dict):
-            raise ProtocolError(f"proposal #{i} is not an object")
-        pid = p.get("proposal_id")
-        if not isinstance(pid, str) or pid not in known:
-            raise ProtocolError(f"proposal #{i}: unknown proposal_id {_short(pid)}")
-        if pid in seen:
-            raise ProtocolError(f"proposal {pid}: answered twice")
-        seen.add(pid)
-        ref = known[pid]
-        if p.get("index") != ref.index:
-            raise ProtocolError(f"proposal {pid}: index {_short(p.get('index'))} does not match the queue ({ref.index})")
+    for pid, p, ref in _answered(items, "proposal", {k: (v, v.index) for k, v in known.items()}):
         if p.get("source", SOURCE_PROPOSED) != SOURCE_PROPOSED:
             raise ProtocolError(f"proposal {pid}: source {_short(p.get('source'))} is not {SOURCE_PROPOSED!r}")
         action = p.get("action")
@@ -332,6 +308,25 @@ def _parse_proposal_answers(items: Any, proposals: dict | None) -> list[QueryFee
         forbidden = decode_mask(p["forbidden"], ref.height, ref.width, f"proposal {pid} forbidden")
         answers.append(QueryFeedback(pid, ref.index, ACTION_MASK, forbidden, source=SOURCE_PROPOSED))
     return answers
+
+
+def _answered(items: list, kind: str, known: dict[str, tuple[Any, int]]):
+    """(id, answer, the queue's entry) for each answer of ``items`` (queries or proposals): an object naming
+    a known id once, with the entry's training-image index; ProtocolError naming the first that is not."""
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{kind} #{i} is not an object")
+        item_id = item.get(f"{kind}_id")
+        if not isinstance(item_id, str) or item_id not in known:
+            raise ProtocolError(f"{kind} #{i}: unknown {kind}_id {_short(item_id)}")
+        if item_id in seen:
+            raise ProtocolError(f"{kind} {item_id}: answered twice")
+        seen.add(item_id)
+        entry, index = known[item_id]
+        if item.get("index") != index:
+            raise ProtocolError(f"{kind} {item_id}: index {_short(item.get('index'))} does not match the queue ({index})")
+        yield item_id, item, entry
 
 
 def _short(value: Any) -> str:
