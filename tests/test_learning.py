@@ -24,22 +24,10 @@ from trainer.export import LABELS_FILE, export_run
 from trainer.feedback import FeedbackSet
 from trainer.train import Trainer
 
+from toys import toy_images
+
 TINY = dict(dataset="decoy-digits", train_fraction=0.1, val_fraction=0.2, epochs=1, batch_size=32, seed=1,
             annotator="none", track_images=0, device="cpu")
-
-
-def toy_images(n: int, confounded: bool, g: torch.Generator):
-    """12×12 grey images whose class is a faint bar (horizontal: 1, vertical: 0) under noise, with a
-    3×3 corner patch that is white for class 1 and black for class 0 (or random when not confounded)."""
-    y = torch.randint(0, 2, (n,), generator=g)
-    x = 0.5 + 0.3 * torch.randn(n, 1, 12, 12, generator=g)
-    x[y == 1, :, 5:7, 2:10] += 0.4
-    x[y == 0, :, 2:10, 5:7] += 0.4
-    patch = y if confounded else torch.randint(0, 2, (n,), generator=g)
-    x[:, :, 0:3, 0:3] = patch[:, None, None, None].float()
-    masks = torch.zeros(n, 12, 12, dtype=torch.bool)
-    masks[:, 0:3, 0:3] = True
-    return x, y, masks
 
 
 def train_toy(annotated: int, transfer: float = 0.0) -> tuple[float, float]:

@@ -17,18 +17,12 @@ from trainer.train import Trainer
 
 from dashboard import run_reader
 
+from toys import toy_images
+
 
 def corner_set(n: int, confounded: bool, g: torch.Generator) -> tuple[TensorSplit, torch.Tensor]:
-    """12×12 grey images whose class is a bar (horizontal: 1, vertical: 0) and a 3×3 top-left patch,
-    white for class 1 and black for class 0 (random when not confounded); and the patch's masks."""
-    y = torch.randint(0, 2, (n,), generator=g)
-    x = 0.5 + 0.05 * torch.randn(n, 1, 12, 12, generator=g)
-    x[y == 1, :, 5:7, 2:10] += 0.4
-    x[y == 0, :, 2:10, 5:7] += 0.4
-    patch = y if confounded else torch.randint(0, 2, (n,), generator=g)
-    x[:, :, 0:3, 0:3] = patch[:, None, None, None].float()
-    masks = torch.zeros(n, 12, 12, dtype=torch.bool)
-    masks[:, 0:3, 0:3] = True
+    """The toy images with little noise, as a split, and the patch's masks."""
+    x, y, masks = toy_images(n, confounded, g, noise=0.05)
     return TensorSplit("toy", (x.clamp(0, 1) * 255).round().to(torch.uint8), y), masks
 
 
