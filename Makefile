@@ -36,7 +36,7 @@ browser:
 
 ## train: a human-in-the-loop run answered in the dashboard (run `make serve` beside it); ARGS=... adds flags, NPROC=N trains on N processes (torchrun)
 train:
-	$(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --nproc_per_node $(NPROC),$(PY)) -m trainer --dataset decoy-digits --annotator human --title demo-human --runs-dir $(RUNS) $(ARGS)
+	$(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --nproc_per_node $(NPROC),$(PY)) -m trainer --dataset decoy-digits --annotator human --proposals 10 --title demo-human --runs-dir $(RUNS) $(ARGS)
 
 ## serve: the dashboard on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share on the network)
 serve:

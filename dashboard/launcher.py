@@ -66,6 +66,7 @@ class RunRequest:
     annotator: str
     data_dir: str = ""
     feedback_method: str = "auto"       # how marks teach (--feedback)
+    proposals: int = 0                  # images proposed per round as carrying a marked artefact (--proposals)
     processes: int = 1                  # > 1: torchrun with this many processes (DDP, docs/distributed.md)
     extra_args: list[str] = field(default_factory=list)
 
@@ -78,6 +79,8 @@ class RunRequest:
                 "--annotator", self.annotator, "--feedback", self.feedback_method]
         if self.data_dir.strip():
             args += ["--data-dir", self.data_dir.strip()]
+        if self.proposals:
+            args += ["--proposals", str(self.proposals)]
         return args + list(self.extra_args)
 
 

@@ -33,6 +33,8 @@ FEEDBACK = {
 MODELS = ["hitl_cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224"]
 GENERATED_DATASETS = ("decoy-digits", "synthetic-lesions")
 
+FORM_PROPOSALS = 10  # a person reviewing: confirming proposals costs a click each (the trainer's default is 0)
+
 
 def render() -> None:
     st.title("Runs")
@@ -206,6 +208,11 @@ def new_run_form() -> None:
                     help="The default takes the penalty and counterexamples together on decoy-digits and "
                          "counterexamples alone elsewhere: on lesion-like images the penalty does not move the "
                          "model off a marked sticker (docs/learning.md).")
+                proposals = st.number_input(
+                    "Images to propose per round", 0, 200, FORM_PROPOSALS,
+                    help="Once three images carry a small mark, the trainer looks for the same artefact on the "
+                         "other training images and proposes them with a mask, for you to confirm in bulk on the "
+                         "Review page. 0 proposes none.")
                 weight = st.number_input(
                     "Penalty weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
                     help="How strongly the penalty pushes the model away from the regions you mark; not used "
@@ -223,7 +230,7 @@ def new_run_form() -> None:
                 model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
                 queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
                 saliency=saliency, annotator=annotator, feedback_method=feedback_method,
-                processes=int(processes)), extra)
+                proposals=int(proposals), processes=int(processes)), extra)
 
 
 def start_from_form(request: launcher.RunRequest, extra: str) -> None:
