@@ -65,7 +65,7 @@ def test_a_model_that_decides_by_the_artefact_follows_it_and_one_that_ignores_it
     else:
         assert result["swapped_test_acc"] == pytest.approx(result["test_acc"], abs=0.05)
     sentence = protocol.describe_reliance(result)
-    assert ("still relies on it" if flips else "hardly relies on it") in sentence
+    assert ("model relies on it" if flips else "hardly relies on it") in sentence
 
 
 def test_on_a_decorrelated_split_the_shortcut_model_moves_toward_the_pasted_class():

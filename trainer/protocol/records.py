@@ -74,7 +74,7 @@ def _fmt(v: Any) -> str:
 
 # --------------------------------------------------------------------------- reliance
 
-RELIES, SOMEWHAT = 0.2, 0.05  # flip rates the sentence calls "still relies on it" / "relies on it a little"
+RELIES, SOMEWHAT = 0.2, 0.05  # flip rates the sentence calls "relies on it" / "relies on it a little"
 
 
 def describe_reliance(reliance: dict | None) -> str | None:
@@ -87,8 +87,8 @@ def describe_reliance(reliance: dict | None) -> str | None:
         reason = reliance.get("reason")
         return f"Reliance on the marked artefacts was not measured: {reason}." if reason else None
     what = "marked artefact" if reliance.get("source") == "recurring" else "marked regions"
-    verdict = ("the model still relies on it" if rate >= RELIES else
-               "the model relies on it a little" if rate >= SOMEWHAT else "the model hardly relies on it any more")
+    verdict = ("the model relies on it" if rate >= RELIES else
+               "the model relies on it a little" if rate >= SOMEWHAT else "the model hardly relies on it")
     sentence = (f"Swapping the {what} in {n} held-out images (pasting it where it was not, removing it where it "
                 f"was) changed {rate:.0%} of the model's answers: {verdict}.")
     acc, before = reliance.get("swapped_test_acc"), reliance.get("test_acc")
