@@ -33,8 +33,14 @@ def read_json(path: Path | str) -> Any:
     return parse_json(read_bytes(path), path.name, finite_only=False)
 
 
-_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+_NOT_REGULAR = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
+                (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file that is not a regular one is, in words (a link only as ``lstat`` sees it); None for a
+    regular file. Readers refuse these: a folder, pipe or device could block or never end."""
+    return next((kind for test, kind in _NOT_REGULAR if test(mode)), None)
 
 
 def read_bytes(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> bytes:
@@ -51,7 +57,7 @@ def read_bytes(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> bytes:
     except BaseException:
         os.close(fd)
         raise
-    kind = next((kind for test, kind in _NOT_REGULAR if test(mode)), None)
+    kind = not_regular(mode)
     if kind:
         os.close(fd)
         raise ProtocolError(f"{path.name}: is {kind}, not a file")
@@ -65,20 +71,20 @@ def read_bytes(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> bytes:
 def read_text(path: Path | str, limit: int = RUN_FILE_MAX_BYTES) -> str:
     """A run file's UTF-8 text (see ``read_bytes``); ProtocolError if it is not UTF-8."""
     path = Path(path)
-    data = read_bytes(path, limit)
+    return _utf8(read_bytes(path, limit), path.name)
+
+
+def _utf8(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ProtocolError(f"{path.name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        raise ProtocolError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
 def parse_json(data: bytes, name: str, finite_only: bool = True) -> Any:
     """JSON text as written by this protocol: UTF-8 and, with ``finite_only`` (a mask file), no NaN or
     Infinity; anything else is a ProtocolError naming ``name`` (never quoting the content)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ProtocolError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    text = _utf8(data, name)
     try:
         if finite_only:  # 1e400 never reaches parse_constant: json makes it inf through float()
             return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,

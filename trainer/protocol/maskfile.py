@@ -8,7 +8,6 @@ import json
 import math
 import os
 import reprlib
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .atomic import exclusive_write_bytes, json_default
-from .formats import FORMAT, ProtocolError, parse_json, upgrade
+from .formats import FORMAT, ProtocolError, not_regular, parse_json, upgrade
 from .layout import FEEDBACK_DIR, RunDir
 from .proposals import PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, SOURCE_PROPOSED, read_proposals
 
@@ -185,17 +184,13 @@ def feedback_sent(run: RunDir, epoch: int) -> bool:
     return os.path.lexists(run.feedback_file(epoch))
 
 
-_NOT_A_FILE = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"),
-               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
-
-
 def read_mask_file(path: Path) -> Any:
     """The JSON in a mask file, read without trusting it: only a regular file (no link, pipe, device or
     folder: nothing that could block or never end), at most MASK_FILE_MAX_BYTES. FileNotFoundError if
     nothing is there; ProtocolError naming the file for everything else."""
     name = f"{FEEDBACK_DIR}/{path.name}"
     try:
-        kind = _file_kind(os.lstat(path).st_mode)
+        kind = not_regular(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundError(path) from None  # nothing there, as feedback_sent sees it
     except OSError as e:
@@ -209,7 +204,7 @@ def read_mask_file(path: Path) -> Any:
     except OSError as e:
         raise ProtocolError(f"{name}: cannot be opened ({e.strerror or type(e).__name__})") from None
     with os.fdopen(fd, "rb") as f:
-        kind = _file_kind(os.fstat(f.fileno()).st_mode)  # replaced between lstat and open
+        kind = not_regular(os.fstat(f.fileno()).st_mode)  # replaced between lstat and open
         if kind:
             raise ProtocolError(f"{name}: is {kind}, not a regular file")
         try:
@@ -219,11 +214,6 @@ def read_mask_file(path: Path) -> Any:
     if len(data) > MASK_FILE_MAX_BYTES:
         raise ProtocolError(f"{name}: larger than the {MASK_FILE_MAX_BYTES // 2**20} MiB limit of a mask file")
     return parse_json(data, name)
-
-
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is, in words; None for a regular file."""
-    return next((kind for test, kind in _NOT_A_FILE if test(mode)), None)
 
 
 def load_feedback(run: RunDir, epoch: int, manifest: dict) -> list[QueryFeedback] | None:

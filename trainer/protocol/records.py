@@ -12,8 +12,8 @@ import numpy as np
 
 from .atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from .formats import (FORMAT, MAX_INT, ProtocolError, check_fields, is_int, is_number, is_str, read_bytes, read_json,
-                      read_text,                       upgrade)
-from .layout import CONFUSION_FILE, EVALUATION_FILE, METRICS_FILE, TRACKING_FILE, RunDir
+                      read_text, upgrade)
+from .layout import CONFUSION_FILE, EVALUATION_FILE, METRICS_FILE, RunDir
 
 TRACKING_COLUMNS = ("epoch", "index", "masked_share")
 
