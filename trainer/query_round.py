@@ -8,7 +8,7 @@ import time
 import torch
 
 from . import protocol
-from .batches import BatchSource, gather
+from .batches import gather
 from .data.images import png_bytes
 from .explain import normalise
 from .proposals import SCAN_LIMIT, Finder, candidates_for, predict_and_rank, rejected_before
@@ -56,7 +56,7 @@ class QueryRound:
         finder = self.proposal_finder()
         scores = None
         if train_predictions is None and finder is not None:  # the ranking shares the prediction pass
-            batches = BatchSource(t.data.train, 256, t.cfg.workers, t.device).epoch(torch.arange(len(t.data.train)))
+            batches = t.eval_batches(t.data.train).epoch(torch.arange(len(t.data.train)))
             probs, labels, scores = predict_and_rank(t.model, batches, len(t.data.train), finder, t.amp, t.device)
         else:
             probs, labels = train_predictions or t.predict(t.data.train)

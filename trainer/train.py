@@ -268,17 +268,22 @@ class Trainer:
         self.optimizer.step()
         return loss, logits, pen
 
+    def eval_batches(self, split: Split, batch_size: int = 256) -> BatchSource:
+        """The batch source that reads ``split`` for predictions, one per split and batch size, kept: its
+        DataLoader workers persist across epochs and query rounds."""
+        key = (id(split), batch_size)
+        source = self._eval_sources.get(key)
+        if source is None or source.split is not split:
+            source = self._eval_sources[key] = BatchSource(split, batch_size, self.cfg.workers, self.device)
+        return source
+
     @torch.no_grad()
     def predict(self, split: Split, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax probabilities and labels for a whole split, in index order (each rank predicts its
         share under torchrun)."""
         self.model.eval()
         probs, labels = [], []
-        key = (id(split), batch_size)  # one source per split: its DataLoader workers persist across epochs
-        source = self._eval_sources.get(key)
-        if source is None or source.split is not split:
-            source = self._eval_sources[key] = BatchSource(split, batch_size, self.cfg.workers, self.device)
-        for x, y, _ in source.epoch(self.dist.eval_indices(len(split))):
+        for x, y, _ in self.eval_batches(split, batch_size).epoch(self.dist.eval_indices(len(split))):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 probs.append(self.model(x).float().softmax(1))
             labels.append(y)
