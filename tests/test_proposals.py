@@ -75,9 +75,9 @@ def test_synthetic_lesions_options_leave_the_default_set_alone():
 
 # --------------------------------------------------------------------------- run directory and mask file
 
-def write_three_proposals(run: protocol.RunDir, epoch: int, first_index: int, label) -> list[np.ndarray]:
+def write_three_proposals(run: protocol.RunDir, epoch: int, first_index: int, label) -> tuple[list, list]:
     """Proposals p000-p002 of training images first_index.., proposal i's mask an 8×8 square at (4i, 4i),
-    its label ``label(i)``, with their index written last; the masks."""
+    its label ``label(i)``, with their index written last; the masks and the entries."""
     masks, entries = [], []
     for i in range(3):
         mask = np.zeros((H, W), bool)
@@ -86,14 +86,14 @@ def write_three_proposals(run: protocol.RunDir, epoch: int, first_index: int, la
         protocol.write_proposal(run, epoch, f"p{i:03d}", png_bytes(), mask)
         entries.append(protocol.ProposalEntry(f"p{i:03d}", first_index + i, 3.0 - i, label(i), H, W))
     protocol.write_proposals(run, epoch, entries, method="cav", marked=3)
-    return masks
+    return masks, entries
 
 
 def queue_with_proposals(root, epoch: int = 1) -> tuple[protocol.RunDir, dict, list[np.ndarray]]:
     """A queue of one query and three proposals; proposal i's mask is an 8×8 square at (4i, 4i)."""
     run = protocol.RunDir(root / "run")
     protocol.write_config(run, {"title": "run"})
-    masks = write_three_proposals(run, epoch, first_index=10, label=lambda i: i % 2)
+    masks, _ = write_three_proposals(run, epoch, first_index=10, label=lambda i: i % 2)
     protocol.write_query_image(run, epoch, "q000", png_bytes(), np.zeros((H, W), np.float32))
     protocol.write_manifest(run, epoch, {"class_names": ["a", "b"], "queries": [
         {"query_id": "q000", "index": 5, "true_label": 0, "predicted_label": 1, "probabilities": [0.4, 0.6],
@@ -221,7 +221,7 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
                         {"docs": {data["doc"]: {"ops": [rect(4, 8, 20, 16)], "revision": 1}}})
     run = make_run(tmp_path, "waiting", protocol.WAITING, epochs_done=1, waiting_epoch=1)
-    masks = write_three_proposals(run, 1, first_index=200, label=lambda i: 5)
+    masks, entries = write_three_proposals(run, 1, first_index=200, label=lambda i: 5)
     manifest = make_queue(run, 1)
 
     at = AppTest.from_file(str(APP), default_timeout=30).run()
