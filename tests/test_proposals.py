@@ -207,6 +207,37 @@ def test_an_oracle_run_writes_answers_and_applies_proposals(tmp_path):
     assert any("proposals from" in line for line in logs) and any("accepted proposals" in line for line in logs)
 
 
+def test_once_the_query_budget_is_spent_rounds_bring_only_proposals(tmp_path):
+    """--query-budget 4: the first round asks about 4 images, the next asks nothing to draw and proposes
+    what those marks found; with nothing left to ask and no proposals, no round happens at all."""
+    torch.set_num_threads(2)
+    options = {"sticker": "anywhere", "n_images": 480}
+    cfg = TrainConfig(dataset="synthetic-lesions", epochs=2, annotator="oracle", seed=0, device="cpu",
+                      runs_dir=str(tmp_path), title="budget", dataset_options=options, track_images=0,
+                      queries_per_epoch=4, query_budget=4, proposals_per_epoch=6)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.fit()
+    run = trainer.run
+    assert protocol.queue_epochs(run) == [0, 1]
+    assert len(protocol.read_manifest(run, 0)["queries"]) == 4 and protocol.read_manifest(run, 1)["queries"] == []
+    answers = protocol.load_feedback(run, 1, protocol.read_manifest(run, 1))
+    assert answers and all(a.source == protocol.SOURCE_PROPOSED for a in answers)
+    assert protocol.pending_epoch(run) is None
+
+    trainer.cfg.epochs = 3  # had the run a third epoch: its round only if it may propose
+    assert trainer.queries.queries_left(2) == 0 and trainer.queries.is_due(2)
+    trainer.cfg.proposals_per_epoch = 0
+    assert not trainer.queries.is_due(2)  # nothing to ask after the budget: no round, no wait
+
+
+def test_a_queue_that_asks_nothing_is_not_pending(tmp_path):
+    run = protocol.RunDir(tmp_path / "run")
+    protocol.write_manifest(run, 2, {"class_names": ["a", "b"], "queries": []})
+    assert protocol.pending_epoch(run) is None
+    write_three_proposals(run, 2, 0, lambda i: 0)
+    assert protocol.pending_epoch(run) == 2
+
+
 # --------------------------------------------------------------------------- the Review page (AppTest)
 
 def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path, monkeypatch):

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="once 3 images carry a small mark, each round also proposes up to N other training images "
                          "that seem to carry the same artefact, with a mask each, to accept or reject in bulk "
                          f"(trainer/proposals.py; default {d.proposals_per_epoch}: none)")
+    fb.add_argument("--query-budget", type=_non_negative(int), metavar="N",
+                    help="ask about at most N images over the whole run (default 0: no limit); once they are asked, "
+                         "rounds bring only proposals to confirm (with --proposals), or none")
     fb.add_argument("-ov", "--oversample", type=parse_bool, nargs="?", const=True,
                     help="add annotated images to every batch, 1/8 of the batch size (default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),

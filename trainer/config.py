@@ -35,6 +35,7 @@ class TrainConfig:
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10
     proposals_per_epoch: int = 0            # images proposed per round as carrying a marked artefact (trainer/proposals.py)
+    query_budget: int = 0                   # images asked about over the whole run; 0: no limit
     query_start_epoch: int = 0              # 0: one round before training too (docs/usage.md, bench)
     oversample: bool = True                 # annotated images join every batch (1/8 of its size)
     annotator: str = "human"                # human | oracle | none

@@ -25,8 +25,20 @@ class QueryRound:
     def is_due(self, epoch: int) -> bool:
         """Whether ``epoch`` ends with a round that has not happened yet."""
         t = self.trainer
-        return (t.cfg.annotator != "none" and t.cfg.queries_per_epoch > 0
-                and t.cfg.query_start_epoch <= epoch < t.cfg.epochs and epoch not in t.state.answered)
+        due = (t.cfg.annotator != "none" and t.cfg.queries_per_epoch > 0
+               and t.cfg.query_start_epoch <= epoch < t.cfg.epochs and epoch not in t.state.answered)
+        # once --query-budget is spent, a round only brings proposals: none to bring, no round
+        return due and (self.queries_left(epoch) > 0 or t.cfg.proposals_per_epoch > 0)
+
+    def queries_left(self, epoch: int) -> int:
+        """Images ``epoch``'s round may ask about: ``--queries-per-epoch``, less what ``--query-budget``
+        has left after the earlier rounds' queues (read from the run, so a resume counts the same)."""
+        t = self.trainer
+        if not t.cfg.query_budget:
+            return t.cfg.queries_per_epoch
+        asked = sum(len((protocol.read_manifest(t.run, e) or {"queries": ()})["queries"])
+                    for e in protocol.queue_epochs(t.run) if e < epoch)
+        return max(0, min(t.cfg.queries_per_epoch, t.cfg.query_budget - asked))
 
     def run(self, epoch: int, train_predictions: tuple | None = None) -> None:
         """Queue → wait → apply, then checkpoint. ``train_predictions``: the training set's probabilities
@@ -37,17 +49,30 @@ class QueryRound:
             t.save_checkpoint(best=False)
         with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
             manifest = protocol.read_manifest(t.run, epoch) or self.build_queue(epoch, train_predictions)
-        if not manifest["queries"]:
-            t.log(f"epoch {epoch}: no training image matches the sampling rule; no queries")
+        n_proposed = self.proposal_count(epoch)
+        if not manifest["queries"] and not n_proposed:
+            t.log(f"epoch {epoch}: no training image to ask about (the sampling rule or --query-budget); no queries")
             answers = []
         else:
-            t.log(f"epoch {epoch}: {len(manifest['queries'])} queries in {t.run.queue_dir(epoch)}")
+            t.log(f"epoch {epoch}: {len(manifest['queries'])} queries"
+                  + (f" and {n_proposed} proposals" if n_proposed else "") + f" in {t.run.queue_dir(epoch)}")
             answers = self.wait_for_feedback(epoch, manifest)
         t.state.answered.append(epoch)
         if answers:
             self.apply(epoch, answers)
         t.save_checkpoint(best=False)
         t.status(protocol.TRAINING, phase="training", waiting_epoch=None)
+
+    def proposal_count(self, epoch: int) -> int:
+        """Proposals in ``epoch``'s queue; an index that cannot be read offers none (the mask file's
+        check refuses answers to it)."""
+        if not self.trainer.cfg.proposals_per_epoch:
+            return 0
+        try:
+            found = protocol.read_proposals(self.trainer.run, epoch)
+        except (OSError, protocol.ProtocolError):
+            return 0
+        return len(found["entries"]) if found else 0
 
     def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""
@@ -65,7 +90,7 @@ class QueryRound:
         candidates = torch.nonzero(allowed).flatten()
         g = torch.Generator().manual_seed(t.cfg.seed * 7919 + epoch)
         chosen = candidates[SAMPLERS[t.cfg.sampling](probs[candidates], labels[candidates],
-                                                     t.cfg.entropy_threshold, t.cfg.queries_per_epoch, g)]
+                                                     t.cfg.entropy_threshold, self.queries_left(epoch), g)]
         queries = []
         if len(chosen):
             x, _ = gather(t.data.train, chosen)
@@ -118,7 +143,7 @@ class QueryRound:
             scores = finder.rank(take, candidates)
         else:
             scores = scores[candidates]
-        found = finder.choose(candidates, scores, t.cfg.proposals_per_epoch, take)
+        found = finder.choose(candidates, scores, t.cfg.proposals_per_epoch, take, labels[candidates])
         entries = []
         for i, p in enumerate(found):
             pid = f"p{i:03d}"

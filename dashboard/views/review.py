@@ -135,6 +135,12 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
     when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
+    if not queue.queries:  # --query-budget spent: this round only brings proposals to confirm
+        st.markdown(f"**{when}: nothing to draw.** The run's budget of images to ask about is spent; "
+                    "confirm the trainer's proposals and send.")
+        proposals_view.section(run, queue.epoch)
+        submit_panel(run, queue, {})
+        return
     with st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.markdown(f"**{when}: the model asks about {len(queue.queries)} images**", width="content")
         with st.popover("How to answer", icon=":material/help:"):

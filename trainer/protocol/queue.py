@@ -14,6 +14,7 @@ from .atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from .formats import FORMAT, ProtocolError, check_fields, is_int, is_number, is_str, is_str_list, read_json, upgrade
 from .layout import MANIFEST_FILE, RunDir
 from .maskfile import feedback_sent
+from .proposals import read_proposals
 
 # A query id names the query's files in its queue folder: a plain file name, nothing that leaves it.
 QUERY_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -139,7 +140,23 @@ def queue_epochs(run: RunDir) -> list[int]:
 
 
 def pending_epoch(run: RunDir) -> int | None:
-    """The newest queued epoch that has no feedback file yet."""
+    """The newest queued epoch that has no feedback file yet and asks something."""
     for epoch in reversed(queue_epochs(run)):
-        return None if feedback_sent(run, epoch) else epoch
+        if feedback_sent(run, epoch):
+            return None
+        if not asks_nothing(run, epoch):
+            return epoch
     return None
+
+
+def asks_nothing(run: RunDir, epoch: int) -> bool:
+    """Whether the queue has neither a query nor a proposal (the sampling rule or ``--query-budget``
+    left nothing to ask): the trainer went on without waiting for an answer to it."""
+    try:
+        manifest = read_manifest(run, epoch)
+        if not manifest or manifest["queries"]:
+            return False
+        found = read_proposals(run, epoch)
+    except (OSError, ProtocolError):
+        return False
+    return not (found and found["entries"])
