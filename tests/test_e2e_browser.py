@@ -1,8 +1,9 @@
 """End to end in a real headless Chromium: a tiny human-in-the-loop run asking about 10 images, the
 dashboard served by Streamlit, marks drawn with the mouse and the keyboard on the review canvas (fast,
 as a hurried reviewer draws), a reload in the middle, one of the trainer's proposals corrected on the
-canvas and all of them accepted, and the trainer finishing with exactly those marks. Screenshots of every page go to test-artifacts/ (the review page's also at 1280×800 and 900×900,
-the ones in docs/screenshots/)."""
+canvas and all of them accepted, and the trainer finishing with exactly those marks. Screenshots of
+every page go to test-artifacts/ (the review page's also at 1280×800 and 900×900, the ones in
+docs/screenshots/; the open proposal and the proposals grid too)."""
 from __future__ import annotations
 
 import os

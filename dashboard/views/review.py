@@ -417,7 +417,8 @@ def proposal_card(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], e
         return
     answer_id = answer_book.proposal_answer_id(entry.proposal_id)
     doc = canvas_doc(run, queue, answer_id)
-    picture = proposals_view.picture(str(run.path), queue.epoch, entry.proposal_id, common.queue_stamp(run, queue.epoch))
+    picture = proposals_view.picture(str(run.path), queue.epoch, entry.proposal_id,
+                                     common.queue_stamp(run, queue.epoch))
     data = {"doc": doc, "width": entry.width, "height": entry.height, "picture": picture, "original": picture,
             "ops": answer.ops, "revision": answer.revision, "known": known_revisions(run, queue, book),
             "cells": view["cells"], "suggested": {"cells": view["cells"], "squares": []}, "readonly": False,
