@@ -34,7 +34,7 @@ class Answer:
     revision: int = 0
 
     @classmethod
-    def for_query(cls, query: Query) -> "Answer":
+    def for_query(cls, query: Query | protocol.ProposalEntry) -> "Answer":
         return cls(query.height, query.width)
 
     @property
@@ -57,7 +57,7 @@ class Answer:
         return {"action": self.action, "ops": self.ops, "revision": self.revision}
 
     @classmethod
-    def from_draft(cls, query: Query, doc: dict) -> "Answer":
+    def from_draft(cls, query: Query | protocol.ProposalEntry, doc: dict) -> "Answer":
         """An answer from a draft; anything unreadable starts afresh (a draft is a convenience)."""
         answer = cls.for_query(query)
         action, ops, revision = doc.get("action"), doc.get("ops"), doc.get("revision")
@@ -100,11 +100,35 @@ def save_draft(run: protocol.RunDir, epoch: int, answers: dict[str, Answer]) -> 
 
 
 def load_draft(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
-    """The answers kept for ``queue``'s epoch, for the queries it still has; empty without a draft."""
+    """The answers kept for ``queue``'s epoch, for the queries and proposals it still has; empty
+    without a draft."""
     draft = read_draft(run, queue.epoch) or {}
     kept = draft.get("answers") if isinstance(draft.get("answers"), dict) else {}
-    return {q.query_id: Answer.from_draft(q, kept[q.query_id]) for q in queue.queries
+    book = {q.query_id: Answer.from_draft(q, kept[q.query_id]) for q in queue.queries
             if q.problem is None and isinstance(kept.get(q.query_id), dict)}
+    for entry in proposal_entries(run, queue.epoch):
+        answer_id = proposal_answer_id(entry.proposal_id)
+        if isinstance(kept.get(answer_id), dict):
+            book[answer_id] = Answer.from_draft(entry, kept[answer_id])
+    return book
+
+
+# A proposal whose mask the reviewer corrected on the canvas has its answer in the same book, under
+# this prefix and its id (a query's id never has it): one draft, one list of marks in the browser.
+PROPOSAL_PREFIX = "proposal:"
+
+
+def proposal_answer_id(proposal_id: str) -> str:
+    return PROPOSAL_PREFIX + proposal_id
+
+
+def proposal_entries(run: protocol.RunDir, epoch: int) -> list[protocol.ProposalEntry]:
+    """The queue's proposals; none where it has none or its index cannot be read."""
+    try:
+        found = protocol.read_proposals(run, epoch)
+    except (OSError, protocol.ProtocolError):
+        return []
+    return found["entries"] if found else []
 
 
 def outcome(query: Query, answer: Answer | None) -> str:

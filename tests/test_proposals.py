@@ -302,3 +302,76 @@ def test_accepted_proposals_have_pictures_for_the_learning_page(tmp_path):
     run, _, _ = queue_with_proposals(tmp_path)
     images = proposals_view.proposal_images(run)
     assert sorted(images) == [10, 11, 12] and images[10].shape == (H, W, 3)
+
+
+def test_a_proposal_opened_on_the_canvas_is_sent_with_its_corrected_mask(tmp_path, monkeypatch):
+    """Edit opens a proposal on the canvas with its proposed mask as marks; the corrections are kept
+    in the draft (a fresh session finds them), tick the proposal and go into the mask file with source
+    "proposed"; a proposal erased to nothing goes as rejected."""
+    from streamlit.testing.v1 import AppTest
+    from test_dashboard import APP, OPTIONS, make_queue, make_run, rect
+
+    from dashboard import answers, launcher
+    from dashboard.masks import Marks, apply_ops
+    from dashboard.views import canvas
+
+    shown, drawn = [], {}  # what the page gave the canvas; what the "browser" holds, by image
+    monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
+    monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
+                        shown.append(data) or {"docs": {d: m for d, m in drawn.items() if d == data["doc"]}})
+    run = make_run(tmp_path, "waiting", protocol.WAITING, epochs_done=1, waiting_epoch=1)
+    masks, _ = write_three_proposals(run, 1, first_index=200, label=lambda i: 5)
+    manifest = make_queue(run, 1)
+
+    def review() -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=30).run()
+        at.switch_page("views/review.py").run()
+        assert not at.exception, at.exception
+        return at
+
+    def tick(at, proposal_id):
+        return next(c for c in at.checkbox if c.key.endswith(proposal_id))
+
+    at = review()
+    assert not shown[-1]["doc"].endswith("proposal:p001")
+    tick(at, "p001").uncheck().run()
+    at.button(key="proposal-edit-1-p001").click().run()
+    assert "Proposal #201: correct the proposed mark, then go back" in "\n".join(m.value for m in at.markdown)
+    assert at.segmented_control(key="page-1").disabled
+    opened = shown[-1]
+    assert opened["doc"].endswith("|proposal:p001") and opened["revision"] == 0 and opened["picture"]
+    assert np.array_equal(apply_ops(Marks.empty(H, W), opened["ops"]).forbidden, masks[1])
+
+    # the reviewer erases the proposed square's left half and adds a square it missed
+    corrected = masks[1].copy()
+    corrected[:, :8] = False
+    corrected[20:24, 20:24] = True
+    drawn[opened["doc"]] = {"ops": opened["ops"] + [rect(0, 0, 8, 32, target="erase"), rect(20, 20, 24, 24)],
+                            "revision": 1}
+    at.run()
+    assert tick(at, "p001").value  # corrected: accepted
+    assert "proposal:p001" in answers.read_draft(run, 1)["answers"]
+    assert any("corrected" in c.value for c in at.caption)
+    at.button(key="proposal-back-1").click().run()
+    assert not any("Proposal #201" in m.value for m in at.markdown)
+    assert shown[-1]["doc"].endswith("|q000") and not at.segmented_control(key="page-1").disabled
+
+    # a fresh session (a reload) finds the correction in the draft
+    at = review()
+    at.button(key="proposal-edit-1-p001").click().run()
+    assert shown[-1]["revision"] == 1
+    assert np.array_equal(apply_ops(Marks.empty(H, W), shown[-1]["ops"]).forbidden, corrected)
+    # proposal p002 is erased to nothing: it goes as rejected
+    at.button(key="proposal-edit-1-p002").click().run()
+    drawn[shown[-1]["doc"]] = {"ops": shown[-1]["ops"] + [{"kind": "clear"}], "revision": 1}
+    at.run()
+    assert any("sent as rejected" in m.value for m in at.markdown)
+    at.button(key="submit-1").click().run()
+    assert not at.exception, at.exception
+    sent = {a.query_id: a for a in protocol.load_feedback(run, 1, manifest) if a.source == "proposed"}
+    assert [(p, sent[p].action) for p in ("p000", "p001", "p002")] == [("p000", "mask"), ("p001", "mask"),
+                                                                       ("p002", "skip")]
+    assert np.array_equal(sent["p000"].forbidden, masks[0])  # not opened: as proposed
+    assert np.array_equal(sent["p001"].forbidden, corrected)
+    assert not answers.draft_file(run, 1).exists()

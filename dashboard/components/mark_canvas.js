@@ -191,6 +191,8 @@ class MarkCanvas {
     if (opened) {
       this.view = { s: 1, tx: 0, ty: 0 };
       this.sizeKey = null;
+      // a proposal opened from the grid below: bring the canvas into view
+      if (data.back) document.querySelector("[data-testid=stMain]")?.scrollTo({ top: 0 });
     }
     this.relabel();
     this.refreshBar();
@@ -554,6 +556,7 @@ class MarkCanvas {
     if (e.altKey) return false;
     if (e.key === "?") { this.toggleHelp(); return true; }
     if (e.key === "Escape" && !this.keyhelp.hidden) { this.toggleHelp(false); return true; }
+    if (e.key === "Escape" && this.data.back) return this.command("back");  // an open proposal: back to the questions
     if (e.key === "+" || e.key === "=") { this.zoomBy(1.5); return true; }
     if (e.key === "-" || e.key === "_") { this.zoomBy(1 / 1.5); return true; }
     if (e.key === "0") { this.setView(1, 0, 0); return true; }

@@ -4,7 +4,11 @@ them as a grid of thumbnails with the proposed mask outlined, accepts them all (
 unticks the ones that are wrong. Accepted proposals go into the mask file as marks with source
 "proposed"; unticked ones as rejected.
 
-Not here yet: opening one proposal to correct its mask on the canvas (accept or reject only)."""
+A proposal whose mask is nearly right is corrected rather than rejected: Edit opens it on the queue's
+canvas (review.proposal_card) with the proposed mask as must-not-use marks, one grid square per image
+pixel, so the reviewer erases and adds as on a query. The corrected marks live in the answer book and
+its draft beside the queries' answers (answers.proposal_answer_id), an edited proposal is ticked, and
+it is sent with the corrected mask; erased to nothing, it is sent as rejected."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +17,10 @@ from PIL import Image
 
 from trainer import protocol
 
+from dashboard import answers as answer_book
 from dashboard import overlay
+from dashboard.answers import Answer
+from dashboard.masks import FORBIDDEN, Geometry
 
 THUMB = 128          # pixels per thumbnail side
 COLUMNS = 6
@@ -33,10 +40,16 @@ def read(run: protocol.RunDir, epoch: int) -> tuple[list[protocol.ProposalEntry]
     return (found["entries"] if found else []), None
 
 
-def thumbnail(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry) -> Image.Image:
-    """The image enlarged to THUMB with the proposed mask's outline drawn in red."""
+def thumbnail(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry,
+              corrected: Answer | None = None) -> Image.Image:
+    """The image enlarged to THUMB with the proposed mask's outline (or, once corrected, the corrected
+    one's) drawn in red."""
     image = protocol.read_proposal_image(run, epoch, entry.proposal_id)
-    mask = protocol.read_proposal_mask(run, epoch, entry.proposal_id)
+    if corrected is None:
+        mask = protocol.read_proposal_mask(run, epoch, entry.proposal_id)
+    else:
+        mask = corrected_mask(corrected)
+        mask = np.zeros(image.shape[:2], bool) if mask is None else mask
     picture = Image.fromarray(image).resize((THUMB, THUMB), Image.NEAREST)
     edge = overlay._border(overlay._enlarge(mask, (THUMB, THUMB)), 2)
     pixels = np.asarray(picture).copy()
@@ -44,8 +57,9 @@ def thumbnail(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry) -
     return Image.fromarray(pixels)
 
 
-def section(run: protocol.RunDir, epoch: int, class_names: list[str] | None = None) -> None:
-    """The grid of proposals of ``epoch``'s queue, with accept-all / reject-all and a tick per image."""
+def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_names: list[str] | None = None) -> None:
+    """The grid of proposals of ``epoch``'s queue, with accept-all / reject-all, a tick per image and
+    an Edit button that opens it on the canvas (``book`` holds the corrected ones)."""
     entries, problem = read(run, epoch)
     if problem:
         st.warning(f"The trainer's proposals cannot be shown: {problem}. Your answers to the questions above "
@@ -65,10 +79,12 @@ def section(run: protocol.RunDir, epoch: int, class_names: list[str] | None = No
             st.button("Reject all", icon=":material/remove_done:", key=f"proposals-reject-{epoch}",
                       on_click=_set_all, args=(keys, False))
         columns = st.columns(COLUMNS)
+        open_now = editing(run, epoch)
         for i, (entry, key) in enumerate(zip(entries, keys)):
+            corrected = book.get(answer_book.proposal_answer_id(entry.proposal_id))
             with columns[i % COLUMNS]:
                 try:
-                    st.image(thumbnail(run, epoch, entry), width=THUMB)
+                    st.image(thumbnail(run, epoch, entry, corrected), width=THUMB)
                 except (OSError, ValueError) as e:
                     st.caption(f"image {entry.index} cannot be shown ({type(e).__name__}); it is sent as rejected")
                     st.session_state[key] = False
@@ -76,7 +92,15 @@ def section(run: protocol.RunDir, epoch: int, class_names: list[str] | None = No
                 label = f"#{entry.index}"
                 if class_names and 0 <= entry.true_label < len(class_names):
                     label += f" · {class_names[entry.true_label]}"
-                st.checkbox(label, key=key, help=f"score {entry.score:.2f}")
+                with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+                    st.checkbox(label, key=key, help=f"score {entry.score:.2f}")
+                    st.button("", icon=":material/edit:", key=f"proposal-edit-{epoch}-{entry.proposal_id}",
+                              help="Correct this mark on the canvas", on_click=open_editor,
+                              args=(run, epoch, entry.proposal_id),
+                              type="primary" if open_now and open_now.proposal_id == entry.proposal_id else "secondary")
+                if corrected is not None:
+                    st.caption(":material/edit: corrected" if corrected_mask(corrected) is not None
+                               else ":material/edit: erased: sent as rejected")
         accepted = sum(bool(st.session_state.get(k)) for k in keys)
         st.caption(f"**{accepted}** accepted · **{len(entries) - accepted}** rejected (sent with the answers below)")
 
@@ -86,14 +110,19 @@ def _set_all(keys: list[str], value: bool) -> None:
         st.session_state[key] = value
 
 
-def answers(run: protocol.RunDir, epoch: int) -> list[protocol.QueryFeedback]:
-    """The proposal answers for the mask file: accepted (with the proposed mask) or rejected, as ticked."""
+def answers(run: protocol.RunDir, epoch: int, book: dict[str, Answer]) -> list[protocol.QueryFeedback]:
+    """The proposal answers for the mask file: accepted (with the proposed mask, or the corrected one
+    where the reviewer edited it) or rejected, as ticked; a correction that erased everything rejects."""
     entries, problem = read(run, epoch)
     out = []
     for entry in entries if not problem else ():
         accepted = bool(st.session_state.get(decision_key(run, epoch, entry.proposal_id), True))
+        corrected = book.get(answer_book.proposal_answer_id(entry.proposal_id))
         mask = None
-        if accepted:
+        if accepted and corrected is not None:
+            mask = corrected_mask(corrected)
+            accepted = mask is not None
+        elif accepted:
             try:
                 mask = protocol.read_proposal_mask(run, epoch, entry.proposal_id)
             except (OSError, ValueError):
@@ -107,6 +136,98 @@ def answers(run: protocol.RunDir, epoch: int) -> list[protocol.QueryFeedback]:
 def forget(run: protocol.RunDir, epoch: int) -> None:
     for entry in read(run, epoch)[0]:
         st.session_state.pop(decision_key(run, epoch, entry.proposal_id), None)
+    close_editor(run, epoch)
+
+
+# --------------------------------------------------------------------------- one proposal on the canvas
+
+def editing_key(run: protocol.RunDir, epoch: int) -> str:
+    return f"proposal-editing-{run.name}-{epoch}"
+
+
+def editing(run: protocol.RunDir, epoch: int) -> protocol.ProposalEntry | None:
+    """The proposal open on the canvas instead of the queue's current image; None when none is."""
+    proposal_id = st.session_state.get(editing_key(run, epoch))
+    if proposal_id is None:
+        return None
+    return next((e for e in read(run, epoch)[0] if e.proposal_id == proposal_id), None)
+
+
+def open_editor(run: protocol.RunDir, epoch: int, proposal_id: str) -> None:
+    st.session_state[editing_key(run, epoch)] = proposal_id
+
+
+def close_editor(run: protocol.RunDir, epoch: int) -> None:
+    st.session_state.pop(editing_key(run, epoch), None)
+
+
+def proposed_ops(mask: np.ndarray) -> list[dict]:
+    """The proposed mask as the canvas's drawing operations (masks.apply_ops): the must-not-use squares
+    of a grid of one image pixel a square, so the browser shows it and it is erased and added to like
+    anything drawn."""
+    squares = [[int(r), int(c)] for r, c in zip(*np.nonzero(mask))]
+    return [{"kind": "cells", "cells": max(mask.shape), "squares": squares, "target": FORBIDDEN}] if squares else []
+
+
+def answer_for(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry, book: dict[str, Answer]) -> Answer:
+    """The proposal's marks as the canvas starts them: the reviewer's corrections, or else the proposed
+    mask at revision 0 (so the browser's first edit is newer). OSError or ValueError where the
+    proposed mask cannot be read or does not fit the image."""
+    corrected = book.get(answer_book.proposal_answer_id(entry.proposal_id))
+    if corrected is not None:
+        return corrected
+    mask = protocol.read_proposal_mask(run, epoch, entry.proposal_id)
+    if mask.shape != (entry.height, entry.width):
+        raise ValueError(f"its mask is {mask.shape[0]}x{mask.shape[1]}, the image {entry.height}x{entry.width}")
+    answer = Answer.for_query(entry)
+    answer.ops = proposed_ops(mask)
+    return answer
+
+
+def corrected_mask(answer: Answer) -> np.ndarray | None:
+    """What a corrected proposal is sent as: where the model must not look (green marks count as
+    everything outside them, as a query's do: a proposal's answer has one mask). None when nothing is
+    left, which rejects it."""
+    marks = answer.marks
+    mask = marks.forbidden | ~marks.relevant if marks.relevant.any() else marks.forbidden
+    return mask if mask.any() else None
+
+
+def mark_edited(run: protocol.RunDir, epoch: int, proposal_id: str) -> None:
+    """A proposal the reviewer corrected is one they accept (erasing everything rejects it instead)."""
+    st.session_state[decision_key(run, epoch, proposal_id)] = True
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def picture(path: str, epoch: int, proposal_id: str, stamp: tuple) -> str:
+    """The proposal's image at image size as a data URL (proposals have no saliency)."""
+    image = protocol.read_proposal_image(protocol.RunDir(path), epoch, proposal_id)
+    height, width = image.shape[:2]
+    return overlay.data_url(overlay.compose(image, Geometry(height, width, height, width)))
+
+
+def editor_header(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry) -> None:
+    with st.container(horizontal=True, vertical_alignment="center", key="proposal-editor-header"):
+        st.markdown(f"**Proposal #{entry.index}: correct the proposed mark, then go back**", width="content")
+        st.button("Back to the questions", icon=":material/arrow_back:", key=f"proposal-back-{epoch}",
+                  on_click=close_editor, args=(run, epoch), help="Or ←, → or Esc on the canvas")
+
+
+def editor_facts(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry, answer: Answer) -> None:
+    """What the proposal is and what will be sent for it."""
+    st.caption("The red marks are what the trainer proposes the model must not use on this image. Erase what "
+               "is wrong (E), add what it missed; erase everything if the image does not carry it.")
+    st.caption(f"Training image #{entry.index} · the trainer's score {entry.score:.2f} (higher: surer)")
+    mask = corrected_mask(answer)
+    if not st.session_state.get(decision_key(run, epoch, entry.proposal_id), True):
+        sent = "unticked: sent as rejected"
+    elif mask is None:
+        sent = "nothing marked: sent as rejected"
+    elif answer.revision:
+        sent = f"sent with your corrected mark ({int(mask.sum())} pixels)"
+    else:
+        sent = f"sent with the proposed mark ({int(mask.sum())} pixels), as it is"
+    st.markdown(f"This proposal is **{sent}**.")
 
 
 def mark_counts(run: protocol.RunDir) -> dict[str, int]:

@@ -155,15 +155,18 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
                 icon=":material/info:")
     book = answer_book_for(run, queue)
     view = display_settings()
-    position = pager(queue, book)
+    proposal = proposals_view.editing(run, queue.epoch)
+    position = pager(queue, book, disabled=proposal is not None)
     query = queue.queries[position]
     with st.container(border=True):
-        if query.problem:
+        if proposal is not None:
+            proposal_card(run, queue, book, proposal, view)
+        elif query.problem:
             st.error(f"Image {position + 1} cannot be shown: {query.problem}. It will be sent as skipped; "
                      "the other images are not affected.", icon=":material/broken_image:")
         else:
             query_card(run, queue, query, book, view)
-    proposals_view.section(run, queue.epoch)
+    proposals_view.section(run, queue.epoch, book)
     submit_panel(run, queue, book)
 
 
@@ -206,8 +209,9 @@ def open_image(queue: Queue, position: int) -> None:
     st.session_state[generation] = st.session_state.get(generation, 0) + 1
 
 
-def pager(queue: Queue, book: dict[str, Answer]) -> int:
-    """Which image is shown; each button tells what its image's answer will be."""
+def pager(queue: Queue, book: dict[str, Answer], disabled: bool = False) -> int:
+    """Which image is shown; each button tells what its image's answer will be. ``disabled`` while a
+    proposal is open on the canvas (its Back button returns to the image)."""
     key = page_key(queue)
     count = len(queue.queries)
 
@@ -226,12 +230,13 @@ def pager(queue: Queue, book: dict[str, Answer]) -> int:
             st.session_state[f"image-{queue.epoch}"] = st.session_state[key]
 
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(queue, -1), disabled=count < 2,
-                  key=f"previous-{queue.epoch}", help="Previous image (← or P)")
+        st.button("Previous", icon=":material/chevron_left:", on_click=step, args=(queue, -1),
+                  disabled=count < 2 or disabled, key=f"previous-{queue.epoch}", help="Previous image (← or P)")
         st.segmented_control("Image", list(range(count)), format_func=label, key=key, required=True,
-                             default=current_image(queue), on_change=picked, label_visibility="collapsed")
-        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(queue, 1), disabled=count < 2,
-                  key=f"next-{queue.epoch}", help="Next image (→ or N)")
+                             default=current_image(queue), on_change=picked, label_visibility="collapsed",
+                             disabled=disabled)
+        st.button("Next", icon=":material/chevron_right:", on_click=step, args=(queue, 1),
+                  disabled=count < 2 or disabled, key=f"next-{queue.epoch}", help="Next image (→ or N)")
     return current_image(queue)
 
 
@@ -275,20 +280,26 @@ def take_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], draw
     """Take the browser's lists of marks, each for the image it names (``{"docs": {doc: {"ops": [...],
     "revision": n}}}``), where newer than ours, and keep them in the draft. The browser sends every
     image whose marks Python has not confirmed, so a mark drawn while the page opened another image
-    lands on the image it was drawn on, and only there."""
+    lands on the image it was drawn on, and only there. A proposal's corrected marks are taken the
+    same way (and tick it)."""
     docs = drawn.get("docs") if isinstance(drawn, dict) else None
     if not isinstance(docs, dict):
         return
-    queries = {canvas_doc(run, queue, q): q for q in queue.queries if q.problem is None}
+    images = {canvas_doc(run, queue, q.query_id): (q.query_id, q) for q in queue.queries if q.problem is None}
+    proposals = {answer_book.proposal_answer_id(e.proposal_id): e for e in proposals_view.read(run, queue.epoch)[0]}
+    images.update({canvas_doc(run, queue, answer_id): (answer_id, e) for answer_id, e in proposals.items()})
     changed = False
     for doc, marks in docs.items():
-        query = queries.get(doc)
-        if query is None or not isinstance(marks, dict):
+        answer_id, image = images.get(doc, (None, None))
+        if image is None or not isinstance(marks, dict):
             continue  # another run's or epoch's image: not this queue's to take
         ops, revision = marks.get("ops"), marks.get("revision")
         if isinstance(ops, list) and isinstance(revision, int) and not isinstance(revision, bool):
-            answer = book.setdefault(query.query_id, Answer.for_query(query))
-            changed |= answer.take([op for op in ops if isinstance(op, dict)], revision)
+            answer = book.setdefault(answer_id, Answer.for_query(image))
+            if answer.take([op for op in ops if isinstance(op, dict)], revision):
+                changed = True
+                if answer_id in proposals:
+                    proposals_view.mark_edited(run, queue.epoch, proposals[answer_id].proposal_id)
     if changed:
         answer_book.save_draft(run, queue.epoch, book)
 
@@ -303,22 +314,28 @@ def on_canvas_marks(run: protocol.RunDir, queue: Queue, book: dict[str, Answer])
     take_marks(run, queue, book, st.session_state[canvas_key(queue)].marks)
 
 
-def canvas_doc(run: protocol.RunDir, queue: Queue, query: Query) -> str:
-    """Which image a canvas shows, as the browser names it back in its commands."""
-    return f"{run.path}|{queue.epoch}|{query.query_id}"
+def canvas_doc(run: protocol.RunDir, queue: Queue, answer_id: str) -> str:
+    """Which image a canvas shows, as the browser names it back in its commands: the run, the epoch
+    and the image's key in the answer book (a query's id, or answers.proposal_answer_id)."""
+    return f"{run.path}|{queue.epoch}|{answer_id}"
+
+
+def canvas_command(queue: Queue, doc: str) -> str | None:
+    """The hotkey the canvas sent for image ``doc``, once per key press; None when there is none."""
+    sent = st.session_state[canvas_key(queue)].command
+    if not isinstance(sent, dict) or sent.get("doc") != doc:
+        return None
+    if sent.get("sequence") == st.session_state.get("canvas-last-command"):
+        return None
+    st.session_state["canvas-last-command"] = sent.get("sequence")
+    return sent.get("name")
 
 
 def on_canvas_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], query: Query) -> None:
     """A hotkey that needs Python: another image, an action, or sending everything. Each key press
     is acted on once, and only for the image it was pressed on."""
     on_canvas_marks(run, queue, book)
-    sent = st.session_state[canvas_key(queue)].command
-    if not isinstance(sent, dict) or sent.get("doc") != canvas_doc(run, queue, query):
-        return
-    if sent.get("sequence") == st.session_state.get("canvas-last-command"):
-        return
-    st.session_state["canvas-last-command"] = sent.get("sequence")
-    command = sent.get("name")
+    command = canvas_command(queue, canvas_doc(run, queue, query.query_id))
     if command in ("next", "previous"):
         step(queue, 1 if command == "next" else -1)
     elif command == "skip":
@@ -353,11 +370,15 @@ def canvas_data(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str
                                   view["saliency"], view["opacity"], view["colormap"])
     suggested = (_suggestion(str(run.path), queue.epoch, query.query_id, common.queue_stamp(run, queue.epoch))
                  if view["suggest"] and query.saliency is not None else {"cells": view["cells"], "squares": []})
-    known = {canvas_doc(run, queue, q): book[q.query_id].revision for q in queue.queries if q.query_id in book}
-    return {"doc": canvas_doc(run, queue, query), "width": query.width, "height": query.height,
+    return {"doc": canvas_doc(run, queue, query.query_id), "width": query.width, "height": query.height,
             "picture": picture, "original": original, "ops": answer.ops, "revision": answer.revision,
-            "known": known, "cells": view["cells"], "suggested": suggested,
+            "known": known_revisions(run, queue, book), "cells": view["cells"], "suggested": suggested,
             "readonly": answer.action != protocol.ACTION_MASK, "unsent": any(a.touched for a in book.values())}
+
+
+def known_revisions(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) -> dict[str, int]:
+    """The revision of each image's marks Python has, by doc: the browser resends only newer ones."""
+    return {canvas_doc(run, queue, answer_id): answer.revision for answer_id, answer in book.items()}
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -387,6 +408,44 @@ def query_card(run: protocol.RunDir, queue: Queue, query: Query, book: dict[str,
     with info_column.container(key="review-facts"):
         action_choice(run, queue, book, query)
         query_facts(query)
+
+
+def proposal_card(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], entry: protocol.ProposalEntry,
+                  view: dict) -> None:
+    """One proposal on the queue's canvas, in place of the current image, its proposed mask preloaded
+    as marks to correct (proposals.py has the rest of the proposal's page)."""
+    proposals_view.editor_header(run, queue.epoch, entry)
+    try:
+        answer = proposals_view.answer_for(run, queue.epoch, entry, book)
+    except (OSError, ValueError) as e:
+        st.error(f"Proposal #{entry.index} cannot be opened ({e}); tick or untick it in the grid below.",
+                 icon=":material/broken_image:")
+        return
+    answer_id = answer_book.proposal_answer_id(entry.proposal_id)
+    doc = canvas_doc(run, queue, answer_id)
+    picture = proposals_view.picture(str(run.path), queue.epoch, entry.proposal_id,
+                                     common.queue_stamp(run, queue.epoch))
+    data = {"doc": doc, "width": entry.width, "height": entry.height, "picture": picture, "original": picture,
+            "ops": answer.ops, "revision": answer.revision, "known": known_revisions(run, queue, book),
+            "cells": view["cells"], "suggested": {"cells": view["cells"], "squares": []}, "readonly": False,
+            "unsent": any(a.touched for a in book.values()), "back": True}
+    picture_column, info_column = st.columns([2, 1], gap="medium")
+    with picture_column.container(key="review-picture"):
+        drawn = canvas.draw_marks(data, key=canvas_key(queue), on_marks=lambda: on_canvas_marks(run, queue, book),
+                                  on_command=lambda: on_proposal_command(run, queue, book, doc))
+        take_marks(run, queue, book, drawn)
+    with info_column.container(key="review-facts"):
+        proposals_view.editor_facts(run, queue.epoch, entry, book.get(answer_id, answer))
+
+
+def on_proposal_command(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], doc: str) -> None:
+    """A hotkey on an open proposal: ← → Enter or Esc go back to the questions, Ctrl+Enter sends."""
+    on_canvas_marks(run, queue, book)
+    command = canvas_command(queue, doc)
+    if command in ("next", "previous", "done", "back"):
+        proposals_view.close_editor(run, queue.epoch)
+    elif command == "submit":
+        send_answers(run, queue, book)
 
 
 def saliency_legend(colormap: str) -> str:
@@ -488,7 +547,7 @@ def send_answers(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
     if state is not None:
         take_marks(run, queue, book, state.marks)
     try:
-        proposed = proposals_view.answers(run, queue.epoch)  # a queue without proposals sends as before
+        proposed = proposals_view.answers(run, queue.epoch, book)  # a queue without proposals sends as before
         sent = (answer_book.submit(run, queue, book, proposals=proposed) if proposed
                 else answer_book.submit(run, queue, book))
     except protocol.ProtocolError as e:  # over the mask file's size limit: nothing written, marks kept
