@@ -285,6 +285,42 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     assert any("**1** drawn · **2** proposed and accepted" in c.value for c in at.caption)
 
 
+def test_a_round_with_only_proposals_shows_the_grid_and_sends_them(tmp_path, monkeypatch):
+    """Once --query-budget is spent a queue has no query: the page shows the grid (a proposal can still
+    be opened on the canvas) and sends the proposals' answers."""
+    from streamlit.testing.v1 import AppTest
+    from test_dashboard import APP, OPTIONS, make_run, rect
+
+    from dashboard import launcher
+    from dashboard.views import canvas
+
+    monkeypatch.setenv("HITL_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(launcher, "trainer_options", lambda: OPTIONS)
+    monkeypatch.setattr(canvas, "draw_marks", lambda data, key, on_marks, on_command:
+                        {"docs": {data["doc"]: {"ops": [rect(20, 20, 28, 28)], "revision": 1}}})
+    run = make_run(tmp_path, "waiting", protocol.WAITING, epochs_done=2, waiting_epoch=2)
+    masks, _ = write_three_proposals(run, 2, first_index=200, label=lambda i: i % 2)
+    protocol.write_manifest(run, 2, {"class_names": ["a", "b"], "queries": []})
+    manifest = protocol.read_manifest(run, 2)
+    assert protocol.pending_epoch(run) == 2
+
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert any("nothing to draw" in m.value for m in at.markdown)
+    assert any("found 3 more images" in m.value for m in at.markdown)
+    at.button(key="proposal-edit-2-p002").click().run()  # opened on the canvas, where a mark is added
+    assert not at.exception, at.exception
+    at.button(key="submit-2").click().run()
+    assert not at.exception, at.exception
+    sent = protocol.load_feedback(run, 2, manifest)
+    assert [(a.query_id, a.action, a.source) for a in sent] == [(f"p00{i}", "mask", "proposed") for i in range(3)]
+    assert np.array_equal(sent[0].forbidden, masks[0])
+    # the canvas (here its stand-in) sends its whole list of marks: the corrected mask is what it drew
+    assert sent[2].forbidden[20:28, 20:28].all() and not np.array_equal(sent[2].forbidden, masks[2])
+    assert protocol.pending_epoch(run) is None
+
+
 def test_rejected_proposals_are_remembered(tmp_path):
     from trainer.proposals import rejected_before
 

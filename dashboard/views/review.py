@@ -135,12 +135,30 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
                  "answers to them: stop the run and start a new one.", icon=":material/error:")
         return
     when = f"Epoch {queue.epoch}" if queue.epoch else "Before training"
-    if not queue.queries:  # --query-budget spent: this round only brings proposals to confirm
+    if queue.queries:
+        queue_header(when, queue)
+    else:  # --query-budget spent: this round only brings proposals to confirm
         st.markdown(f"**{when}: nothing to draw.** The run's budget of images to ask about is spent; "
-                    "confirm the trainer's proposals and send.")
-        proposals_view.section(run, queue.epoch)
-        submit_panel(run, queue, {})
-        return
+                    "confirm the trainer's proposals below and send.")
+    book = answer_book_for(run, queue)
+    view = display_settings()
+    proposal = proposals_view.editing(run, queue.epoch)
+    query = queue.queries[pager(queue, book, disabled=proposal is not None)] if queue.queries else None
+    if proposal is not None:
+        with st.container(border=True):
+            proposal_card(run, queue, book, proposal, view)
+    elif query is not None:
+        with st.container(border=True):
+            if query.problem:
+                st.error(f"Image {queue.queries.index(query) + 1} cannot be shown: {query.problem}. It will be "
+                         "sent as skipped; the other images are not affected.", icon=":material/broken_image:")
+            else:
+                query_card(run, queue, query, book, view)
+    proposals_view.section(run, queue.epoch, book)
+    submit_panel(run, queue, book)
+
+
+def queue_header(when: str, queue: Queue) -> None:
     with st.container(horizontal=True, vertical_alignment="center", gap="small"):
         st.markdown(f"**{when}: the model asks about {len(queue.queries)} images**", width="content")
         with st.popover("How to answer", icon=":material/help:"):
@@ -153,21 +171,6 @@ def review_queue(run: protocol.RunDir, queue: Queue) -> None:
         st.info("The model has not trained yet, so its saliency says little. Mark what no model should rely on "
                 "(a ruler, a sticker, a text label): marks given now keep it from learning that shortcut at all.",
                 icon=":material/info:")
-    book = answer_book_for(run, queue)
-    view = display_settings()
-    proposal = proposals_view.editing(run, queue.epoch)
-    position = pager(queue, book, disabled=proposal is not None)
-    query = queue.queries[position]
-    with st.container(border=True):
-        if proposal is not None:
-            proposal_card(run, queue, book, proposal, view)
-        elif query.problem:
-            st.error(f"Image {position + 1} cannot be shown: {query.problem}. It will be sent as skipped; "
-                     "the other images are not affected.", icon=":material/broken_image:")
-        else:
-            query_card(run, queue, query, book, view)
-    proposals_view.section(run, queue.epoch, book)
-    submit_panel(run, queue, book)
 
 
 def display_settings() -> dict:
@@ -534,9 +537,10 @@ def submit_panel(run: protocol.RunDir, queue: Queue, book: dict[str, Answer]) ->
         st.button(f"Send answers for epoch {queue.epoch}", type="primary", icon=":material/send:",
                   key=f"submit-{queue.epoch}", on_click=send_answers, args=(run, queue, book),
                   help="Ctrl+Enter. Answers cannot be changed once sent.")
-        st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
-                    f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
-                    f"(sent as skipped)")
+        if queue.queries:
+            st.markdown(f"**{n[protocol.ACTION_MASK]}** marked · **{n[protocol.ACTION_SKIP]}** skipped · "
+                        f"**{n[protocol.ACTION_WRONG_LABEL]}** with a wrong label · **{n['untouched']}** not marked "
+                        f"(sent as skipped)")
     st.caption("Images whose label you flag as wrong are left out of training from now on. Answers cannot be "
                "changed once sent.")
 
