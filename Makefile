@@ -9,7 +9,7 @@ ARGS   ?=
 NPROC  ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback bench-review clean
 
 ## help: list the targets
 help:
@@ -69,6 +69,10 @@ bench-penalties:
 ## bench-feedback: penalty, counterexamples and both compared, 3 seeds, two data sets (JOBS=2 runs at a time; about 2 hours on 2 cores), into <device>-feedback.json
 bench-feedback:
 	$(PY) -m bench --only feedback --jobs $(or $(JOBS),2) $(ARGS)
+
+## bench-review: what a minute of review buys: a scripted reviewer in chromium, then plain and reviewed runs, 3 seeds, two sticker placements (about 30 min), into <device>-review.json
+bench-review:
+	$(PY) -m bench --only review --jobs $(or $(JOBS),2) $(ARGS)
 
 ## clean: remove generated data, runs and caches (keeps .venv)
 clean:

@@ -2,8 +2,9 @@
 write ``bench/results/<name>.json`` (``cpu``, ``cpu-quick``, ``cuda``, …; one file per machine and
 preset). With ``--only``, the other sections of an existing file are kept. The ``penalties`` section
 (what each penalty variant teaches), the ``feedback`` section (what each --feedback method teaches,
-issue 15's targets), ``distributed`` and ``loading`` (a small-image csv set read by default, with
---workers 0 and with --workers 2) run only when asked for: each would double the default run's
+issue 15's targets), ``distributed``, ``loading`` (a small-image csv set read by default, with
+--workers 0 and with --workers 2) and ``review`` (what a minute of review buys: a scripted reviewer in
+chromium, then the runs it prices; bench/review.py) run only when asked for: each would double the default run's
 time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial). ``--match
 TEXT`` reruns only the learning or feedback runs whose title contains TEXT, keeping the file's other
 rows (each row says which git version measured it)."""
@@ -25,16 +26,16 @@ import torch
 from trainer.protocol.atomic import atomic_write_text
 from trainer.distributed import pick_device
 
-from . import cost, distributed, latency, learning, loading
+from . import cost, distributed, latency, learning, loading, review
 from .machine import machine_info
 from .plans import Plan, make_plan
 from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed", "loading")
+SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed", "loading", "review")
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
-TRAINING_SECTIONS = ("learning", "penalties", "feedback")  # whole training runs: --jobs applies
-OWN_FILE_SECTIONS = ("feedback",)  # measured on a schedule of their own: <device>-feedback.json by default
+TRAINING_SECTIONS = ("learning", "penalties", "feedback", "review")  # whole training runs: --jobs applies
+OWN_FILE_SECTIONS = ("feedback", "review")  # measured on a schedule of their own: <device>-<section>.json by default
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
@@ -52,6 +53,7 @@ NOTES = {
                    "batch 64, in one process and through torchrun; on CPU the processes share the cores",
     "loading": "a csv set of 28 px PNGs, hitl_cnn, batch 64, no annotator, one seed: Trainer built (start), mean "
                "epoch seconds (training and validation), whole run; settings interleaved, medians of the rounds",
+    "review": review.HOW,
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
                "to feedback applied / next epoch started",
 }
@@ -88,6 +90,9 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
         return {"distributed": distributed.run_distributed(device, runs_dir, log)}
     if section == "loading":
         return {"loading": loading.run_loading(plan, device, runs_dir, log)}
+    if section == "review":
+        return {"review": review.run_review(plan.review_seeds, plan.review_stickers, plan.review_epochs,
+                                            plan.review_budget, plan.review_proposals, runs_dir, log, jobs)}
     return {"latency": latency.run_query_latency(plan, device, runs_dir, log)
             + latency.run_resume_latency(plan, device, runs_dir, log)}
 

@@ -102,6 +102,13 @@ class Plan:
     loading_images: int = 800
     loading_epochs: int = 4
     loading_repeats: int = 2
+    # review (not in the default run): the browser measurement on the first seed, then plain and reviewed
+    # synthetic-lesions runs per sticker placement and seed (bench/review.py)
+    review_seeds: tuple[int, ...] = (0, 1, 2)
+    review_stickers: tuple[str, ...] = ("corners", "anywhere")
+    review_epochs: int = 6
+    review_budget: int = 10      # --query-budget: images drawn on, at most
+    review_proposals: int = 50   # --proposals per round
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,6 +132,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             penalty_setting=digits, penalty_methods=("hitl",), penalty_variants=PENALTY_VARIANTS,
             feedback_settings=(digits,), feedback_runs=("plain", "hitl", "hitl_loose", "all_masks"),
             loading_images=300, loading_epochs=2, loading_repeats=1,
+            review_seeds=(0,), review_stickers=("corners",), review_epochs=3, review_proposals=10,
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.

@@ -330,6 +330,43 @@ def loading_targets(rows: list[dict]) -> list[str]:
             f"- the same metrics with every setting: {'holds' if same else 'FAILS'}"]
 
 
+REVIEW_POINTS, REVIEW_DRAWN, REVIEW_SECONDS = 15.0, 10, 180.0  # issue 27: +15 points, <= 10 drawn, <= 3 min
+
+
+def render_review(results: dict) -> list[str]:
+    review = results.get("review")
+    if not review:
+        return []
+    b = review["browser"]
+    rounds = ", ".join(f"{r['queries']} drawn + {r['proposals']} proposed: {r['seconds']:.1f} s" for r in b["rounds"])
+    out = ["#### What a minute of review buys", "", results.get("notes", {}).get("review", "") + ".", "",
+           f"In the browser (seed {b['seed']}, {b['epochs']} epochs, --query-budget {b['budget']}, --proposals "
+           f"{b['proposals']}): per drawn image {b['draw_seconds']} s, Accept all {b['accept_seconds']} s, Send "
+           f"{b['send_seconds']} s (medians); rounds {rounds}; {b['review_seconds']} s of review in all, "
+           f"{b['drawn']} drawn (mean IoU with the sticker {b.get('drawn_iou')}), {b['accepted']} accepted; the run "
+           f"ended {b['state']} at {100 * (b['test_acc'] or 0):.1f}% decorrelated test accuracy.", ""]
+    body = [[r["sticker"], r["seed"], r["drawn"], f"{r['accepted']} of {r['shown']}", r["rounds"],
+             f"{r['page_seconds']:.0f}", f"**{r['review_seconds']:.0f}**", f"{100 * r['plain_acc']:.1f}",
+             f"{100 * r['test_acc']:.1f}", f"**{r['points']:+.1f}**", r["points_per_minute"]]
+            for r in review["priced"]]
+    out += _table(["sticker", "seed", "drawn", "proposals accepted", "rounds", "page s", "review s", "plain %",
+                   "reviewed %", "points", "points / min"], body) + [""]
+    return out
+
+
+def review_targets(review: dict | None) -> list[str]:
+    """Issue 27: on synthetic-lesions (corners) every seed +15 points over plain with <= 10 drawn marks and
+    <= 3 minutes of review."""
+    rows = [r for r in (review or {}).get("priced", []) if r["sticker"] == "corners"]
+    if not rows:
+        return []
+    ok = all(r["points"] >= REVIEW_POINTS and r["drawn"] <= REVIEW_DRAWN and r["review_seconds"] <= REVIEW_SECONDS
+             for r in rows)
+    points = ", ".join(f"{r['points']:+.1f}" for r in rows)
+    return [f"- review, synthetic-lesions: +{REVIEW_POINTS:.0f} points over plain with ≤ {REVIEW_DRAWN} drawn marks and "
+            f"≤ {REVIEW_SECONDS / 60:.0f} minutes of review on every seed ({points}): {'holds' if ok else 'FAILS'}"]
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -365,13 +402,14 @@ def render_file(path: Path, results: dict) -> str:
            + (f"; training runs at a time {results['jobs']} (their seconds are shared-core times)"
               if any(n > 1 for n in results.get("jobs", {}).values()) else "") + ".", ""]
     for render in (render_learning, render_efficiency, render_feedback, render_cost, render_cosine, render_penalties,
-                   render_latency, render_distributed, render_loading):
+                   render_latency, render_distributed, render_loading, render_review):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
     targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
                + learning_targets(results.get("learning") or []) + learning_targets(results.get("feedback") or [])
-               + penalty_targets(results.get("penalties") or []) + loading_targets(results.get("loading") or []))
+               + penalty_targets(results.get("penalties") or []) + loading_targets(results.get("loading") or [])
+               + review_targets(results.get("review")))
     if targets:
         out += ["#### Targets", ""] + targets + [""]
     return "\n".join(out)
