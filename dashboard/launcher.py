@@ -67,6 +67,7 @@ class RunRequest:
     data_dir: str = ""
     feedback_method: str = "auto"       # how marks teach (--feedback)
     proposals: int = 0                  # images proposed per round as carrying a marked artefact (--proposals)
+    query_budget: int = 0               # images asked about over the whole run, 0: no limit (--query-budget)
     processes: int = 1                  # > 1: torchrun with this many processes (DDP, docs/distributed.md)
     extra_args: list[str] = field(default_factory=list)
 
@@ -81,6 +82,8 @@ class RunRequest:
             args += ["--data-dir", self.data_dir.strip()]
         if self.proposals:
             args += ["--proposals", str(self.proposals)]
+        if self.query_budget:
+            args += ["--query-budget", str(self.query_budget)]
         return args + list(self.extra_args)
 
 

@@ -550,8 +550,10 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     feedback = next(s for s in at.selectbox if s.label == "How your marks teach")
     assert feedback.value == "auto"
     feedback.set_value("counterexamples")
+    next(n for n in at.number_input if n.label == "Images to ask about in all").set_value(10)
     at.button(key="FormSubmitter:new-run-Start training").click().run()
     (root, request), = started
+    assert request.query_budget == 10 and request.trainer_args(tmp_path)[-2:] == ["--query-budget", "10"]
     assert root == tmp_path and request.title == "my-run"
     assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
     assert request.feedback_method == "counterexamples"

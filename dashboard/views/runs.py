@@ -213,6 +213,10 @@ def new_run_form() -> None:
                     help="Once three images carry a small mark, the trainer looks for the same artefact on the "
                          "other training images and proposes them with a mask, for you to confirm in bulk on the "
                          "Review page. 0 proposes none.")
+                budget = st.number_input(
+                    "Images to ask about in all", 0, 100000, 0,
+                    help="Once this many images were asked about, rounds bring only proposals to confirm: "
+                         "mark ten, confirm the rest (docs/learning.md). 0: no limit.")
                 weight = st.number_input(
                     "Penalty weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
                     help="How strongly the penalty pushes the model away from the regions you mark; not used "
@@ -230,7 +234,7 @@ def new_run_form() -> None:
                 model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
                 queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
                 saliency=saliency, annotator=annotator, feedback_method=feedback_method,
-                proposals=int(proposals), processes=int(processes)), extra)
+                proposals=int(proposals), query_budget=int(budget), processes=int(processes)), extra)
 
 
 def start_from_form(request: launcher.RunRequest, extra: str) -> None:
