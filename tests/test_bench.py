@@ -175,3 +175,26 @@ def test_report_renders_the_loading_rows_and_checks_the_default_against_the_fast
     assert report.loading_targets(rows)[0].endswith("(10.0 s against 9.5 s): holds")
     rows[0]["run_s"] = 11.0
     assert report.loading_targets(rows)[0].endswith("FAILS")
+
+
+def test_review_rows_are_priced_by_the_browser_times_and_checked_against_the_target():
+    from bench import review
+
+    browser = {"seed": 0, "epochs": 6, "budget": 10, "proposals": 50, "rounds": [], "draw_seconds": 0.5,
+               "accept_seconds": 0.2, "send_seconds": 1.0, "review_seconds": 12.0, "drawn": 10, "accepted": 90,
+               "drawn_iou": 1.0, "test_acc": 0.8, "state": "finished"}
+    common = {"epochs": 6, "budget": 10, "proposals": 50, "test_consistent_acc": 1.0, "reliance_flip_rate": 0.1,
+              "seconds": 1.0}
+    rows = [{**common, "sticker": "corners", "seed": 0, "method": "plain", "drawn": 0, "accepted": 0, "shown": 0,
+             "rounds": 0, "rounds_with_proposals": 0, "test_acc": 0.5},
+            {**common, "sticker": "corners", "seed": 0, "method": "reviewed", "drawn": 10, "accepted": 90, "shown": 100,
+             "rounds": 6, "rounds_with_proposals": 5, "test_acc": 0.8}]
+    (row,) = review.priced(rows, browser)
+    # 10 drawn × 0.5 + 5 grids × 0.2 + 6 sends × 1.0 = 12 s on the page; + 100 proposals × the glance
+    assert row["page_seconds"] == 12.0 and row["review_seconds"] == round(12.0 + 100 * review.GLANCE_SECONDS, 1)
+    assert row["points"] == 30.0 and row["points_per_minute"] == round(30.0 / (row["review_seconds"] / 60), 1)
+    results = {"review": {"browser": browser, "runs": rows, "priced": [row]}, "notes": {"review": review.HOW}}
+    assert any("| corners | 0 | 10 | 90 of 100 |" in line for line in report.render_review(results))
+    assert report.review_targets(results["review"])[0].endswith("(+30.0): holds")
+    row["drawn"] = 11
+    assert report.review_targets(results["review"])[0].endswith("FAILS")
