@@ -264,9 +264,11 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     assert not any("cannot be shown" in c.value for c in at.caption)
     from dashboard.views import proposals as proposals_view
     picture = np.asarray(proposals_view.thumbnail(run, 1, entries[1]))
-    red = np.all(picture == proposals_view.OUTLINE, axis=-1)
+    edge = np.all(picture == proposals_view.OUTLINE_EDGE, axis=-1)
+    inside = np.all(picture == proposals_view.OUTLINE_INSIDE, axis=-1)
     scale = proposals_view.THUMB // H  # the outline follows the mask's edge: rows 4..11 of 32, enlarged
-    assert red.any() and np.argwhere(red).min(0).tolist() == [4 * scale, 4 * scale]
+    assert edge.any() and np.argwhere(edge).min(0).tolist() == [4 * scale, 4 * scale]
+    assert inside.any() and np.argwhere(inside).min(0).tolist() == [4 * scale + 1, 4 * scale + 1]
     at.button(key="proposals-reject-1").click().run()
     assert [c.value for c in at.checkbox if c.key.startswith("proposal-")] == [False] * 3
     at.button(key="proposals-accept-1").click().run()

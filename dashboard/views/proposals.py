@@ -24,7 +24,9 @@ from dashboard.masks import FORBIDDEN, Geometry
 
 THUMB = 128          # pixels per thumbnail side
 COLUMNS = 6
-OUTLINE = (255, 40, 40)
+# the proposed mark's outline: a black line round it and a white one inside, which shows on any colour
+# (a red line vanished round a red sticker)
+OUTLINE_EDGE, OUTLINE_INSIDE = (0, 0, 0), (255, 255, 255)
 
 
 def decision_key(run: protocol.RunDir, epoch: int, proposal_id: str) -> str:
@@ -43,7 +45,7 @@ def read(run: protocol.RunDir, epoch: int) -> tuple[list[protocol.ProposalEntry]
 def thumbnail(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry,
               corrected: Answer | None = None) -> Image.Image:
     """The image enlarged to THUMB with the proposed mask's outline (or, once corrected, the corrected
-    one's) drawn in red."""
+    one's) drawn in black and white."""
     image = protocol.read_proposal_image(run, epoch, entry.proposal_id)
     if corrected is None:
         mask = protocol.read_proposal_mask(run, epoch, entry.proposal_id)
@@ -51,9 +53,10 @@ def thumbnail(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry,
         mask = corrected_mask(corrected)
         mask = np.zeros(image.shape[:2], bool) if mask is None else mask
     picture = Image.fromarray(image).resize((THUMB, THUMB), Image.NEAREST)
-    edge = overlay._border(overlay._enlarge(mask, (THUMB, THUMB)), 2)
+    big = overlay._enlarge(mask, (THUMB, THUMB))
     pixels = np.asarray(picture).copy()
-    pixels[edge] = OUTLINE
+    pixels[overlay._border(big, 3)] = OUTLINE_INSIDE
+    pixels[overlay._border(big, 1)] = OUTLINE_EDGE
     return Image.fromarray(pixels)
 
 
@@ -72,7 +75,7 @@ def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_nam
         st.session_state.setdefault(key, True)
     with st.container(border=True, key="proposals"):
         st.markdown(f"**The trainer found {len(entries)} more images that seem to carry what you marked.** "
-                    "Each has its proposed mark outlined in red; ticked ones are sent as marks. Untick the wrong ones.")
+                    "Each has its proposed mark outlined in black and white; ticked ones are sent as marks. Untick the wrong ones.")
         with st.container(horizontal=True):
             st.button("Accept all", icon=":material/done_all:", key=f"proposals-accept-{epoch}",
                       on_click=_set_all, args=(keys, True))
