@@ -96,11 +96,11 @@ def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_nam
                 if class_names and 0 <= entry.true_label < len(class_names):
                     label += f" · {class_names[entry.true_label]}"
                 with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-                    st.checkbox(label, key=key, help=f"score {entry.score:.2f}")
+                    st.checkbox(label, key=key, width="content")
                     st.button("", icon=":material/edit:", key=f"proposal-edit-{epoch}-{entry.proposal_id}",
-                              help="Correct this mark on the canvas", on_click=open_editor,
-                              args=(run, epoch, entry.proposal_id),
-                              type="primary" if open_now and open_now.proposal_id == entry.proposal_id else "secondary")
+                              help=f"Correct this mark on the canvas (the trainer's score {entry.score:.2f})",
+                              on_click=open_editor, args=(run, epoch, entry.proposal_id),
+                              type="primary" if open_now and open_now.proposal_id == entry.proposal_id else "tertiary")
                 if corrected is not None:
                     st.caption(":material/edit: corrected" if corrected_mask(corrected) is not None
                                else ":material/edit: erased: sent as rejected")
