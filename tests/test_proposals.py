@@ -285,6 +285,9 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     at.switch_page("views/runs.py").run()
     assert not at.exception, at.exception
     assert any("**1** drawn · **2** proposed and accepted" in c.value for c in at.caption)
+    at.switch_page("views/metrics.py").run()
+    assert not at.exception, at.exception
+    assert any("**1** drawn · **2** proposed and accepted" in c.value for c in at.caption)
 
 
 def test_a_round_with_only_proposals_shows_the_grid_and_sends_them(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from trainer import protocol
 
 from dashboard import run_reader
 from dashboard.views import common
+from dashboard.views import proposals as proposals_view
 
 LIVE = (run_reader.STARTING, protocol.TRAINING, protocol.WAITING)
 CHARTS = [
@@ -37,6 +38,9 @@ def render() -> None:
 
 
 def charts(names: list[str]) -> None:
+    marks_line = proposals_view.counts_line(common.run_dir(names[0]))
+    if marks_line:
+        st.caption(f"{names[0]}: {marks_line}")
     frame = common.metrics(names)
     if frame.empty:
         st.info("No finished epoch yet: the curves appear when the first epoch ends.", icon=":material/hourglass_top:")
