@@ -42,13 +42,19 @@ GLANCE_SECONDS = 0.25  # assumed per proposal thumbnail a person looks at before
 STICKERS = {"corners": {}, "anywhere": {"sticker": "anywhere"}}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait(condition, timeout: float, what: str, poll: float = 0.02):
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
+    """``condition()``'s first true value, asked every ``poll`` seconds; TimeoutError after ``timeout``."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         value = condition()
@@ -81,7 +87,7 @@ def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: 
         proposals=proposals, extra_args=["--query-budget", str(budget), "--seed", str(seed), "--device", "cpu",
                                          "--track-images", "0"]))
     truth = build_dataset("synthetic-lesions", DataRequest(None, 64, seed)).train.masks.numpy()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(serve.streamlit_command("127.0.0.1", port, runs_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     rounds, draws, accepts, sends = [], [], [], []
@@ -89,11 +95,11 @@ def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            _wait(lambda: _listening(port), 60, "the dashboard")
+            wait_for(lambda: listening(port), 60, "the dashboard")
             page.goto(f"http://127.0.0.1:{port}/review?run={title}")
             done = set()
             while True:
-                (epoch,) = _wait(lambda: _next_round(run, done), 900, "the next round or the end", poll=0.1)
+                (epoch,) = wait_for(lambda: _next_round(run, done), 900, "the next round or the end", poll=0.1)
                 if epoch is None:  # the run finished
                     break
                 manifest = protocol.read_manifest(run, epoch)
@@ -125,7 +131,7 @@ def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: 
                     button = page.get_by_role("button", name="Accept all")
                     button.scroll_into_view_if_needed()
                     button.click()
-                    _wait(lambda: page.get_by_text(f"{offered} accepted").count(), 60, "the grid ticked")
+                    wait_for(lambda: page.get_by_text(f"{offered} accepted").count(), 60, "the grid ticked", poll=0.02)
                     accepts.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 send = page.get_by_role("button", name=f"Send answers for epoch {epoch}")
@@ -162,11 +168,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _next_round(run: protocol.RunDir, done: set) -> tuple[int | None] | None:

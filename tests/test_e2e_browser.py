@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,32 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.review import CANVAS, CHROMIUM, CHROMIUM_ARGS, free_port, listening, wait_for
 from dashboard import answers, launcher, serve
 from trainer import protocol
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SIDE = 32  # decoy-digits images are 32×32
-CANVAS = "canvas[aria-label]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def snapshot(page, name: str) -> None:
@@ -160,7 +141,7 @@ def test_review_keeps_every_mark_and_the_trainer_uses_them(tmp_path, chromium):
         page.on("pageerror", lambda e: console_errors.append(f"{page.url}: {e}"))
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.type), d.accept()))
-        wait_for(lambda: _reachable(port), 60, "the dashboard to listen")
+        wait_for(lambda: listening(port), 60, "the dashboard to listen")
         # opened before the first queue exists: the page's watcher shows it when it arrives
         page.goto(f"{base}/review?run=e2e")
         page.locator(CANVAS).first.wait_for(timeout=120_000)
@@ -471,8 +452,3 @@ def print_first_render(chromium, url: str) -> None:
           f"(Streamlit's own page frame after {app_shown:.2f} s; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores)")
     fresh.close()
-
-
-def _reachable(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
