@@ -9,7 +9,7 @@ ARGS   ?=
 NPROC  ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback bench-review clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback bench-review bench-shapes clean
 
 ## help: list the targets
 help:
@@ -73,6 +73,10 @@ bench-feedback:
 ## bench-review: what a minute of review buys: a scripted reviewer in chromium, then plain and reviewed runs, 3 seeds, two sticker placements (about 30 min), into <device>-review.json
 bench-review:
 	$(PY) -m bench --only review --jobs $(or $(JOBS),2) $(ARGS)
+
+## bench-shapes: plain and hitl on other shapes of shortcut (sticker anywhere, ruler, text, two artefacts, text on 80%), 3 seeds (about 30 min), into <device>-shapes.json
+bench-shapes:
+	$(PY) -m bench --only shapes --jobs $(or $(JOBS),2) $(ARGS)
 
 ## clean: remove generated data, runs and caches (keeps .venv)
 clean:

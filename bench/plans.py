@@ -109,6 +109,10 @@ class Plan:
     review_epochs: int = 6
     review_budget: int = 10      # --query-budget: images drawn on, at most
     review_proposals: int = 50   # --proposals per round
+    # shapes (not in the default run): plain and hitl on synthetic-lesions variants (bench/shapes.py)
+    shapes_seeds: tuple[int, ...] = (0, 1, 2)
+    shapes_variants: tuple[str, ...] = ("anywhere", "ruler", "text", "sticker+ruler", "text on 80%")
+    shapes_epochs: int = 6
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,6 +137,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             feedback_settings=(digits,), feedback_runs=("plain", "hitl", "hitl_loose", "all_masks"),
             loading_images=300, loading_epochs=2, loading_repeats=1,
             review_seeds=(0,), review_stickers=("corners",), review_epochs=3, review_proposals=10,
+            shapes_seeds=(0,), shapes_variants=("ruler",), shapes_epochs=2,
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.

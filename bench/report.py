@@ -367,6 +367,30 @@ def review_targets(review: dict | None) -> list[str]:
             f"≤ {REVIEW_SECONDS / 60:.0f} minutes of review on every seed ({points}): {'holds' if ok else 'FAILS'}"]
 
 
+def render_shapes(results: dict) -> list[str]:
+    rows = results.get("shapes") or []
+    if not rows:
+        return []
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["variant"]][(r["method"], r["seed"])] = r
+    body = []
+    for variant, runs in by.items():
+        seeds = sorted({seed for _, seed in runs})
+        acc = {m: [runs[(m, s)]["test_acc"] for s in seeds if (m, s) in runs] for m in ("plain", "hitl")}
+        points = [100 * (runs[("hitl", s)]["test_acc"] - runs[("plain", s)]["test_acc"]) for s in seeds
+                  if ("hitl", s) in runs and ("plain", s) in runs]
+        flips = {m: [runs[(m, s)].get("reliance_flip_rate") for s in seeds if (m, s) in runs] for m in ("plain", "hitl")}
+        annotated = [runs[("hitl", s)]["n_annotated"] for s in seeds if ("hitl", s) in runs]
+        body.append([variant, len(seeds), " / ".join(f"{100 * a:.1f}" for a in acc["plain"]),
+                     " / ".join(f"{100 * a:.1f}" for a in acc["hitl"]),
+                     " / ".join(f"**{p:+.1f}**" for p in points), " / ".join(str(a) for a in annotated),
+                     _pm(flips["hitl"], 100)])
+    return ["#### Other shapes of shortcut", "", results.get("notes", {}).get("shapes", "") + f"; {rows[0]['epochs']} "
+            "epochs; reliance = % of answers that swapping the marked artefacts changes (hitl's marks).", ""] + \
+        _table(["variant", "seeds", "plain %", "hitl %", "points", "annotated", "hitl reliance %"], body) + [""]
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -402,7 +426,7 @@ def render_file(path: Path, results: dict) -> str:
            + (f"; training runs at a time {results['jobs']} (their seconds are shared-core times)"
               if any(n > 1 for n in results.get("jobs", {}).values()) else "") + ".", ""]
     for render in (render_learning, render_efficiency, render_feedback, render_cost, render_cosine, render_penalties,
-                   render_latency, render_distributed, render_loading, render_review):
+                   render_latency, render_distributed, render_loading, render_review, render_shapes):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")

@@ -198,3 +198,12 @@ def test_review_rows_are_priced_by_the_browser_times_and_checked_against_the_tar
     assert report.review_targets(results["review"])[0].endswith("(+30.0): holds")
     row["drawn"] = 11
     assert report.review_targets(results["review"])[0].endswith("FAILS")
+
+
+def test_shapes_rows_render_plain_against_hitl_per_variant():
+    rows = [{"variant": "ruler", "seed": s, "method": m, "epochs": 6, "test_acc": acc, "n_annotated": n,
+             "reliance_flip_rate": flip}
+            for s, m, acc, n, flip in ((0, "plain", 0.5, 0, None), (0, "hitl", 0.8, 60, 0.1),
+                                       (1, "plain", 0.48, 0, None), (1, "hitl", 0.7, 58, 0.2))]
+    lines = report.render_shapes({"shapes": rows})
+    assert "| ruler | 2 | 50.0 / 48.0 | 80.0 / 70.0 | **+30.0** / **+22.0** | 60 / 58 | 15.0 ± 7.1 |" in lines

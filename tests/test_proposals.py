@@ -73,6 +73,31 @@ def test_synthetic_lesions_options_leave_the_default_set_alone():
         build_dataset("synthetic-lesions", DataRequest(None, 64, 0, options={"sticker": "middle"}))
 
 
+@pytest.mark.parametrize("options", [{"artefact": "ruler"}, {"artefact": "text"},
+                                     {"second_artefact": "ruler"}, {"artefact": "text", "sticker_share": 0.8}])
+def test_other_shapes_of_shortcut_carry_the_label_and_their_masks_cover_them(options):
+    """Issue 25: a thin ruler, a text-like label, two artefacts, an artefact on 80% of the images: the
+    lesions are the default set's; what differs from it lies inside the ground-truth masks (and the
+    default's sticker, where the sticker was replaced); train and validation carry the label's colour."""
+    from trainer.data import build_dataset
+    from trainer.data.base import DataRequest
+
+    base = {"n_images": 160}
+    default = build_dataset("synthetic-lesions", DataRequest(None, 64, 0, options=base))
+    other = build_dataset("synthetic-lesions", DataRequest(None, 64, 0, options={**base, **options}))
+    assert torch.equal(default.train.labels, other.train.labels)
+    changed = (default.train.images != other.train.images).any(1)
+    allowed = other.train.masks | default.train.masks
+    assert changed.any() and not (changed & ~allowed).any()
+    carries = other.train.masks.flatten(1).any(1)
+    share = options.get("sticker_share", 1.0)
+    assert carries.float().mean() == pytest.approx(share, abs=0.1)
+    assert (other.train.masks.flatten(1).float().mean(1)[carries] < 0.15).all()  # thin, small: an artefact's
+    # the consistent test copy differs from the decorrelated one only inside the masks
+    moved = (other.test.images != other.test_consistent.images).any(1)
+    assert not (moved & ~other.test.masks).any()
+
+
 # --------------------------------------------------------------------------- run directory and mask file
 
 def write_three_proposals(run: protocol.RunDir, epoch: int, first_index: int, label) -> tuple[list, list]:

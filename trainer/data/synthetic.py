@@ -8,10 +8,14 @@ image is the patch: exactly what a person would mark as "must not rely on".
 With the data-set option ``confounded: false`` the patch colour is random in train and validation
 too: the unconfounded reference a benchmark compares against.
 
-synthetic-lesions has two more options, for measuring how marks are carried to other images
-(trainer/proposals.py): ``sticker: anywhere`` puts the patch at a random place (not only a corner), and
-``sticker_share: p`` keeps it on a random share p of the images only (the rest have none, and an empty
-ground-truth mask). Both leave the default set (and its cache) exactly as it was.
+synthetic-lesions has more options, so that nothing is fitted to one shape of shortcut:
+``sticker: anywhere`` puts the patch at a random place (not only a corner); ``sticker_share: p`` keeps
+the artefact on a random share p of the images only (the rest have none, and an empty ground-truth
+mask); ``artefact: ruler`` replaces the sticker with a thin ruler along a random edge (a bar with
+ticks), ``artefact: text`` with a text-like label in a random corner (3 to 5 random glyphs; its strokes
+are painted, its box is the ground-truth mask, as a person would mark it); ``second_artefact: KIND``
+adds a second artefact of another kind in colours of its own (magenta and cyan by class), the
+ground-truth mask covering both. All leave the default set (and its cache) exactly as it was.
 
 Generated once per setting under ``datasets/<name>/`` and cached; deterministic by seed.
 """
@@ -59,6 +63,46 @@ def _anywhere_patch(n: int, size: int, patch: int, g: torch.Generator) -> torch.
     return rows[:, :, None] & cols[:, None, :]
 
 
+def _ruler(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Bool masks (n×size×size) of a thin ruler along a random edge, 1 px from it: a bar max(2, size/32)
+    px thick over 60-90% of the side, with ticks twice as long every size/10 px."""
+    thick, every = max(2, size // 32), max(4, size // 10)
+    edge = torch.randint(0, 4, (n,), generator=g)
+    length = (size * (0.6 + 0.3 * torch.rand(n, generator=g))).long()
+    start = 1 + (torch.rand(n, generator=g) * (size - 2 - length).float()).long()
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        along = torch.arange(int(start[i]), int(start[i] + length[i]))
+        ruler = torch.zeros(size, size, dtype=torch.bool)
+        ruler[1:1 + thick, along] = True
+        ruler[1 + thick:1 + 3 * thick, along[(along - start[i]) % every == 0]] = True
+        masks[i] = torch.rot90(ruler, int(edge[i]), (0, 1))
+    return masks
+
+
+def _text(n: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A text-like label in a random corner: 3 to 5 random 3×5 glyphs (scaled with the image) in a row.
+    Bool masks (n×size×size) of its strokes, which are painted, and of its box with a pixel round it,
+    which is what a person marks."""
+    scale = max(1, size // 64)
+    gh, gw, gap = 5 * scale, 3 * scale, scale
+    count = torch.randint(3, 6, (n,), generator=g)
+    corner = torch.randint(0, 4, (n,), generator=g)
+    glyphs = torch.rand(n, 5, 5, 3, generator=g) < 0.55
+    strokes = torch.zeros(n, size, size, dtype=torch.bool)
+    boxes = torch.zeros(n, size, size, dtype=torch.bool)
+    for i in range(n):
+        k = int(count[i])
+        width = k * (gw + gap) - gap
+        y0 = 2 if corner[i] // 2 == 0 else size - 2 - gh
+        x0 = 2 if corner[i] % 2 == 0 else size - 2 - width
+        for j in range(k):
+            glyph = glyphs[i, j].repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+            strokes[i, y0:y0 + gh, x0 + j * (gw + gap):x0 + j * (gw + gap) + gw] = glyph
+        boxes[i, y0 - 1:y0 + gh + 1, x0 - 1:x0 + width + 1] = True
+    return strokes, boxes
+
+
 def _paint(images: torch.Tensor, masks: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
     """Images (float n×3×H×W) with the masked pixels set to each image's colour."""
     m = masks[:, None].float()
@@ -66,20 +110,27 @@ def _paint(images: torch.Tensor, masks: torch.Tensor, colours: torch.Tensor) -> 
 
 
 def _paint_parts(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, parts: dict,
-                 colours: torch.Tensor, confounded: bool, g: torch.Generator) -> dict:
+                 colours: torch.Tensor, confounded: bool, g: torch.Generator,
+                 layers: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None) -> dict:
     """The cached splits: each part's images with its patch painted in the label's colour (train and
     validation, when confounded) or a random one (test, and everything when not), plus the test
-    images in the label's colour (``test_consistent``)."""
+    images in the label's colour (``test_consistent``). ``layers``: (painted pixels, colours) per
+    artefact, painted in turn, where what is painted is not the whole ground-truth mask (text strokes
+    inside the box a person marks) or there are two artefacts; default: ``masks`` in ``colours``."""
     data: dict = {"image_size": images.shape[-1], "version": CACHE_VERSION}
     for part, idx in parts.items():
         y = labels[idx]
-        random_colour = colours[torch.randint(0, len(colours), (len(y),), generator=g)]
-        colour = colours[y] if confounded and part != "test" else random_colour
-        data[f"{part}_images"] = _to_uint8(_paint(images[idx], masks[idx], colour))
+        painted, consistent = images[idx], images[idx]
+        for paint, palette in layers or ((masks, colours),):
+            random_colour = palette[torch.randint(0, len(palette), (len(y),), generator=g)]
+            colour = palette[y] if confounded and part != "test" else random_colour
+            painted = _paint(painted, paint[idx], colour)
+            consistent = _paint(consistent, paint[idx], palette[y])
+        data[f"{part}_images"] = _to_uint8(painted)
         data[f"{part}_labels"] = y
         data[f"{part}_masks"] = masks[idx]
         if part == "test":
-            data["test_images_consistent"] = _to_uint8(_paint(images[idx], masks[idx], colours[y]))
+            data["test_images_consistent"] = _to_uint8(consistent)
     return data
 
 
@@ -167,8 +218,22 @@ def build_decoy_digits(request: DataRequest) -> DataSplits:
 
 # --------------------------------------------------------------------------- synthetic lesions
 
+ARTEFACTS = ("sticker", "ruler", "text")
+
+
+def _artefact(kind: str, sticker: torch.Tensor, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(painted pixels, ground-truth mask) of one artefact per image: the sticker already drawn, a ruler
+    or a text label."""
+    if kind == "ruler":
+        ruler = _ruler(len(sticker), size, g)
+        return ruler, ruler
+    if kind == "text":
+        return _text(len(sticker), size, g)
+    return sticker, sticker
+
+
 def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = True, sticker: str = "corner",
-                 sticker_share: float = 1.0) -> dict:
+                 sticker_share: float = 1.0, artefact: str = "sticker", second: str | None = None) -> dict:
     """Skin-coloured images with one brown lesion each. Class ``irregular`` has a wavy, notched
     border (the real feature); class ``regular`` a smooth elliptical one. A coloured calibration
     patch in a corner, like those in dermoscopy sets, encodes the class in train and validation."""
@@ -208,7 +273,20 @@ def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = T
     n_train, n_val = int(n * 0.625), int(n * 0.125)
     parts = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, n)}
     patch_colour = PALETTE[[2, 6]]  # blue sticker for regular, orange for irregular
-    return _paint_parts(img, labels, masks, parts, patch_colour, confounded, g)
+    if artefact == "sticker" and second is None:  # the default set, drawn exactly as before
+        return _paint_parts(img, labels, masks, parts, patch_colour, confounded, g)
+    # other shapes are drawn after everything else, so the lesions are those of the default set
+    layers = [_artefact(artefact, masks, s, g)]
+    if second is not None:  # a second artefact of another kind, in colours of its own
+        layers.append(_artefact(second, _corner_patch(n, s, patch, g), s, g))
+    if sticker_share < 1:  # the same images carry no artefact
+        for paint, truth in layers:
+            paint[~masks.flatten(1).any(1)] = False
+            truth[~masks.flatten(1).any(1)] = False
+    truth = torch.stack([t for _, t in layers]).any(0)
+    palettes = (patch_colour, PALETTE[[4, 5]])  # magenta / cyan for a second artefact
+    return _paint_parts(img, labels, truth, parts, patch_colour, confounded, g,
+                        layers=tuple((paint, palettes[i]) for i, (paint, _) in enumerate(layers)))
 
 
 def build_lesions(request: DataRequest) -> DataSplits:
@@ -223,10 +301,17 @@ def build_lesions(request: DataRequest) -> DataSplits:
     share = request.options.get("sticker_share", 1.0)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise DataError(f"option sticker_share must be a number in (0, 1], got {share!r}")
-    variant = ("" if sticker == "corner" else "_anywhere") + ("" if share == 1 else f"_share{share:g}")
+    artefact = request.options.get("artefact", "sticker")
+    second = request.options.get("second_artefact")
+    if artefact not in ARTEFACTS:
+        raise DataError(f"option artefact must be one of {', '.join(ARTEFACTS)}, got {artefact!r}")
+    if second is not None and (second not in ARTEFACTS or second == artefact):
+        raise DataError(f"option second_artefact must be another of {', '.join(ARTEFACTS)}, got {second!r}")
+    variant = (("" if sticker == "corner" else "_anywhere") + ("" if share == 1 else f"_share{share:g}")
+               + ("" if artefact == "sticker" else f"_{artefact}") + (f"_and_{second}" if second else ""))
     data = _cached("synthetic-lesions",
                    f"s{size}_n{n}_seed{request.seed}{'' if confounded else '_clean'}{variant}_v{CACHE_VERSION}",
-                   lambda: make_lesions(size, request.seed, n, confounded, sticker, float(share)))
+                   lambda: make_lesions(size, request.seed, n, confounded, sticker, float(share), artefact, second))
     return _splits_from(data, request, ["regular", "irregular"],
                         "synthetic skin lesions; border shape is the class, a corner sticker the confounder")
 
