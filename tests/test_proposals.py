@@ -341,6 +341,7 @@ def test_a_round_with_only_proposals_shows_the_grid_and_sends_them(tmp_path, mon
     assert any("found 3 more images" in m.value for m in at.markdown)
     at.button(key="proposal-edit-2-p002").click().run()  # opened on the canvas, where a mark is added
     assert not at.exception, at.exception
+    assert at.button(key="proposal-back-2").label == "Back to the proposals"
     at.button(key="submit-2").click().run()
     assert not at.exception, at.exception
     sent = protocol.load_feedback(run, 2, manifest)

@@ -209,10 +209,10 @@ def picture(path: str, epoch: int, proposal_id: str, stamp: tuple) -> str:
     return overlay.data_url(overlay.compose(image, Geometry(height, width, height, width)))
 
 
-def editor_header(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry) -> None:
+def editor_header(run: protocol.RunDir, epoch: int, entry: protocol.ProposalEntry, back_to: str) -> None:
     with st.container(horizontal=True, vertical_alignment="center", key="proposal-editor-header"):
         st.markdown(f"**Proposal #{entry.index}: correct the proposed mark, then go back**", width="content")
-        st.button("Back to the questions", icon=":material/arrow_back:", key=f"proposal-back-{epoch}",
+        st.button(f"Back to {back_to}", icon=":material/arrow_back:", key=f"proposal-back-{epoch}",
                   on_click=close_editor, args=(run, epoch), help="Or ←, → or Esc on the canvas")
 
 

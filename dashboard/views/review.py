@@ -417,7 +417,7 @@ def proposal_card(run: protocol.RunDir, queue: Queue, book: dict[str, Answer], e
                   view: dict) -> None:
     """One proposal on the queue's canvas, in place of the current image, its proposed mask preloaded
     as marks to correct (proposals.py has the rest of the proposal's page)."""
-    proposals_view.editor_header(run, queue.epoch, entry)
+    proposals_view.editor_header(run, queue.epoch, entry, "the questions" if queue.queries else "the proposals")
     try:
         answer = proposals_view.answer_for(run, queue.epoch, entry, book)
     except (OSError, ValueError) as e:
