@@ -99,6 +99,26 @@ def save_draft(run: protocol.RunDir, epoch: int, answers: dict[str, Answer]) -> 
         "format": protocol.FORMAT, "epoch": epoch, "answers": {qid: a.to_draft() for qid, a in answers.items()}})
 
 
+def unticked_file(run: protocol.RunDir, epoch: int) -> Path:
+    return run.path / DRAFTS_DIR / f"epoch_{epoch:03d}_unticked.json"
+
+
+def save_unticked(run: protocol.RunDir, epoch: int, proposal_ids: list[str]) -> None:
+    """The proposals the reviewer unticked, kept beside the draft: a reload must not accept them again."""
+    protocol.atomic_write_json(unticked_file(run, epoch), {"format": protocol.FORMAT, "epoch": epoch,
+                                                           "unticked": sorted(proposal_ids)})
+
+
+def load_unticked(run: protocol.RunDir, epoch: int) -> set[str]:
+    """The proposals kept as unticked for ``epoch``; none where nothing (readable) was kept."""
+    try:
+        doc = protocol.read_json(unticked_file(run, epoch))
+    except (OSError, protocol.ProtocolError):
+        return set()
+    items = doc.get("unticked") if isinstance(doc, dict) else None
+    return {p for p in items if isinstance(p, str)} if isinstance(items, list) else set()
+
+
 def load_draft(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
     """The answers kept for ``queue``'s epoch, for the queries and proposals it still has; empty
     without a draft."""
@@ -174,4 +194,5 @@ def submit(run: protocol.RunDir, queue: Queue, answers: dict[str, Answer],
     draft has served its purpose and goes."""
     sent = protocol.submit_feedback(run, queue.epoch, "human", to_feedback(queue, answers) + list(proposals))
     draft_file(run, queue.epoch).unlink(missing_ok=True)
+    unticked_file(run, queue.epoch).unlink(missing_ok=True)
     return sent

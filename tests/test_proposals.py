@@ -299,6 +299,9 @@ def test_review_page_shows_the_proposals_grid_and_sends_the_ticked_ones(tmp_path
     at.button(key="proposals-accept-1").click().run()
     next(c for c in at.checkbox if c.key.endswith("p001")).uncheck().run()
     assert any("**2** accepted · **1** rejected" in c.value for c in at.caption)
+    again = AppTest.from_file(str(APP), default_timeout=30).run()  # a reload: the untick is kept
+    again.switch_page("views/review.py").run()
+    assert [c.value for c in again.checkbox if c.key.startswith("proposal-")] == [True, False, True]
     at.button(key="submit-1").click().run()
     assert not at.exception, at.exception
     sent = protocol.load_feedback(run, 1, manifest)

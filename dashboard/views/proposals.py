@@ -2,7 +2,8 @@
 seem to carry what was marked, each with the mask it proposes (trainer/proposals.py); the reviewer sees
 them as a grid of thumbnails with the proposed mask outlined, accepts them all (the default), and
 unticks the ones that are wrong. Accepted proposals go into the mask file as marks with source
-"proposed"; unticked ones as rejected.
+"proposed"; unticked ones as rejected. Which are unticked is kept beside the draft, so a reload or
+another browser shows them as the reviewer left them.
 
 A proposal whose mask is nearly right is corrected rather than rejected: Edit opens it on the queue's
 canvas (review.proposal_card) with the proposed mask as must-not-use marks, one grid square per image
@@ -71,16 +72,19 @@ def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_nam
     if not entries:
         return
     keys = [decision_key(run, epoch, e.proposal_id) for e in entries]
-    for key in keys:
-        st.session_state.setdefault(key, True)
+    if any(key not in st.session_state for key in keys):  # a fresh session: ticked unless kept unticked
+        unticked = answer_book.load_unticked(run, epoch)
+        for entry, key in zip(entries, keys):
+            st.session_state.setdefault(key, entry.proposal_id not in unticked)
     with st.container(border=True, key="proposals"):
         st.markdown(f"**The trainer found {len(entries)} more images that seem to carry what you marked.** "
-                    "Each has its proposed mark outlined in black and white; ticked ones are sent as marks. Untick the wrong ones.")
+                    "Each has its proposed mark outlined in black and white; ticked ones are sent as marks. "
+                    "Untick the wrong ones.")
         with st.container(horizontal=True):
             st.button("Accept all", icon=":material/done_all:", key=f"proposals-accept-{epoch}",
-                      on_click=_set_all, args=(keys, True))
+                      on_click=_set_all, args=(run, epoch, True))
             st.button("Reject all", icon=":material/remove_done:", key=f"proposals-reject-{epoch}",
-                      on_click=_set_all, args=(keys, False))
+                      on_click=_set_all, args=(run, epoch, False))
         columns = st.columns(COLUMNS)
         open_now = editing(run, epoch)
         for i, (entry, key) in enumerate(zip(entries, keys)):
@@ -96,7 +100,7 @@ def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_nam
                 if class_names and 0 <= entry.true_label < len(class_names):
                     label += f" · {class_names[entry.true_label]}"
                 with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-                    st.checkbox(label, key=key, width="content")
+                    st.checkbox(label, key=key, width="content", on_change=keep_ticks, args=(run, epoch))
                     st.button("", icon=":material/edit:", key=f"proposal-edit-{epoch}-{entry.proposal_id}",
                               help=f"Correct this mark on the canvas (the trainer's score {entry.score:.2f})",
                               on_click=open_editor, args=(run, epoch, entry.proposal_id),
@@ -108,9 +112,16 @@ def section(run: protocol.RunDir, epoch: int, book: dict[str, Answer], class_nam
         st.caption(f"**{accepted}** accepted · **{len(entries) - accepted}** rejected (sent with the answers below)")
 
 
-def _set_all(keys: list[str], value: bool) -> None:
-    for key in keys:
-        st.session_state[key] = value
+def _set_all(run: protocol.RunDir, epoch: int, value: bool) -> None:
+    for entry in read(run, epoch)[0]:
+        st.session_state[decision_key(run, epoch, entry.proposal_id)] = value
+    keep_ticks(run, epoch)
+
+
+def keep_ticks(run: protocol.RunDir, epoch: int) -> None:
+    """Keep the unticked proposals beside the draft, so that a reload does not tick them again."""
+    answer_book.save_unticked(run, epoch, [e.proposal_id for e in read(run, epoch)[0]
+                                           if not st.session_state.get(decision_key(run, epoch, e.proposal_id), True)])
 
 
 def answers(run: protocol.RunDir, epoch: int, book: dict[str, Answer]) -> list[protocol.QueryFeedback]:
@@ -199,6 +210,7 @@ def corrected_mask(answer: Answer) -> np.ndarray | None:
 def mark_edited(run: protocol.RunDir, epoch: int, proposal_id: str) -> None:
     """A proposal the reviewer corrected is one they accept (erasing everything rejects it instead)."""
     st.session_state[decision_key(run, epoch, proposal_id)] = True
+    keep_ticks(run, epoch)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
