@@ -126,7 +126,7 @@ def load_draft(run: protocol.RunDir, queue: Queue) -> dict[str, Answer]:
     kept = draft.get("answers") if isinstance(draft.get("answers"), dict) else {}
     book = {q.query_id: Answer.from_draft(q, kept[q.query_id]) for q in queue.queries
             if q.problem is None and isinstance(kept.get(q.query_id), dict)}
-    for entry in proposal_entries(run, queue.epoch):
+    for entry in protocol.proposal_entries(run, queue.epoch):
         answer_id = proposal_answer_id(entry.proposal_id)
         if isinstance(kept.get(answer_id), dict):
             book[answer_id] = Answer.from_draft(entry, kept[answer_id])
@@ -140,15 +140,6 @@ PROPOSAL_PREFIX = "proposal:"
 
 def proposal_answer_id(proposal_id: str) -> str:
     return PROPOSAL_PREFIX + proposal_id
-
-
-def proposal_entries(run: protocol.RunDir, epoch: int) -> list[protocol.ProposalEntry]:
-    """The queue's proposals; none where it has none or its index cannot be read."""
-    try:
-        found = protocol.read_proposals(run, epoch)
-    except (OSError, protocol.ProtocolError):
-        return []
-    return found["entries"] if found else []
 
 
 def outcome(query: Query, answer: Answer | None) -> str:

@@ -49,7 +49,7 @@ class QueryRound:
             t.save_checkpoint(best=False)
         with torch.random.fork_rng(devices=[t.device] if t.device.type == "cuda" else []):
             manifest = protocol.read_manifest(t.run, epoch) or self.build_queue(epoch, train_predictions)
-        n_proposed = self.proposal_count(epoch)
+        n_proposed = len(protocol.proposal_entries(t.run, epoch))
         if not manifest["queries"] and not n_proposed:
             t.log(f"epoch {epoch}: no training image to ask about (the sampling rule or --query-budget); no queries")
             answers = []
@@ -62,17 +62,6 @@ class QueryRound:
             self.apply(epoch, answers)
         t.save_checkpoint(best=False)
         t.status(protocol.TRAINING, phase="training", waiting_epoch=None)
-
-    def proposal_count(self, epoch: int) -> int:
-        """Proposals in ``epoch``'s queue; an index that cannot be read offers none (the mask file's
-        check refuses answers to it)."""
-        if not self.trainer.cfg.proposals_per_epoch:
-            return 0
-        try:
-            found = protocol.read_proposals(self.trainer.run, epoch)
-        except (OSError, protocol.ProtocolError):
-            return 0
-        return len(found["entries"]) if found else 0
 
     def build_queue(self, epoch: int, train_predictions: tuple | None = None) -> dict:
         """Sample, explain and write the queue; images and saliency first, the manifest last."""

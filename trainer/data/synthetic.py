@@ -280,9 +280,10 @@ def make_lesions(image_size: int, seed: int, n: int = 1600, confounded: bool = T
     if second is not None:  # a second artefact of another kind, in colours of its own
         layers.append(_artefact(second, _corner_patch(n, s, patch, g), s, g))
     if sticker_share < 1:  # the same images carry no artefact
+        bare = ~masks.flatten(1).any(1)
         for paint, truth in layers:
-            paint[~masks.flatten(1).any(1)] = False
-            truth[~masks.flatten(1).any(1)] = False
+            paint[bare] = False
+            truth[bare] = False
     truth = torch.stack([t for _, t in layers]).any(0)
     palettes = (patch_colour, PALETTE[[4, 5]])  # magenta / cyan for a second artefact
     return _paint_parts(img, labels, truth, parts, patch_colour, confounded, g,

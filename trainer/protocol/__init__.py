@@ -28,7 +28,7 @@ from .maskfile import (ACTION_MASK, ACTION_SKIP, ACTION_WRONG_LABEL, ACTIONS, MA
                        decode_mask, encode_mask, feedback_document, feedback_sent, load_feedback, parse_feedback,
                        read_mask_file, reject_feedback, submit_feedback, union_marks)
 from .proposals import (PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, PROPOSALS_FILE, SOURCE_DRAWN,
-                        SOURCE_PROPOSED, ProposalEntry, proposal_image_path, proposal_mask_path,
+                        SOURCE_PROPOSED, ProposalEntry, proposal_entries, proposal_image_path, proposal_mask_path,
                         read_proposal_image, read_proposal_mask, read_proposals, write_proposal, write_proposals)
 from .queue import (QUERY_ID, QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)

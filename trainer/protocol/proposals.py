@@ -93,6 +93,16 @@ def read_proposals(run: RunDir, epoch: int) -> dict | None:
     return {**doc, "entries": entries}
 
 
+def proposal_entries(run: RunDir, epoch: int) -> list[ProposalEntry]:
+    """The queue's proposals; none where it has none or its index cannot be read (answers to an index
+    that cannot be read are refused by the mask file's check)."""
+    try:
+        found = read_proposals(run, epoch)
+    except (OSError, ProtocolError):
+        return []
+    return found["entries"] if found else []
+
+
 def read_proposal_mask(run: RunDir, epoch: int, proposal_id: str) -> np.ndarray:
     """The proposed mask as bool H×W (FileNotFoundError if missing)."""
     return np.load(proposal_mask_path(run, epoch, proposal_id), allow_pickle=False).astype(bool)

@@ -14,7 +14,7 @@ from .atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from .formats import FORMAT, ProtocolError, check_fields, is_int, is_number, is_str, is_str_list, read_json, upgrade
 from .layout import MANIFEST_FILE, RunDir
 from .maskfile import feedback_sent
-from .proposals import read_proposals
+from .proposals import proposal_entries
 
 # A query id names the query's files in its queue folder: a plain file name, nothing that leaves it.
 QUERY_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -154,9 +154,6 @@ def asks_nothing(run: RunDir, epoch: int) -> bool:
     left nothing to ask): the trainer went on without waiting for an answer to it."""
     try:
         manifest = read_manifest(run, epoch)
-        if not manifest or manifest["queries"]:
-            return False
-        found = read_proposals(run, epoch)
     except (OSError, ProtocolError):
         return False
-    return not (found and found["entries"])
+    return bool(manifest) and not manifest["queries"] and not proposal_entries(run, epoch)
