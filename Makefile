@@ -9,7 +9,7 @@ ARGS   ?=
 NPROC  ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback bench-review bench-shapes clean
+.PHONY: help setup constraints browser train serve demo test soak bench bench-quick bench-penalties bench-feedback bench-review bench-shapes bench-harm clean
 
 ## help: list the targets
 help:
@@ -77,6 +77,10 @@ bench-review:
 ## bench-shapes: plain and hitl on other shapes of shortcut (sticker anywhere, ruler, text, two artefacts, text on 80%), 3 seeds (about 30 min), into <device>-shapes.json
 bench-shapes:
 	$(PY) -m bench --only shapes --jobs $(or $(JOBS),2) $(ARGS)
+
+## bench-harm: feedback where there is nothing to unlearn at 300, 600 and 1,000 images, and small confounded sets, 3 seeds (about 35 min), into <device>-harm.json
+bench-harm:
+	$(PY) -m bench --only harm --jobs $(or $(JOBS),2) $(ARGS)
 
 ## clean: remove generated data, runs and caches (keeps .venv)
 clean:

@@ -5,7 +5,8 @@ preset). With ``--only``, the other sections of an existing file are kept. The `
 issue 15's targets), ``distributed``, ``loading`` (a small-image csv set read by default, with
 --workers 0 and with --workers 2) and ``review`` (what a minute of review buys: a scripted reviewer in
 chromium, then the runs it prices; bench/review.py) and ``shapes`` (other shapes of shortcut: a ruler, a
-text label, two artefacts; bench/shapes.py) run only when asked for: each would double the default run's
+text label, two artefacts; bench/shapes.py) and ``harm`` (feedback where there is nothing to unlearn, on
+small sets; bench/harm.py) run only when asked for: each would double the default run's
 time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial). ``--match
 TEXT`` reruns only the learning or feedback runs whose title contains TEXT, keeping the file's other
 rows (each row says which git version measured it)."""
@@ -27,16 +28,17 @@ import torch
 from trainer.protocol.atomic import atomic_write_text
 from trainer.distributed import pick_device
 
-from . import cost, distributed, latency, learning, loading, review, shapes
+from . import cost, distributed, harm, latency, learning, loading, review, shapes
 from .machine import machine_info
 from .plans import Plan, make_plan
 from .report import render_file
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed", "loading", "review", "shapes")
+SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed", "loading", "review", "shapes",
+            "harm")
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
-TRAINING_SECTIONS = ("learning", "penalties", "feedback", "review", "shapes")  # whole training runs: --jobs applies
-OWN_FILE_SECTIONS = ("feedback", "review", "shapes")  # measured on a schedule of their own: <device>-<section>.json by default
+TRAINING_SECTIONS = ("learning", "penalties", "feedback", "review", "shapes", "harm")  # whole training runs: --jobs applies
+OWN_FILE_SECTIONS = ("feedback", "review", "shapes", "harm")  # measured on a schedule of their own: <device>-<section>.json by default
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
@@ -56,6 +58,7 @@ NOTES = {
                "epoch seconds (training and validation), whole run; settings interleaved, medians of the rounds",
     "review": review.HOW,
     "shapes": shapes.HOW,
+    "harm": harm.HOW,
     "latency": "query_queue: Trainer.build_queue (epoch end to queue ready); submit_to_*: mask file written "
                "to feedback applied / next epoch started",
 }
@@ -95,6 +98,8 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
     if section == "shapes":
         return {"shapes": shapes.run_shapes(plan.shapes_seeds, plan.shapes_variants, plan.shapes_epochs, runs_dir,
                                             log, jobs)}
+    if section == "harm":
+        return {"harm": harm.run_harm(plan.harm_seeds, runs_dir, log, jobs, sizes=plan.harm_sizes)}
     if section == "review":
         return {"review": review.run_review(plan.review_seeds, plan.review_stickers, plan.review_epochs,
                                             plan.review_budget, plan.review_proposals, runs_dir, log, jobs)}

@@ -113,6 +113,9 @@ class Plan:
     shapes_seeds: tuple[int, ...] = (0, 1, 2)
     shapes_variants: tuple[str, ...] = ("anywhere", "ruler", "text", "sticker+ruler", "text on 80%")
     shapes_epochs: int = 6
+    # harm (not in the default run): feedback where there is nothing to unlearn, small sets (bench/harm.py)
+    harm_seeds: tuple[int, ...] = (0, 1, 2)
+    harm_sizes: tuple[int, ...] = (300, 600, 1000)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +141,7 @@ def make_plan(quick: bool, device: torch.device) -> Plan:
             loading_images=300, loading_epochs=2, loading_repeats=1,
             review_seeds=(0,), review_stickers=("corners",), review_epochs=3, review_proposals=10,
             shapes_seeds=(0,), shapes_variants=("ruler",), shapes_epochs=2,
+            harm_seeds=(0,), harm_sizes=(300,),
         )
     # Plain training has taken the decoy-digits shortcut by epoch 3 while clean training is at 90%
     # validation accuracy, so 4 epochs separate the methods; hitl gets 4 rounds of queries, ≤10% annotated.

@@ -239,7 +239,7 @@ def describe_options() -> dict:
 def _add_learning_arguments(group) -> None:
     from .annotator import STYLES
     from .counterexamples import FILLS
-    from .teaching import TEACHING_METHODS
+    from .teaching import GATES, TEACHING_METHODS
     from .prior import parse_prior_masks
 
     def prior(text: str) -> str:
@@ -265,6 +265,11 @@ def _add_learning_arguments(group) -> None:
                             "counterexamples (annotated images re-entered with the marked pixels replaced, same "
                             "label; trainer/counterexamples.py), both, or auto (default): both on decoy-digits, "
                             "counterexamples elsewhere (docs/learning.md)")
+    group.add_argument("--teaching-gate", choices=GATES,
+                       help="marks (default): the marks teach lightly (counterexamples at the annotated images' "
+                            "share of the set, no penalty) while the images that carry what was marked show it does "
+                            "not go with the class, fully once it does (or too few carry it to tell); off: fully "
+                            "from the first mark (trainer/teaching.py)")
     group.add_argument("--counterexample-share", type=positive(float),
                        help="counterexamples appended to each batch, as a share of its size (default 0.5)")
     group.add_argument("--counterexample-fill", choices=FILLS,

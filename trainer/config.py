@@ -47,6 +47,7 @@ class TrainConfig:
     dataset_options: dict = field(default_factory=dict)
     # how masks teach (trainer/counterexamples.py), masks given up front, the simulated annotator's style
     feedback_method: str = "auto"           # auto (by data set) | penalty | counterexamples | both
+    teaching_gate: str = "marks"            # marks: full teaching once the marks tell the class | off (trainer/teaching.py)
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste
     counterexample_dilate: int | str = 0    # pixels the marks grow by before they are filled; auto: 1/32 of the side
@@ -66,4 +67,4 @@ class TrainConfig:
 
 
 # Settings whose default changed, with what a run saved before they existed used.
-FORMER_DEFAULTS = {"feedback_method": "penalty", "counterexample_transfer": 0.0}
+FORMER_DEFAULTS = {"feedback_method": "penalty", "counterexample_transfer": 0.0, "teaching_gate": "off"}

@@ -32,7 +32,9 @@ An image that neither carries an artefact nor can take one of another class is l
 counts the swapped ones). Reported: ``flip_rate`` (share of answers that differ from the answer on the
 unmodified image), ``swapped_test_acc`` (accuracy on the swapped images), ``test_acc`` on the same
 images unmodified, ``toward_rate`` (of the images that got an artefact pasted, the share now answered
-with the artefact's class ``c``: does the answer move toward ``c``), and what was swapped (``n_artefacts``,
+with the artefact's class ``c``: does the answer move toward ``c``), ``toward_gain`` (that share less the
+share answered ``c`` before the swap: what the paste itself did, near 0 for a model that ignores the
+marked region however often it errs), and what was swapped (``n_artefacts``,
 ``n_pasted``, ``n_removed``, ``source``, ``split``). A model that ignores the marked region keeps its
 answers (flip rate near 0); one that decides by it follows the artefact (near 1 where, as in most
 people's data, held-out images carry the artefact of their own class). On a test split whose artefact
@@ -86,16 +88,28 @@ def held_out(split: Split, n: int = IMAGES) -> torch.Tensor:
     return torch.randperm(len(split), generator=g)[:n]
 
 
+def carriers(x: torch.Tensor, masks: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """carries[i, a] (bool N×A): image i shows artefact a: its pixels under a's mark lie within CARRY_TOL
+    (mean absolute difference) of the artefact's. Compared within each mark's bounding box."""
+    out = torch.zeros(len(x), len(masks), dtype=torch.bool)
+    for a, mask in enumerate(masks):
+        rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+        if not len(rows):
+            continue
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        m = mask[box].float()
+        diff = ((x[:, :, box[0], box[1]] - pixels[a, :, box[0], box[1]]).abs().mean(1) * m).flatten(1).sum(1)
+        out[:, a] = diff / m.sum() < CARRY_TOL
+    return out
+
+
 def swap(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, pixels: torch.Tensor, classes: torch.Tensor,
          seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The images with the artefacts they carry removed and one of another class pasted (module
     docstring). Returns (swapped images, changed: bool N, pasted class or −1 per image, removed: bool N)."""
     g = torch.Generator().manual_seed(seed)
     m = masks.float()
-    area = m.flatten(1).sum(1).clamp_min(1)
-    # carries[i, a]: image i shows artefact a under a's mark
-    diff = torch.stack([((x - pixels[a]).abs().mean(1) * m[a]).flatten(1).sum(1) / area[a] for a in range(len(m))], 1)
-    carries = diff < CARRY_TOL
+    carries = carriers(x, masks, pixels)
     overlap = (m.flatten(1) @ m.flatten(1).T) > 0
     blocked = (carries.float() @ overlap.float()) > 0  # blocked[j, a]: j carries something where a sits
     out = x.clone()
@@ -127,8 +141,8 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size
 def measure(model: nn.Module, split: Split | None, feedback: FeedbackSet, train: Split, device: torch.device,
             images: int = IMAGES, split_name: str = "test") -> dict:
     """The reliance figures (module docstring) of ``model`` on ``images`` held-out images of ``split``."""
-    empty = {"flip_rate": None, "swapped_test_acc": None, "test_acc": None, "toward_rate": None, "n_images": 0,
-             "n_artefacts": 0, "n_pasted": 0, "n_removed": 0, "source": "", "split": split_name}
+    empty = {"flip_rate": None, "swapped_test_acc": None, "test_acc": None, "toward_rate": None, "toward_gain": None,
+             "n_images": 0, "n_artefacts": 0, "n_pasted": 0, "n_removed": 0, "source": "", "split": split_name}
     if split is None or not len(split):
         return {**empty, "reason": "no held-out split"}
     masks, pixels, classes, source = artefacts(feedback, train)
@@ -150,9 +164,11 @@ def measure(model: nn.Module, split: Split | None, feedback: FeedbackSet, train:
         model.train(was)
     y, pasted_c = y[changed], pasted[changed]
     put = pasted_c >= 0
+    toward = float((after[put] == pasted_c[put]).float().mean()) if put.any() else None
     return {**result, "flip_rate": float((after != before).float().mean()),
             "swapped_test_acc": float((after == y).float().mean()), "test_acc": float((before == y).float().mean()),
-            "toward_rate": float((after[put] == pasted_c[put]).float().mean()) if put.any() else None,
+            "toward_rate": toward,
+            "toward_gain": toward - float((before[put] == pasted_c[put]).float().mean()) if put.any() else None,
             "n_images": int(changed.sum()), "n_pasted": int(put.sum()), "n_removed": int(removed[changed].sum())}
 
 

@@ -36,7 +36,7 @@ from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
 from .query_round import QueryRound
 from .sgt import SaliencyGuided
-from .teaching import Teaching, resolve_teaching
+from .teaching import Teaching, gate_opens, light_share, marks_tell_class, resolve_teaching
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
@@ -49,6 +49,7 @@ class TrainState:
     history: list = field(default_factory=list)
     answered: list = field(default_factory=list)  # epochs whose query phase is over (answered or timed out)
     applied: list = field(default_factory=list)   # epochs whose mask file has been applied
+    full_teaching_from: int = 0  # the epoch from which the marks teach fully (trainer/teaching.py's gate); 0: not yet
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -160,6 +161,26 @@ class Trainer:
         self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
 
     @property
+    def full_teaching(self) -> bool:
+        """The marks teach fully (trainer/teaching.py): the gate is off or has opened."""
+        return self.cfg.teaching_gate == "off" or self.state.full_teaching_from > 0
+
+    def check_gate(self, epoch: int) -> float:
+        """Before ``epoch``: opens the teaching gate for the rest of the run where the marks tell the class
+        (trainer/teaching.py); what was measured, NaN where nothing was (open already, nothing marked, too
+        few carriers)."""
+        if self.full_teaching or not len(self.feedback):
+            return math.nan
+        tells = self.dist.broadcast(marks_tell_class(self.feedback, self.data.train))
+        if gate_opens(tells):
+            self.state.full_teaching_from = epoch
+            self.log(f"epoch {epoch}: the marks now teach fully (" + (
+                "too few images carry what was marked to tell whether it goes with the class)" if tells is None
+                else f"images that carry a marked artefact have its class {100 * tells:.0f} points more often "
+                     "than by chance)"))
+        return math.nan if tells is None else tells
+
+    @property
     def penalty_impl(self) -> str:
         """The implementation ``--penalty-impl`` resolves to on this device (``auto``: exact or linearised)."""
         return resolve_impl(self.cfg.penalty_impl, self.device.type)
@@ -214,7 +235,8 @@ class Trainer:
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
             if self.counterexamples is not None:
-                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g)
+                x, y, idx, _ = self.counterexamples.extend(
+                    x, y, idx, g, None if self.full_teaching else light_share(len(self.feedback), n))
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])
@@ -234,7 +256,7 @@ class Trainer:
         the penalty and the cross-entropy share one forward and one backward; the others run their own
         pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
-        if len(self.feedback) and self.teaching.penalty:
+        if len(self.feedback) and self.teaching.penalty and self.full_teaching:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
@@ -366,7 +388,8 @@ class Trainer:
             "feedback": self.feedback.state_dict(),
             "state": {"epoch": self.state.epoch, "best_val_loss": self.state.best_val_loss,
                       "best_epoch": self.state.best_epoch, "history": self.state.history,
-                      "answered": self.state.answered, "applied": self.state.applied},
+                      "answered": self.state.answered, "applied": self.state.applied,
+                      "full_teaching_from": self.state.full_teaching_from},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }, best=best)
@@ -384,7 +407,8 @@ class Trainer:
             self.feedback.load_state_dict(ckpt["feedback"])
             s = ckpt["state"]
             self.state = TrainState(int(s["epoch"]), float(s["best_val_loss"]), int(s["best_epoch"]),
-                                    list(s["history"]), list(s["answered"]), list(s["applied"]))
+                                    list(s["history"]), list(s["answered"]), list(s["applied"]),
+                                    int(s.get("full_teaching_from", 0)))
             torch.set_rng_state(ckpt["rng"]["torch"].cpu())
             if ckpt["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all([t.cpu() for t in ckpt["rng"]["cuda"]])
@@ -417,7 +441,9 @@ class Trainer:
     def train_and_validate(self, epoch: int) -> tuple[dict, list]:
         """The epoch's metrics row and the validation confusion matrix."""
         t0 = time.time()
-        row = {"epoch": epoch, **self.train_one_epoch(epoch)}
+        tells = self.check_gate(epoch)
+        row = {"epoch": epoch, **self.train_one_epoch(epoch), "marks_tell": tells,
+               "full_teaching": float(self.full_teaching)}
         self.scheduler.step()
         val = self.metrics_on(self.data.val)
         row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})

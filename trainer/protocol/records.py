@@ -21,6 +21,8 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_precision", "val_recall",
     "val_f1", "penalty", "wrong_reason", "n_feedback", "lr", "seconds",
     "reliance_flip",  # answers that swapping the marked artefacts changes (trainer/reliance.py); NaN: older runs
+    "marks_tell",     # how much more often than by chance images carrying a marked artefact have its class (the gate)
+    "full_teaching",  # 1 once the marks teach fully (trainer/teaching.py), 0 while lightly; NaN: older runs
 )
 
 

@@ -1,0 +1,117 @@
+"""The teaching gate (trainer/teaching.py): the marks teach lightly while the images that carry what was
+marked show it does not go with the class, fully once it does, for the rest of the run; a resume keeps
+where it opened."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from trainer.config import TrainConfig
+from trainer.counterexamples import Counterexamples
+from trainer.data import DataSplits
+from trainer.data.base import TensorSplit
+from trainer.feedback import FeedbackSet
+from trainer.teaching import TELLS, Teaching, light_share, marks_tell_class
+from trainer.train import Trainer, build_parts
+
+from toys import toy_images
+
+
+class Reads(nn.Module):
+    """Class 1 when the region's mean is brighter than ``threshold`` (a scale to train, so an optimiser
+    has something to hold): reads the 3×3 corner patch (the artefact) or the horizontal bar (the class)."""
+
+    def __init__(self, rows: slice, cols: slice, threshold: float):
+        super().__init__()
+        self.rows, self.cols, self.threshold = rows, cols, threshold
+        self.scale = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x):
+        s = self.scale * (x[:, :, self.rows, self.cols].mean((1, 2, 3)) - self.threshold)
+        return torch.stack([-s, s], 1)
+
+
+def patch_model() -> Reads:
+    return Reads(slice(0, 3), slice(0, 3), 0.5)
+
+
+def bar_model() -> Reads:
+    return Reads(slice(5, 7), slice(2, 10), 0.7)
+
+
+def toy_trainer(tmp_path, model: nn.Module, confounded: bool = True, annotated: int = 8, **cfg) -> Trainer:
+    """A Trainer over the toy corner-patch set (confounded: the patch's colour is the class; else random),
+    with the patch marked on its first ``annotated`` images."""
+    g = torch.Generator().manual_seed(0)
+    x, y, masks = toy_images(96, confounded, g, noise=0.05)
+    train = TensorSplit("train", (x.clamp(0, 1) * 255).round().to(torch.uint8), y)
+    data = DataSplits(train=train, val=train.subset(torch.arange(32), "val"), class_names=["v", "h"], in_chans=1,
+                      image_size=12)
+    config = TrainConfig(dataset="decoy-digits", epochs=2, batch_size=16, annotator="none", track_images=0,
+                         device="cpu", runs_dir=str(tmp_path), title="toy", workers=0, feedback_method="both",
+                         **cfg)
+    parts = build_parts(replace(config, train_fraction=0.05, val_fraction=0.05), log=lambda *_: None)
+    feedback = FeedbackSet(len(train), 12, 12)
+    for i in range(annotated):
+        feedback.add(i, masks[i])
+    parts = replace(parts, data=data, model=model, feedback=feedback, penalty=type(parts.penalty)(model),
+                    teaching=Teaching("both"),
+                    counterexamples=Counterexamples(feedback, lambda i: train.batch(i), 0.5, "region"),
+                    config=replace(parts.config, image_size=12))
+    return Trainer(config, log=lambda *_: None, parts=parts)
+
+
+def test_the_marks_tell_the_class_where_the_patch_goes_with_it_and_not_where_it_is_random(tmp_path):
+    confounded = toy_trainer(tmp_path / "a", patch_model())
+    random = toy_trainer(tmp_path / "b", patch_model(), confounded=False)
+    # two classes of about equal share: every carrier of the class's patch has its class, half by chance
+    assert marks_tell_class(confounded.feedback, confounded.data.train) == pytest.approx(0.5, abs=0.05)
+    assert abs(marks_tell_class(random.feedback, random.data.train)) < 0.1
+    lone = toy_trainer(tmp_path / "c", patch_model(), annotated=0)
+    lone.data.train.images[0, :, 9:12, 9:12] = 255  # a white square on one image alone, marked
+    mark = torch.zeros(12, 12, dtype=torch.bool)
+    mark[9:12, 9:12] = True
+    lone.feedback.add(0, mark)
+    assert marks_tell_class(lone.feedback, lone.data.train) is None  # no other image carries it: cannot say
+
+
+def test_the_gate_opens_for_good_once_the_marks_tell_the_class(tmp_path):
+    shut = toy_trainer(tmp_path / "shut", patch_model(), confounded=False)
+    assert shut.check_gate(1) < TELLS and not shut.full_teaching
+    trainer = toy_trainer(tmp_path / "open", patch_model())
+    assert not trainer.full_teaching
+    assert trainer.check_gate(1) >= TELLS and trainer.state.full_teaching_from == 1
+    assert math.isnan(trainer.check_gate(2)) and trainer.full_teaching  # open: no more measuring
+
+
+def test_while_the_gate_is_shut_few_counterexamples_join_a_batch_and_the_penalty_waits(tmp_path):
+    shut = toy_trainer(tmp_path / "shut", patch_model())  # the gate not checked yet: shut
+    assert shut.train_one_epoch(1)["penalty"] == 0
+    opened = toy_trainer(tmp_path / "off", patch_model(), teaching_gate="off")  # gate off: full from the start
+    assert opened.full_teaching and opened.train_one_epoch(1)["penalty"] > 0
+    n = len(shut.data.train)
+    assert light_share(len(shut.feedback), n) == pytest.approx(8 / 96)
+    g = torch.Generator().manual_seed(0)
+    x, y = shut.data.train.batch(torch.arange(16, 32))
+    _, _, _, appended = shut.counterexamples.extend(x, y, torch.arange(16, 32), g, light_share(8, n))
+    assert appended == 1  # against 8 (half the batch) once the gate is open
+
+
+def test_a_resumed_run_keeps_the_epoch_its_gate_opened(tmp_path):
+    trainer = toy_trainer(tmp_path, patch_model())
+    trainer.check_gate(2)
+    trainer.state.epoch = 2
+    trainer.save_checkpoint(best=True)
+    again = toy_trainer(tmp_path, patch_model())  # the same parts, its state read back from the checkpoint
+    assert not again.full_teaching
+    again._load_checkpoint()
+    assert again.state.full_teaching_from == 2 and again.full_teaching
+
+
+def test_runs_saved_before_the_gate_existed_resume_without_it():
+    assert TrainConfig.from_dict({"dataset": "decoy-digits"}).teaching_gate == "off"
+    assert TrainConfig().teaching_gate == "marks"
