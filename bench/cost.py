@@ -77,6 +77,7 @@ def step_config(setting: StepSetting, variant: str, device: torch.device, runs_d
                       annotator="none", device=device.type, runs_dir=str(runs_dir),
                       title=f"cost-{setting.model}-{setting.image_size}-{variant.replace('/', '-')}",
                       feedback_method="penalty",  # what is timed is the penalty (counterexamples join in the epoch loop)
+                      teaching_gate="off",  # the penalty from the first mark: noise images tell no class
                       **variant_settings(variant))
 
 

@@ -391,6 +391,69 @@ def render_shapes(results: dict) -> list[str]:
         _table(["variant", "seeds", "plain %", "hitl %", "points", "annotated", "hitl reliance %"], body) + [""]
 
 
+def _harm_cells(runs: dict, method: str, seeds: list[int]) -> list[float]:
+    return [runs[(method, s)]["test_acc"] for s in seeds if (method, s) in runs]
+
+
+def harm_table(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """Rows by (setting, size): the seeds, each method's test accuracies and the points each method is
+    over plain, per seed (the same seeds only)."""
+    by: dict = defaultdict(dict)
+    for r in rows:
+        by[(r["setting"], r["size"])][(r["method"], r["seed"])] = r
+    table = {}
+    for key, runs in by.items():
+        seeds = sorted({seed for _, seed in runs})
+        methods = sorted({m for m, _ in runs}, key=("plain", "hitl", "hitl_ungated").index)
+        points = {m: [100 * (runs[(m, s)]["test_acc"] - runs[("plain", s)]["test_acc"]) for s in seeds
+                      if (m, s) in runs and ("plain", s) in runs] for m in methods if m != "plain"}
+        annotated = [runs[("hitl", s)]["n_annotated"] / runs[("hitl", s)]["n_train"] for s in seeds if ("hitl", s) in runs]
+        table[key] = {"confounded": next(iter(runs.values()))["confounded"], "seeds": seeds,
+                      "acc": {m: _harm_cells(runs, m, seeds) for m in methods}, "points": points,
+                      "annotated": _mean(annotated)}
+    return table
+
+
+def render_harm(results: dict) -> list[str]:
+    rows = results.get("harm") or []
+    if not rows:
+        return []
+    body = []
+    for (setting, size), t in harm_table(rows).items():
+        def cell(method: str) -> str:
+            if method not in t["acc"]:
+                return "–"
+            acc = " / ".join(f"{100 * a:.1f}" for a in t["acc"][method])
+            return acc if method == "plain" else f"{acc} (**{_mean(t['points'][method]):+.1f}**)"
+        body.append([setting, size, len(t["seeds"]), cell("plain"), cell("hitl"), cell("hitl_ungated"),
+                     f"{100 * t['annotated']:.1f}%"])
+    return ["#### Feedback where there is nothing to unlearn, and small sets", "",
+            results.get("notes", {}).get("harm", "") + "; test accuracy % per seed (mean points over plain).", ""] + \
+        _table(["set", "training images", "seeds", "plain %", "hitl %", "hitl_ungated %", "annotated"], body) + [""]
+
+
+def harm_targets(rows: list[dict]) -> list[str]:
+    """Issue 25: feedback costs at most NO_HARM_POINTS where the marked artefact says nothing of the class, at
+    every size; on the confounded sets hitl gains at least GAIN_POINTS on every seed."""
+    if not rows:
+        return []
+    table = harm_table(rows)
+    clean = {k: t for k, t in table.items() if not t["confounded"]}
+    out = []
+    if clean:
+        costs = ", ".join(f"{setting} {size}: {_mean(t['points']['hitl']):+.1f}" for (setting, size), t in clean.items())
+        ok = all(_mean(t["points"]["hitl"]) >= -100 * NO_HARM_POINTS for t in clean.values())
+        out.append(f"- no harm: hitl within {100 * NO_HARM_POINTS:.0f} point of plain (mean of seeds) where the marked "
+                   f"artefact says nothing of the class ({costs}): {'holds' if ok else 'FAILS'}")
+    for (setting, size), t in table.items():
+        if t["confounded"]:
+            points = t["points"]["hitl"]
+            ok = all(p >= 100 * GAIN_POINTS for p in points)
+            out.append(f"- {setting} at {size} images: hitl ≥ +{100 * GAIN_POINTS:.0f} points over plain on every "
+                       f"seed ({', '.join(f'{p:+.1f}' for p in points)}): {'holds' if ok else 'FAILS'}")
+    return out
+
+
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
@@ -426,14 +489,15 @@ def render_file(path: Path, results: dict) -> str:
            + (f"; training runs at a time {results['jobs']} (their seconds are shared-core times)"
               if any(n > 1 for n in results.get("jobs", {}).values()) else "") + ".", ""]
     for render in (render_learning, render_efficiency, render_feedback, render_cost, render_cosine, render_penalties,
-                   render_latency, render_distributed, render_loading, render_review, render_shapes):
+                   render_latency, render_distributed, render_loading, render_review, render_shapes,
+                   render_harm):
         out += render(results)
     for e in results.get("errors", []):
         out.append(f"*{e['section']} failed:* {e['error']}\n")
     targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
                + learning_targets(results.get("learning") or []) + learning_targets(results.get("feedback") or [])
                + penalty_targets(results.get("penalties") or []) + loading_targets(results.get("loading") or [])
-               + review_targets(results.get("review")))
+               + review_targets(results.get("review")) + harm_targets(results.get("harm") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]
     return "\n".join(out)

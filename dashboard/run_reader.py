@@ -380,6 +380,16 @@ def reliance(run: protocol.RunDir) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def teaching(run: protocol.RunDir) -> str | None:
+    """The teaching gate's sentence (``protocol.describe_teaching``) for a run; None where its metrics or
+    config cannot be read (the pages say so elsewhere) or there is nothing to say."""
+    try:
+        rows, config = protocol.read_metrics(run), protocol.read_config(run)
+    except (OSError, protocol.ProtocolError):
+        return None
+    return protocol.describe_teaching(rows, config.get("teaching_gate"))
+
+
 # --------------------------------------------------------------------------- evaluation
 
 CURVE_COLUMNS = ["run", "explainer", "fraction", "masked_accuracy", "deletion"]

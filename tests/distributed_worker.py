@@ -25,7 +25,7 @@ def step_gradients(runs_dir: str, penalty: str, impl: str, mode: str, rows: slic
     """The parameter gradient of ``Trainer.train_step`` on ``rows`` of the global batch, flattened."""
     cfg = TrainConfig(dataset="decoy-digits", train_fraction=0.2, val_fraction=0.3, batch_size=GLOBAL_BATCH,
                       seed=5, annotator="none", penalty=penalty, penalty_impl=impl, runs_dir=runs_dir,
-                      title="gradients", device="cpu")
+                      title="gradients", device="cpu", teaching_gate="off")  # the penalty from the first mark
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.model.train(mode == "train")
     for index in ANNOTATED:

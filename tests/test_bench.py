@@ -207,3 +207,20 @@ def test_shapes_rows_render_plain_against_hitl_per_variant():
                                        (1, "plain", 0.48, 0, None), (1, "hitl", 0.7, 58, 0.2))]
     lines = report.render_shapes({"shapes": rows})
     assert "| ruler | 2 | 50.0 / 48.0 | 80.0 / 70.0 | **+30.0** / **+22.0** | 60 / 58 | 15.0 ± 7.1 |" in lines
+
+
+def test_harm_rows_render_the_cost_where_nothing_is_to_unlearn_and_the_gain_on_small_confounded_sets():
+    def row(setting, confounded, size, method, seed, acc, n=0):
+        return {"setting": setting, "confounded": confounded, "size": size, "method": method, "seed": seed,
+                "test_acc": acc, "n_annotated": n, "n_train": size}
+    rows = [row("digits", False, 300, "plain", 0, 0.98), row("digits", False, 300, "hitl", 0, 0.975, 24),
+            row("digits", False, 300, "hitl_ungated", 0, 0.94, 24),
+            row("lesions", True, 300, "plain", 0, 0.5), row("lesions", True, 300, "hitl", 0, 0.7, 20),
+            row("lesions", True, 300, "plain", 1, 0.5), row("lesions", True, 300, "hitl", 1, 0.6, 20)]
+    lines = report.render_harm({"harm": rows})
+    assert "| digits | 300 | 1 | 98.0 | 97.5 (**-0.5**) | 94.0 (**-4.0**) | 8.0% |" in lines
+    targets = report.harm_targets(rows)
+    assert targets[0].startswith("- no harm") and targets[0].endswith("holds")
+    assert targets[1] == ("- lesions at 300 images: hitl ≥ +15 points over plain on every seed (+20.0, +10.0): FAILS")
+    rows[1]["test_acc"] = 0.96
+    assert report.harm_targets(rows)[0].endswith("FAILS")

@@ -149,6 +149,8 @@ def test_feedback_flag_picks_counterexamples_penalty_or_both(tmp_path):
         cfg = TrainConfig(**TINY, runs_dir=str(tmp_path), title=method, feedback_method=method, prior_masks="20")
         trainer = Trainer(cfg, log=lambda *_: None)
         assert len(trainer.feedback) == 20
+        trainer.check_gate(1)  # as the loop does before an epoch: the decoy patch goes with the class
+        assert trainer.full_teaching
         results[method] = trainer.train_one_epoch(1)
     assert results["counterexamples"]["penalty"] == 0  # no penalty pass at all
     assert results["both"]["penalty"] > 0
@@ -365,3 +367,14 @@ def test_feedback_indices_follow_every_change_of_the_set():
     assert other.indices.tolist() == [1]
     other.load_state_dict(feedback.state_dict())
     assert other.indices.tolist() == [7, 2, 5]
+
+
+def test_queries_take_the_most_uncertain_image_of_each_class_in_turn():
+    from trainer.sampling import high_entropy, high_entropy_by_class
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.5, 0.5], [0.52, 0.48], [0.55, 0.45], [0.9, 0.1], [0.3, 0.7], [0.99, 0.01]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert high_entropy(probs, labels, 0.0, 3, g).tolist() == [0, 1, 2]  # all of class 0
+    assert high_entropy_by_class(probs, labels, 0.0, 4, g).tolist() == [0, 4, 1, 3]
+    assert high_entropy_by_class(probs, labels, 0.6, 4, g).tolist() == [0, 4, 1, 2]  # above the threshold only
+    assert TrainConfig().sampling == "high_entropy_by_class"

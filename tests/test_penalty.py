@@ -105,7 +105,7 @@ def test_a_probe_in_the_batch_gives_what_its_own_pass_gives(tmp_path, penalty, i
     image's logits come out as separate passes give them (eval-mode batch-norm, so batch composition
     cannot matter), in the batch's own order."""
     cfg = TrainConfig(runs_dir=str(tmp_path), title="t", train_fraction=0.1, annotator="none", penalty=penalty,
-                      penalty_impl=impl)
+                      penalty_impl=impl, teaching_gate="off")
     trainer = Trainer(cfg, log=lambda *a: None)
     model = trainer.model.eval()
     x, y = trainer.data.train.batch(torch.arange(16))

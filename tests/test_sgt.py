@@ -137,7 +137,7 @@ def test_train_step_adds_the_term_without_touching_running_statistics(tmp_path, 
 
 def test_sgt_combines_with_the_feedback_penalty(tmp_path, batch):
     x, y, idx = batch
-    trainer = make_trainer(tmp_path, method="sgt", penalty="rrr", penalty_impl="exact")
+    trainer = make_trainer(tmp_path, method="sgt", penalty="rrr", penalty_impl="exact", teaching_gate="off")
     mask = torch.zeros(32, 32, dtype=torch.bool)
     mask[:8, :8] = True
     trainer.feedback.add(3, mask)

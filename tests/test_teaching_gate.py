@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from dashboard import run_reader
+from trainer import protocol
 from trainer.config import TrainConfig
 from trainer.counterexamples import Counterexamples
 from trainer.data import DataSplits
@@ -94,10 +96,11 @@ def test_while_the_gate_is_shut_few_counterexamples_join_a_batch_and_the_penalty
     opened = toy_trainer(tmp_path / "off", patch_model(), teaching_gate="off")  # gate off: full from the start
     assert opened.full_teaching and opened.train_one_epoch(1)["penalty"] > 0
     n = len(shut.data.train)
-    assert light_share(len(shut.feedback), n) == pytest.approx(8 / 96)
+    assert light_share(len(shut.feedback), n, 0.5) == pytest.approx(8 / 96)
+    assert light_share(n, n, 0.5) == 0.5  # masks on every image: never more than the full share
     g = torch.Generator().manual_seed(0)
     x, y = shut.data.train.batch(torch.arange(16, 32))
-    _, _, _, appended = shut.counterexamples.extend(x, y, torch.arange(16, 32), g, light_share(8, n))
+    _, _, _, appended = shut.counterexamples.extend(x, y, torch.arange(16, 32), g, light_share(8, n, 0.5))
     assert appended == 1  # against 8 (half the batch) once the gate is open
 
 
@@ -115,3 +118,33 @@ def test_a_resumed_run_keeps_the_epoch_its_gate_opened(tmp_path):
 def test_runs_saved_before_the_gate_existed_resume_without_it():
     assert TrainConfig.from_dict({"dataset": "decoy-digits"}).teaching_gate == "off"
     assert TrainConfig().teaching_gate == "marks"
+
+
+@pytest.mark.parametrize("confounded", [True, False])
+def test_a_run_records_the_gate_in_its_metrics_and_the_page_says_why(tmp_path, confounded):
+    # 300 images: enough that other images carry each marked patch (colour and corner) to tell
+    cfg = TrainConfig(dataset="decoy-digits", train_fraction=0.3, val_fraction=0.2, epochs=1, batch_size=64, seed=1,
+                      annotator="oracle", queries_per_epoch=10, track_images=0, device="cpu", runs_dir=str(tmp_path),
+                      title="run", dataset_options={} if confounded else {"confounded": False})
+    Trainer(cfg, log=lambda *_: None).fit()
+    run = protocol.RunDir(tmp_path / "run")
+    row = protocol.read_metrics(run)[-1]
+    sentence = run_reader.teaching(run)
+    if confounded:  # the patch's colour is the class: the marks teach fully from the first epoch
+        assert row["full_teaching"] == 1 and row["marks_tell"] >= TELLS
+        assert sentence.startswith("Your marks teach fully from epoch 1: training images that carry what you marked")
+    else:
+        assert row["full_teaching"] == 0 and abs(row["marks_tell"]) < TELLS
+        assert sentence.startswith("Your marks teach lightly so far")
+
+
+def test_the_sentence_follows_the_rows_and_is_silent_without_the_gate():
+    light = {"epoch": 1, "n_feedback": 10.0, "full_teaching": 0.0, "marks_tell": 0.02}
+    assert "(+2 points against chance)" in protocol.describe_teaching([light], "marks")
+    opened = {**light, "epoch": 2, "full_teaching": 1.0, "marks_tell": math.nan}
+    assert protocol.describe_teaching([light, opened], "marks") == (
+        "Your marks teach fully from epoch 2: too few other images carry what you marked to tell whether it goes "
+        "with the class.")
+    assert protocol.describe_teaching([light, opened], "off") is None
+    old = {"epoch": 1, "n_feedback": 10.0, "full_teaching": math.nan, "marks_tell": math.nan}
+    assert protocol.describe_teaching([old], "marks") is None

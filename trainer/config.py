@@ -31,7 +31,7 @@ class TrainConfig:
     sgt_fraction: float = 0.5               # share of pixels masked per image
     sgt_weight: float = 1.0                 # λ_kl
     sgt_fill: str = "random"                # random (uniform in the image's range) | a number in [0, 1]
-    sampling: str = "high_entropy"
+    sampling: str = "high_entropy_by_class"  # the study's is high_entropy (trainer/sampling.py)
     entropy_threshold: float = 0.0          # nats; the maximum is ln(number of classes)
     queries_per_epoch: int = 10
     proposals_per_epoch: int = 0            # images proposed per round as carrying a marked artefact (trainer/proposals.py)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from . import protocol
 from .feedback import FeedbackSet
+from .sampling import by_class
 
 MIN_MARKED = 3          # marked images needed before anything is proposed
 MAX_MARK_AREA = 0.25    # larger marks (or marks with a relevant region) say "not this object", not "this artefact"
@@ -206,7 +207,11 @@ class Finder:
     def choose(self, candidates: torch.Tensor, scores: torch.Tensor, count: int, gather,
                labels: torch.Tensor | None = None) -> list[Proposal]:
         """The ``count`` best-scoring candidates on the marked side of the boundary, each with a mask;
-        with ``labels`` (the candidates'), taken from the classes in turn (see ``by_class``)."""
+        with ``labels`` (the candidates'), taken from the classes in turn (``sampling.by_class``): a
+        shortcut's artefact goes with the class (a blue sticker on one class, an orange one on the other),
+        and a direction fitted to all the marks scores one look higher: the best alone were all of one
+        class on synthetic-lesions (50 of 50), and counterexamples of one class taught the shortcut back
+        (docs/learning.md)."""
         order = torch.argsort(scores, descending=True, stable=True)
         order = order[scores[order] > 0]
         order = (by_class(order, labels[order]) if labels is not None else order)[:count]
@@ -226,18 +231,6 @@ class Finder:
             if mask.any():
                 out.append(Proposal(int(candidates[j]), float(scores[j]), mask))
         return out
-
-
-def by_class(order: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``order`` (best first) rearranged to take each class's best in turn. A shortcut's artefact goes
-    with the class (a blue sticker on one class, an orange one on the other), and a direction fitted to
-    all the marks scores one look higher: the best alone were all of one class on synthetic-lesions
-    (50 of 50), and counterexamples of one class taught the shortcut back (docs/learning.md)."""
-    rank_in_class = torch.zeros(len(order), dtype=torch.long)
-    for c in labels.unique():
-        where = torch.nonzero(labels == c).flatten()
-        rank_in_class[where] = torch.arange(len(where))
-    return order[torch.argsort(rank_in_class * len(order) + torch.arange(len(order)), stable=True)]
 
 
 def candidates_for(feedback: FeedbackSet, exclude: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,9 +66,10 @@ def gate_opens(tells: float | None) -> bool:
     return tells is None or tells >= TELLS
 
 
-def light_share(n_annotated: int, n_train: int) -> float:
-    """The counterexamples' share of a batch before the gate opens: the annotated images' share of the set."""
-    return n_annotated / max(1, n_train)
+def light_share(n_annotated: int, n_train: int, full_share: float) -> float:
+    """The counterexamples' share of a batch before the gate opens: the annotated images' share of the set,
+    never more than the full share."""
+    return min(full_share, n_annotated / max(1, n_train))
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,8 @@ class Trainer:
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
             if self.counterexamples is not None:
-                x, y, idx, _ = self.counterexamples.extend(
-                    x, y, idx, g, None if self.full_teaching else light_share(len(self.feedback), n))
+                share = None if self.full_teaching else light_share(len(self.feedback), n, self.cfg.counterexample_share)
+                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g, share)
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])

@@ -33,6 +33,9 @@ def render() -> None:
     common.unreadable(_answer_problems(str(run.path), common.feedback_stamp(run), tuple(protocol.queue_epochs(run))),
                       run.name)
     reliance_line(run)
+    teaching = run_reader.teaching(run)
+    if teaching:
+        st.caption(teaching)
     tracking = common.tracking(run)
     if tracking.empty:
         st.info("Nothing to show yet. After marks are sent and the next epoch ends, this page shows for every "

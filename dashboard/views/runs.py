@@ -20,6 +20,7 @@ ANNOTATORS = {
     "none": "Nobody: plain training, for comparison",
 }
 SAMPLING = {
+    "high_entropy_by_class": "Most uncertain images, each class in turn",
     "high_entropy": "Most uncertain images first",
     "low_entropy": "Confidently wrong images first",
     "random": "At random",

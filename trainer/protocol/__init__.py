@@ -32,7 +32,8 @@ from .proposals import (PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, PROP
                         read_proposal_image, read_proposal_mask, read_proposals, write_proposal, write_proposals)
 from .queue import (QUERY_ID, QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)
-from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, describe_reliance, read_confusion, read_evaluation,
+from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, describe_reliance, describe_teaching, read_confusion,
+                      read_evaluation,
                       read_metrics, read_saliency, read_tracking, write_confusion, write_evaluation, write_metrics,
                       write_tracking)
 from .status import (FAILED, FINISHED, HEARTBEAT_SECONDS, STALE, STALE_AFTER_SECONDS, STATES, STOPPED, TRAINING,

@@ -99,6 +99,29 @@ def describe_reliance(reliance: dict | None) -> str | None:
     return sentence
 
 
+def describe_teaching(rows: list[dict], gate: object) -> str | None:
+    """One sentence about the teaching gate (trainer/teaching.py) from a run's metrics rows and its config's
+    ``teaching_gate``: whether the marks teach fully and why; None for runs before the gate, with it off,
+    or without marks yet."""
+    if gate != "marks":
+        return None
+    gated = [r for r in rows if isinstance(r.get("full_teaching"), float) and not math.isnan(r["full_teaching"])]
+    if not gated or not any(r.get("n_feedback", 0) > 0 for r in gated):
+        return None
+    opened = next((r for r in gated if r["full_teaching"] == 1), None)
+    if opened is None:
+        tells = [r["marks_tell"] for r in gated if not math.isnan(r.get("marks_tell", math.nan))]
+        how = f" ({100 * tells[-1]:+.0f} points against chance)" if tells else ""
+        return ("Your marks teach lightly so far: the training images that carry what you marked have its class no "
+                f"more often than by chance{how}, so the model has nothing there to unlearn. They add a few "
+                "counterexamples and cost no accuracy; they teach fully as soon as what you mark goes with the class.")
+    tells = opened.get("marks_tell", math.nan)
+    why = ("too few other images carry what you marked to tell whether it goes with the class" if math.isnan(tells)
+           else f"training images that carry what you marked have its class {100 * tells:.0f} points more often "
+                "than by chance")
+    return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}."
+
+
 # --------------------------------------------------------------------------- confusion matrix
 
 def write_confusion(run: RunDir, epoch: int, class_names: list[str], matrix: list[list[int]]) -> None:
