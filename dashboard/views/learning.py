@@ -166,7 +166,9 @@ def image_history(run, index: int, rows: pd.DataFrame) -> None:
     relevant = _relevant_regions(str(run.path), common.feedback_stamp(run)).get(index)
     image = common.query_images(run).get(index)
     if mask is None or image is None:
-        st.warning(f"The marks or the picture of image {index} cannot be found in this run's folder.")
+        st.info(f"Image {index} has no {'marks' if mask is None else 'picture'} in this run's folder: masks given "
+                "before training (`--prior-masks`) come without one, as does an image whose queue was deleted. "
+                "Its line in the chart above still shows how its attribution moved.", icon=":material/image_not_supported:")
         return
     geometry = Geometry.fit(*mask.shape, side=PICTURE_WIDTH)
     st.subheader(f"Image {index}")
