@@ -163,7 +163,7 @@ def fill_paste(xs: torch.Tensor, masks: torch.Tensor, gather, annotated: torch.T
     _, dmasks = feedback.lookup(donors.to(feedback.device))
     out = xs.clone()
     for i in range(len(xs)):
-        box, dbox = _box(masks[i]), _box(dmasks[i].to(xs.device))
+        box, dbox = bounding_box(masks[i]), bounding_box(dmasks[i].to(xs.device))
         if box is None or dbox is None:
             continue
         (y0, y1, x0, x1), (v0, v1, u0, u1) = box, dbox
@@ -173,7 +173,7 @@ def fill_paste(xs: torch.Tensor, masks: torch.Tensor, gather, annotated: torch.T
     return out
 
 
-def _box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+def bounding_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     """The bounding box (y0, y1, x0, x1) of an H×W mask's nonzero pixels; None when empty."""
     rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
     if not len(rows):

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from .batches import gather
-from .counterexamples import RECUR_MAX_AREA, recurring_marks
+from .counterexamples import RECUR_MAX_AREA, bounding_box, recurring_marks
 from .data import Split
 from .feedback import FeedbackSet
 
@@ -93,12 +93,12 @@ def carriers(x: torch.Tensor, masks: torch.Tensor, pixels: torch.Tensor) -> torc
     (mean absolute difference) of the artefact's. Compared within each mark's bounding box."""
     out = torch.zeros(len(x), len(masks), dtype=torch.bool)
     for a, mask in enumerate(masks):
-        rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
-        if not len(rows):
+        box = bounding_box(mask)
+        if box is None:
             continue
-        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-        m = mask[box].float()
-        diff = ((x[:, :, box[0], box[1]] - pixels[a, :, box[0], box[1]]).abs().mean(1) * m).flatten(1).sum(1)
+        rows, cols = slice(box[0], box[1]), slice(box[2], box[3])
+        m = mask[rows, cols].float()
+        diff = ((x[:, :, rows, cols] - pixels[a, :, rows, cols]).abs().mean(1) * m).flatten(1).sum(1)
         out[:, a] = diff / m.sum() < CARRY_TOL
     return out
 

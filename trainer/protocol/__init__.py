@@ -33,9 +33,8 @@ from .proposals import (PROPOSAL_ACCEPT, PROPOSAL_ACTIONS, PROPOSAL_REJECT, PROP
 from .queue import (QUERY_ID, QueryEntry, pending_epoch, query_image_path, query_saliency_path, queue_epochs,
                     read_manifest, read_query_image, write_manifest, write_query_image)
 from .records import (METRIC_COLUMNS, TRACKING_COLUMNS, describe_reliance, describe_teaching, read_confusion,
-                      read_evaluation,
-                      read_metrics, read_saliency, read_tracking, write_confusion, write_evaluation, write_metrics,
-                      write_tracking)
+                      read_evaluation, read_metrics, read_saliency, read_tracking, write_confusion, write_evaluation,
+                      write_metrics, write_tracking)
 from .status import (FAILED, FINISHED, HEARTBEAT_SECONDS, STALE, STALE_AFTER_SECONDS, STATES, STOPPED, TRAINING,
                      WAITING, delete_run, launch_alive, launch_is_newer, mark_stop_requested, open_log, pid_alive, read_config, read_launch,
                      read_log_tail, read_status, write_config, write_launch, write_status)
