@@ -377,4 +377,7 @@ def test_queries_take_the_most_uncertain_image_of_each_class_in_turn():
     assert high_entropy(probs, labels, 0.0, 3, g).tolist() == [0, 1, 2]  # all of class 0
     assert high_entropy_by_class(probs, labels, 0.0, 4, g).tolist() == [0, 4, 1, 3]
     assert high_entropy_by_class(probs, labels, 0.6, 4, g).tolist() == [0, 4, 1, 2]  # above the threshold only
+    # one query a round: the class with fewer marks so far comes first, across rounds
+    assert high_entropy_by_class(probs, labels, 0.0, 1, g, torch.tensor([3, 0])).tolist() == [4]
+    assert high_entropy_by_class(probs, labels, 0.0, 3, g, torch.tensor([0, 1])).tolist() == [0, 1, 4]
     assert TrainConfig().sampling == "high_entropy_by_class"

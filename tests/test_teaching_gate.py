@@ -90,11 +90,22 @@ def test_the_gate_opens_for_good_once_the_marks_tell_the_class(tmp_path):
     assert math.isnan(trainer.check_gate(2)) and trainer.full_teaching  # open: no more measuring
 
 
+def steps_seen(trainer: Trainer) -> list[int]:
+    """The sizes of the batches ``trainer`` steps on from now (its own step, watched)."""
+    sizes, step = [], trainer.train_step
+    trainer.train_step = lambda x, y, idx: sizes.append(len(x)) or step(x, y, idx)
+    return sizes
+
+
 def test_while_the_gate_is_shut_few_counterexamples_join_a_batch_and_the_penalty_waits(tmp_path):
     shut = toy_trainer(tmp_path / "shut", patch_model())  # the gate not checked yet: shut
+    sizes = steps_seen(shut)
     assert shut.train_one_epoch(1)["penalty"] == 0
+    assert set(sizes) == {16 + 1}  # a batch and one counterexample: no annotated images oversampled
     opened = toy_trainer(tmp_path / "off", patch_model(), teaching_gate="off")  # gate off: full from the start
+    sizes = steps_seen(opened)
     assert opened.full_teaching and opened.train_one_epoch(1)["penalty"] > 0
+    assert set(sizes) == {16 + 2 + 9}  # 2 annotated images oversampled (1/8), half the 18 as counterexamples
     n = len(shut.data.train)
     assert light_share(len(shut.feedback), n, 0.5) == pytest.approx(8 / 96)
     assert light_share(n, n, 0.5) == 0.5  # masks on every image: never more than the full share

@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ask about at most N images over the whole run (default 0: no limit); once they are asked, "
                          "rounds bring only proposals to confirm (with --proposals), or none")
     fb.add_argument("-ov", "--oversample", type=parse_bool, nargs="?", const=True,
-                    help="add annotated images to every batch, 1/8 of the batch size (default true; -ov False turns it off)")
+                    help="add annotated images to every batch, 1/8 of the batch size, once the marks teach fully "
+                         "(--teaching-gate; default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
                     help=f"penalty weight λ (default {d.penalty_weight})")
     fb.add_argument("--penalty", choices=sorted(PENALTIES),

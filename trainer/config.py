@@ -37,7 +37,7 @@ class TrainConfig:
     proposals_per_epoch: int = 0            # images proposed per round as carrying a marked artefact (trainer/proposals.py)
     query_budget: int = 0                   # images asked about over the whole run; 0: no limit
     query_start_epoch: int = 0              # 0: one round before training too (docs/usage.md, bench)
-    oversample: bool = True                 # annotated images join every batch (1/8 of its size)
+    oversample: bool = True                 # annotated images join every batch (1/8 of its size) once marks teach fully
     annotator: str = "human"                # human | oracle | none
     feedback_timeout: float = 0.0           # seconds; 0 waits for ever
     seed: int = 0

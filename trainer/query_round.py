@@ -78,8 +78,9 @@ class QueryRound:
         allowed = ~t.feedback.excluded.cpu()
         candidates = torch.nonzero(allowed).flatten()
         g = torch.Generator().manual_seed(t.cfg.seed * 7919 + epoch)
+        marked = torch.bincount(labels[t.feedback.indices.cpu()], minlength=t.data.num_classes)
         chosen = candidates[SAMPLERS[t.cfg.sampling](probs[candidates], labels[candidates],
-                                                     t.cfg.entropy_threshold, self.queries_left(epoch), g)]
+                                                     t.cfg.entropy_threshold, self.queries_left(epoch), g, marked)]
         queries = []
         if len(chosen):
             x, _ = gather(t.data.train, chosen)

@@ -227,7 +227,7 @@ class Trainer:
         bar = _progress(total=total, desc=f"epoch {epoch}")
         started = time.time()
         for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
-            if extra and len(self.feedback):
+            if extra and len(self.feedback) and self.full_teaching:  # while the gate is shut, no oversampling
                 annotated = self.feedback.indices.cpu()
                 pick = annotated[torch.randint(len(annotated), (extra,), generator=g)]
                 xo, yo = gather(self.data.train, pick)
