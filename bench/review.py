@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from trainer import protocol
 from trainer.config import TrainConfig
+from trainer.counterexamples import bounding_box
 from trainer.data import DataRequest, build_dataset
 
 from .learning import train_all
@@ -62,12 +64,6 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.1):
             return value
         time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of a mask's marked pixels."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: Callable[[str], None],
@@ -118,7 +114,7 @@ def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: 
                     canvas = _canvas(page, epoch, q["query_id"])
                     target = truth[q["index"]]
                     if target.any():
-                        y0, y1, x0, x1 = _box(target)
+                        y0, y1, x0, x1 = bounding_box(torch.from_numpy(target))
                         page.keyboard.press("r")
                         _drag(page, canvas.bounding_box(), q["height"], q["width"], (x0 + 0.3, y0 + 0.3),
                               (x1 + 0.3, y1 + 0.3))

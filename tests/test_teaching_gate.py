@@ -83,7 +83,12 @@ def test_the_marks_tell_the_class_where_the_patch_goes_with_it_and_not_where_it_
 
 def test_the_gate_opens_for_good_once_the_marks_tell_the_class(tmp_path):
     shut = toy_trainer(tmp_path / "shut", patch_model(), confounded=False)
-    assert shut.check_gate(1) < TELLS and not shut.full_teaching
+    first = shut.check_gate(1)
+    assert first < TELLS and not shut.full_teaching
+    shut.data.train.images[:, :, :3, :3] = 0  # the images change under it; the marks do not: not measured again
+    assert shut.check_gate(2) == first
+    shut.feedback.add(8, shut.feedback.masks[0].clone())  # a new mark: measured again
+    assert shut.check_gate(3) != first
     trainer = toy_trainer(tmp_path / "open", patch_model())
     assert not trainer.full_teaching
     assert trainer.check_gate(1) >= TELLS and trainer.state.full_teaching_from == 1

@@ -156,6 +156,7 @@ class Trainer:
         self._last_heartbeat = 0.0
         self.status_fields: dict = {}
         self._status_problem: str | None = None
+        self._gate_measured: tuple[int, float | None] | None = None  # (feedback version, marks_tell_class)
         if resume:
             self._load_checkpoint()
         self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
@@ -171,7 +172,10 @@ class Trainer:
         few carriers)."""
         if self.full_teaching or not len(self.feedback):
             return math.nan
-        tells = self.dist.broadcast(marks_tell_class(self.feedback, self.data.train))
+        if self._gate_measured is None or self._gate_measured[0] != self.feedback.version:  # new marks since
+            self._gate_measured = self.feedback.version, self.dist.broadcast(
+                marks_tell_class(self.feedback, self.data.train))
+        tells = self._gate_measured[1]
         if gate_opens(tells):
             self.state.full_teaching_from = epoch
             self.log(f"epoch {epoch}: the marks now teach fully (" + (
