@@ -386,17 +386,16 @@ def fast_hands(page, run: protocol.RunDir, ids: list[str]) -> set[str]:
     page.keyboard.press("r")
     canvas = page.locator(CANVAS).first
 
-    def steady_box() -> dict:
-        """The canvas's box once the page has stopped moving it: on a loaded machine the page still lays
+    def wait_for_the_canvas_to_settle() -> None:
+        """Until the page stops moving the canvas (at most 2 s): on a loaded machine the page still lays
         out after the tool key, and a person aims at where the canvas is, so the test does too."""
         box = canvas.bounding_box()
         for _ in range(40):
             time.sleep(0.05)
             again = canvas.bounding_box()
             if again == box:
-                return box
+                return
             box = again
-        return box
 
     def rect(k: int, zoomed: bool = False) -> None:
         # rectangle k covers rows 2k+1..2k+2, columns 1..3 (zoomed: 14..18 at the same rows)
@@ -408,7 +407,7 @@ def fast_hands(page, run: protocol.RunDir, ids: list[str]) -> set[str]:
         page.mouse.move(*at(x1, 2 * k + 3.3), steps=2)
         page.mouse.up()
 
-    steady_box()
+    wait_for_the_canvas_to_settle()
     rect(0)
     keys = ["ArrowRight"] * 3 + ["ArrowLeft"] * 3
     for k, key in enumerate(keys, start=1):

@@ -12,9 +12,10 @@ much more often than the classes' shares those carriers have the artefact's clas
 where too few images carry one to say (MIN_CARRIERS), the marks teach fully from that epoch to the end of
 the run. Until then they teach lightly: the counterexamples appended to a batch are the annotated
 images' share of the training set (each about once an epoch) instead of ``--counterexample-share``, the
-annotated images are not oversampled into batches (``--oversample``), and the penalty waits. Half a batch of counterexamples drawn from a couple of dozen marks cost 3.4 points on
-300 digits whose marked patch said nothing of the class; the sticker of synthetic-lesions, which says
-everything, needs that share (docs/learning.md, feedback where there is nothing to unlearn).
+annotated images are not oversampled into batches (``--oversample``), and the penalty waits. Half a batch
+of counterexamples drawn from a couple of dozen marks cost 3.4 points on 300 digits whose marked patch
+said nothing of the class; the sticker of synthetic-lesions, which says everything, needs that share
+(docs/learning.md, feedback where there is nothing to unlearn).
 """
 from __future__ import annotations
 

@@ -225,13 +225,16 @@ class Trainer:
         order = order[~self.feedback.excluded.cpu()[order]]
         order, g = self.dist.shard(order, g)
         batch_size = self.train_batches.batch_size
-        extra = max(1, batch_size // 8) if self.cfg.oversample else 0
+        # the marks' weight is fixed for the epoch: oversampling and the full counterexample share once they
+        # teach fully, the annotated images' share and no oversampling while the gate is shut
+        extra = max(1, batch_size // 8) if self.cfg.oversample and self.full_teaching else 0
+        share = None if self.full_teaching else light_share(len(self.feedback), n, self.cfg.counterexample_share)
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
         total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
         started = time.time()
         for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
-            if extra and len(self.feedback) and self.full_teaching:  # while the gate is shut, no oversampling
+            if extra and len(self.feedback):
                 annotated = self.feedback.indices.cpu()
                 pick = annotated[torch.randint(len(annotated), (extra,), generator=g)]
                 xo, yo = gather(self.data.train, pick)
@@ -239,7 +242,6 @@ class Trainer:
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
             if self.counterexamples is not None:
-                share = None if self.full_teaching else light_share(len(self.feedback), n, self.cfg.counterexample_share)
                 x, y, idx, _ = self.counterexamples.extend(x, y, idx, g, share)
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),

@@ -168,7 +168,8 @@ def image_history(run, index: int, rows: pd.DataFrame) -> None:
     if mask is None or image is None:
         st.info(f"Image {index} has no {'marks' if mask is None else 'picture'} in this run's folder: masks given "
                 "before training (`--prior-masks`) come without one, as does an image whose queue was deleted. "
-                "Its line in the chart above still shows how its attribution moved.", icon=":material/image_not_supported:")
+                "Its line in the chart above still shows how its attribution moved.",
+                icon=":material/image_not_supported:")
         return
     geometry = Geometry.fit(*mask.shape, side=PICTURE_WIDTH)
     st.subheader(f"Image {index}")
