@@ -316,9 +316,10 @@ def test_an_annotated_image_in_a_batch_enters_as_a_counterexample_of_itself():
 
 def test_a_run_saved_before_feedback_methods_existed_keeps_the_penalty():
     saved = TrainConfig().to_dict()
-    del saved["feedback_method"], saved["counterexample_transfer"]
+    del saved["feedback_method"], saved["counterexample_transfer"], saved["counterexample_carry"]
     assert TrainConfig.from_dict(saved).feedback_method == "penalty"
     assert TrainConfig.from_dict(saved).counterexample_transfer == 0.0  # resumed as it was trained
+    assert TrainConfig.from_dict(saved).counterexample_carry == "recurring"
     assert TrainConfig.from_dict(TrainConfig().to_dict()).feedback_method == TrainConfig().feedback_method == "auto"
 
 

@@ -15,7 +15,8 @@ from trainer.batches import gather
 from trainer.config import TrainConfig
 from trainer.data import TensorSplit
 from trainer.feedback import FeedbackSet
-from trainer.proposals import MIN_MARKED, propose
+from trainer.counterexamples import Counterexamples
+from trainer.proposals import MIN_MARKED, candidates_for, find_artefacts, propose
 from trainer.train import Trainer
 
 H = W = 32
@@ -59,6 +60,41 @@ def test_ranking_puts_artefact_images_first_after_three_marks(trained):
     assert np.mean(ious) >= 0.5, ious
     # localised on each image: the masks are not one shape copied around
     assert len({tuple(np.argwhere(p.mask).min(0)) for p in found}) > 5
+
+
+def test_the_marked_artefact_is_found_and_filled_where_it_is_on_images_nobody_marked(trained):
+    """--counterexample-carry found: three marks, and the sticker is found wherever it sits on the other
+    images and filled there, only there, on the share of a batch's unannotated images asked for."""
+    train = trained.data.train
+    carries = train.masks.flatten(1).any(1)
+    feedback = FeedbackSet(len(train), 64, 64)
+    take = lambda i: gather(train, i)  # noqa: E731
+    marked = torch.nonzero(carries).flatten()[:MIN_MARKED]
+    for i in marked.tolist():
+        feedback.add(i, train.masks[i])
+    rest = candidates_for(feedback)
+    found, masks = find_artefacts(trained.model, feedback, take, rest, torch.device("cpu"))
+    assert not set(found.tolist()) & set(marked.tolist())
+    precision, recall = carries[found].float().mean(), carries[found].sum() / carries[rest].sum()
+    assert precision >= 0.9 and recall >= 0.6, (precision, recall)
+    ious = [iou(m.numpy(), train.masks[i].numpy()) for i, m in zip(found.tolist(), masks) if carries[i]]
+    assert np.mean(ious) >= 0.5, np.mean(ious)
+
+    ce = Counterexamples(feedback, take, share=0.1, fill="region", transfer=1.0, carry="found")
+    ce.carry_found(len(train), found, masks)
+    batch = found[:32]
+    x, y = take(batch)
+    xb, yb, idx, _ = ce.extend(x, y, batch, torch.Generator().manual_seed(0))
+    inside = masks[:32][:, None].expand_as(x)
+    assert torch.equal(xb[:32][~inside], x[~inside])                     # nothing else touched
+    changed = (xb[:32] != x).flatten(1).any(1)
+    assert changed.float().mean() >= 0.9 and torch.equal(yb[:32], y) and torch.equal(idx[:32], batch)
+    ce.carry_found(len(train), found[:0], masks[:0])                      # nothing found: as without
+    recurring_only = Counterexamples(feedback, take, share=0.1, fill="region", transfer=1.0)
+    same = [c.extend(x, y, batch, torch.Generator().manual_seed(1))[0] for c in (ce, recurring_only)]
+    assert torch.equal(*same)
+    with pytest.raises(ValueError, match="carry must be one of"):
+        Counterexamples(feedback, take, share=0.1, carry="everywhere")
 
 
 def test_synthetic_lesions_options_leave_the_default_set_alone():
@@ -248,6 +284,8 @@ def test_once_the_query_budget_is_spent_rounds_bring_only_proposals(tmp_path):
     answers = protocol.load_feedback(run, 1, protocol.read_manifest(run, 1))
     assert answers and all(a.source == protocol.SOURCE_PROPOSED for a in answers)
     assert protocol.pending_epoch(run) is None
+    # the sticker moves, so no mark recurs at one place: the marked artefact is carried where it is found
+    assert all(r["artefacts_found"] >= 100 for r in protocol.read_metrics(run)), protocol.read_metrics(run)
 
     trainer.cfg.epochs = 3  # had the run a third epoch: its round only if it may propose
     assert trainer.queries.queries_left(2) == 0 and trainer.queries.is_due(2)

@@ -239,7 +239,7 @@ def describe_options() -> dict:
 
 def _add_learning_arguments(group) -> None:
     from .annotator import STYLES
-    from .counterexamples import FILLS
+    from .counterexamples import CARRIES, FILLS
     from .teaching import GATES, TEACHING_METHODS
     from .prior import parse_prior_masks
 
@@ -288,10 +288,12 @@ def _add_learning_arguments(group) -> None:
                             "into the region leaves none of it; auto: 1/32 of the image side, for rough marks "
                             "(default 0: with exact marks growing them costs accuracy, docs/learning.md)")
     group.add_argument("--counterexample-transfer", type=share, metavar="SHARE",
-                       help="share of each batch's unannotated images that also get a mark drawn at the same "
-                            "place on at least 3 annotated images (a sticker in a corner, a ruler along the edge), "
-                            "filled: the artefact stops paying on images nobody marked (default 0.5; 0: only "
-                            "annotated images)")
+                       help="share of each batch's unannotated images that also get a marked artefact filled, so "
+                            "that it stops paying on images nobody marked (default 0.5; 0: only annotated images)")
+    group.add_argument("--counterexample-carry", choices=CARRIES,
+                       help="what those images get: found (default): the marked artefact where it is found on "
+                            "the image (the proposals' finder, nobody confirming), else a recurring mark; "
+                            "recurring: only a mark drawn at the same place on at least 3 annotated images")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")
@@ -488,7 +490,8 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
     if not resolve_teaching(cfg.feedback_method, cfg.dataset).counterexamples:
         unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
-                                                      "counterexample_dilate", "counterexample_transfer")
+                                                      "counterexample_dilate", "counterexample_transfer",
+                                                      "counterexample_carry")
                   if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --feedback counterexamples or both")

@@ -51,7 +51,8 @@ class TrainConfig:
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste
     counterexample_dilate: int | str = 0    # pixels the marks grow by before they are filled; auto: 1/32 of the side
-    counterexample_transfer: float = 0.5    # share of unannotated batch images given a recurring mark, filled
+    counterexample_transfer: float = 0.5    # share of unannotated batch images given a mark (found or recurring), filled
+    counterexample_carry: str = "found"     # found: the marked artefact where the finder sees it, else recurring | recurring
     prior_masks: str | None = None          # all | N: ground-truth masks of the first N training images
     oracle_style: str = "exact"             # exact | box | loose | partial (trainer/annotator.py)
     oracle_skip: float = 0.0                # share of queries the simulated annotator skips
@@ -67,4 +68,5 @@ class TrainConfig:
 
 
 # Settings whose default changed, with what a run saved before they existed used.
-FORMER_DEFAULTS = {"feedback_method": "penalty", "counterexample_transfer": 0.0, "teaching_gate": "off"}
+FORMER_DEFAULTS = {"feedback_method": "penalty", "counterexample_transfer": 0.0, "teaching_gate": "off",
+                   "counterexample_carry": "recurring"}

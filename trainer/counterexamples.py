@@ -19,14 +19,24 @@ Two fills, mixed half and half by default (``--counterexample-fill``):
             marked object, from an image of any class: what it looks like when it does not go with
             the label).
 
-Marks that recur at one place are carried to images nobody marked (``--counterexample-transfer``). A
-sticker in a corner, a ruler along the edge, a scanner's text label sit where the camera or the clinic
-put them, not where the lesion is: when at least three annotated images have a mark at the same place,
-that place is an artefact's, and a share of each batch's unannotated images gets one of those marks
-filled too. Whichever of them carried the artefact there loses it, so the shortcut stops paying on the
-whole training set and not only on the few images a person marked (synthetic-lesions hitl: 79.6% instead
-of 63.3%, docs/learning.md). Marks on the object itself (hair over a lesion) do not recur at one place
-and are never carried; neither are large marks nor answers with a relevant region.
+Marks are carried to images nobody marked (``--counterexample-transfer``, the share of each batch's
+unannotated images that get one): the shortcut stops paying on the whole training set and not only on
+the few images a person marked (synthetic-lesions hitl: 79.6% instead of 63.3%, docs/learning.md). Two
+ways, ``--counterexample-carry``:
+
+``found``      (default) before each epoch in which the marks teach fully, the marked artefact is looked
+               for on the unannotated images (the proposals' finder, trainer/proposals.py, without
+               anyone confirming) and an image where it is found gets its own localised mask filled; the
+               rest get a recurring mark as below. An artefact that moves (a sticker anywhere, a ruler
+               along any edge) is removed where it is, not only where it was marked.
+``recurring``  only marks that recur at one place: a sticker in a corner, a ruler along the edge, a
+               scanner's text label sit where the camera or the clinic put them, so when at least three
+               annotated images have a mark at the same place, that place is an artefact's and an
+               unannotated image gets one of those marks filled.
+
+Marks on the object itself (hair over a lesion) do not recur at one place and are not carried as
+recurring marks; neither are large marks nor answers with a relevant region (nor does the finder learn
+from them).
 
 The input-gradient penalty does not need to see a shortcut's gradient for this to work, which is why
 it removes the sticker of ``synthetic-lesions`` where RRR does not (docs/learning.md).
@@ -37,13 +47,16 @@ import torch
 import torch.nn.functional as F
 
 from .feedback import FeedbackSet
+from .proposals import candidates_for, find_artefacts
 
 FILLS = ("mix", "region", "paste")
+CARRIES = ("found", "recurring")  # --counterexample-carry
 AUTO_DILATION_SHARE = 1 / 32  # of the image's longer side (docs/learning.md: rough marks)
 # a mark recurs when at least RECUR_OTHERS other marks cover the same place (IoU >= RECUR_IOU on a
 # RECUR_GRID x RECUR_GRID grid, so that marks a few pixels apart match) and it is small: an artefact's
 RECUR_OTHERS, RECUR_IOU, RECUR_GRID, RECUR_MAX_AREA = 2, 0.5, 16, 0.25
 RECUR_REFERENCES = 1024  # each mark is compared with at most this many (the first annotated): bounded cost
+FIND_LIMIT = 1024  # unannotated images looked at for the marked artefacts before an epoch: a bounded cost
 
 
 def dilation_pixels(setting: int | str, image_size: int) -> int:
@@ -59,7 +72,9 @@ class Counterexamples:
     counterexamples of randomly chosen annotated images."""
 
     def __init__(self, feedback: FeedbackSet, gather, share: float, fill: str = "mix", dilate: int = 0,
-                 transfer: float = 0.0):
+                 transfer: float = 0.0, carry: str = "recurring"):
+        if carry not in CARRIES:
+            raise ValueError(f"counterexample carry must be one of {', '.join(CARRIES)}, got {carry!r}")
         if fill not in FILLS:
             raise ValueError(f"counterexample fill must be one of {', '.join(FILLS)}, got {fill!r}")
         if share <= 0:
@@ -69,8 +84,31 @@ class Counterexamples:
         if not 0 <= transfer <= 1:
             raise ValueError(f"counterexample transfer must be a share between 0 and 1, got {transfer}")
         self.feedback, self.gather, self.share, self.fill, self.dilate = feedback, gather, share, fill, dilate
-        self.transfer = transfer
+        self.transfer, self.carry = transfer, carry
         self._recurring: tuple[int, torch.Tensor] | None = None  # (feedback version, positions)
+        self._found: tuple[torch.Tensor, torch.Tensor] | None = None  # (position by dataset index or -1, masks)
+
+    def find_carriers(self, model, n_images: int, excluded: torch.Tensor, g: torch.Generator,
+                      device: torch.device) -> int:
+        """Looks for the marked artefacts on the unannotated images (at most FIND_LIMIT, drawn with ``g``
+        where there are more) with ``model`` as it is now; those where one is found carry it from now on.
+        How many do. ValueError for a model without a spatial feature map."""
+        candidates = candidates_for(self.feedback, excluded)
+        if len(candidates) > FIND_LIMIT:
+            candidates = candidates[torch.randperm(len(candidates), generator=g)[:FIND_LIMIT]].sort().values
+        indices, masks = find_artefacts(model, self.feedback, self.gather, candidates, device)
+        self.carry_found(n_images, indices, masks)
+        return len(indices)
+
+    def carry_found(self, n_images: int, indices: torch.Tensor, masks: torch.Tensor) -> None:
+        """From now on, the unannotated images ``indices`` (of ``n_images``) carry ``masks`` (bool k×H×W)
+        when drawn for carrying; nothing found: recurring marks alone, as without."""
+        if not len(indices):
+            self._found = None
+            return
+        position = torch.full((n_images,), -1, dtype=torch.long)
+        position[indices] = torch.arange(len(indices))
+        self._found = position, masks
 
     def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator,
                share: float | None = None):
@@ -89,7 +127,7 @@ class Counterexamples:
         if len(rows):
             x[rows] = self._replace_marked(x[rows], masks.to(x.device), x, annotated, g)
         if self.transfer:
-            self._carry_recurring(x, rows, annotated, g)
+            self._carry(x, idx, rows, annotated, g)
         k = max(1, round((self.share if share is None else share) * len(x)))
         pick = annotated[torch.randint(len(annotated), (k,), generator=g)]
         xs, ys = self.gather(pick)
@@ -97,14 +135,25 @@ class Counterexamples:
         ce = self._replace_marked(xs.to(x.device), masks.to(x.device), x, annotated, g)
         return torch.cat([x, ce]), torch.cat([y, ys.to(y.device)]), torch.cat([idx, pick.to(idx.device)]), k
 
-    def _carry_recurring(self, x: torch.Tensor, rows: torch.Tensor, annotated: torch.Tensor,
-                         g: torch.Generator) -> None:
-        """Gives ``transfer`` of the batch's unannotated rows a recurring mark each, filled, in place."""
+    def _carry(self, x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, annotated: torch.Tensor,
+               g: torch.Generator) -> None:
+        """Gives ``transfer`` of the batch's unannotated rows a mark each, filled, in place: the artefact
+        found on the image where it was, a recurring mark otherwise."""
         recurring = self.recurring()
-        if not len(recurring) or len(rows) == len(x):  # nothing to carry, or nobody unmarked: no draw either
+        if (not len(recurring) and self._found is None) or len(rows) == len(x):  # nothing to carry: no draw
             return
         chosen = torch.rand(len(x), generator=g) < self.transfer
         chosen[rows.cpu()] = False
+        if self._found is not None:
+            position, found_masks = self._found
+            at = position[idx.cpu()]
+            here = chosen & (at >= 0)
+            if here.any():
+                on = here.to(x.device)
+                x[on] = self._replace_marked(x[on], found_masks[at[here]].to(x.device, torch.float32), x, annotated, g)
+            chosen &= ~here
+            if not len(recurring):
+                return
         if not chosen.any():
             return
         pick = recurring[torch.randint(len(recurring), (int(chosen.sum()),), generator=g)]

@@ -41,6 +41,7 @@ MIN_MARKED = 3          # marked images needed before anything is proposed
 MAX_MARK_AREA = 0.25    # larger marks (or marks with a relevant region) say "not this object", not "this artefact"
 SCAN_LIMIT = 1024       # candidate images scored per round: a bounded cost on any data set
 BATCH = 256
+FIND_BATCH = 64         # images a forward when finding artefacts (every feature map of the batch is kept)
 FINE_FACTOR = 4        # the localising map has at least this many times the last map's side, where one does
 POSITIVE_COVER = 0.5    # share of a feature cell a mark must cover for the cell to be a positive sample
 SHRINK = 0.1          # of the pooled covariance replaced by the identity (few positive samples)
@@ -231,6 +232,37 @@ class Finder:
             if mask.any():
                 out.append(Proposal(int(candidates[j]), float(scores[j]), mask))
         return out
+
+
+@torch.no_grad()
+def find_artefacts(model, feedback: FeedbackSet, gather, candidates: torch.Tensor,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the marked artefacts are on ``candidates`` (dataset indices), without anyone confirming:
+    the candidates on the marked side of the boundary, each with its localised mask (as a proposal's),
+    one forward each. (indices, bool masks k×H×W); none before MIN_MARKED images carry a usable mark.
+    ValueError for a model without a spatial feature map."""
+    finder = Finder.fit(model, feedback, gather, device)
+    found, masks = [], []
+    if finder is not None:
+        was_training = model.training
+        model.eval()
+        try:
+            for i in range(0, len(candidates), FIND_BATCH):
+                idx = candidates[i:i + FIND_BATCH]
+                x, _ = gather(idx)
+                coarse, fine = layered_maps(model, x.to(device))
+                on_marked_side = finder.coarse.logits(coarse).flatten(1).max(1).values > 0
+                for j, lm in zip(torch.nonzero(on_marked_side).flatten().tolist(),
+                                 finder.fine.logits(fine[on_marked_side])):
+                    mask = torch.from_numpy(localise(lm, tuple(x.shape[-2:])))
+                    if mask.any() and mask.float().mean() <= MAX_MARK_AREA:
+                        found.append(int(idx[j]))
+                        masks.append(mask)
+        finally:
+            model.train(was_training)
+    size = tuple(feedback.shape)
+    return (torch.tensor(found, dtype=torch.long),
+            torch.stack(masks) if masks else torch.zeros((0, *size), dtype=torch.bool))
 
 
 def candidates_for(feedback: FeedbackSet, exclude: torch.Tensor | None = None) -> torch.Tensor:

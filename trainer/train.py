@@ -110,7 +110,8 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
         teaching=teaching,
         counterexamples=Counterexamples(
             feedback, lambda i: gather(data.train, i), cfg.counterexample_share, cfg.counterexample_fill,
-            dilation_pixels(cfg.counterexample_dilate, cfg.image_size), cfg.counterexample_transfer)
+            dilation_pixels(cfg.counterexample_dilate, cfg.image_size), cfg.counterexample_transfer,
+            cfg.counterexample_carry)
         if teaching.counterexamples else None,
         config=cfg)
 
@@ -157,6 +158,7 @@ class Trainer:
         self.status_fields: dict = {}
         self._status_problem: str | None = None
         self._gate_measured: tuple[int, float | None] | None = None  # (feedback version, marks_tell_class)
+        self._can_find = True  # False once the model turned out to have no spatial feature map to search
         if resume:
             self._load_checkpoint()
         self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
@@ -183,6 +185,23 @@ class Trainer:
                 else f"images that carry a marked artefact have its class {100 * tells:.0f} points more often "
                      "than by chance)"))
         return math.nan if tells is None else tells
+
+    def find_carriers(self, epoch: int) -> float:
+        """Before ``epoch``, where the marks teach fully and are carried by what they look like
+        (``--counterexample-carry found``): the marked artefacts looked for on the unannotated training
+        images with the model as it is (trainer/counterexamples.py); how many carry one, NaN where not looked."""
+        ce = self.counterexamples
+        if (ce is None or ce.carry != "found" or not ce.transfer or not self.full_teaching or not len(self.feedback)
+                or not self._can_find):
+            return math.nan
+        g = torch.Generator().manual_seed(self.cfg.seed * 104729 + epoch)
+        try:
+            return float(ce.find_carriers(self.model, len(self.data.train), self.feedback.excluded.cpu(), g,
+                                          self.device))
+        except ValueError as e:
+            self._can_find = False
+            self.log(f"marks are carried only where they recur at one place: {e}")
+            return math.nan
 
     @property
     def penalty_impl(self) -> str:
@@ -229,6 +248,7 @@ class Trainer:
         # teach fully, the annotated images' share and no oversampling while the gate is shut
         extra = max(1, batch_size // 8) if self.cfg.oversample and self.full_teaching else 0
         share = None if self.full_teaching else light_share(len(self.feedback), n, self.cfg.counterexample_share)
+        found = self.find_carriers(epoch)
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
         total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
@@ -252,7 +272,8 @@ class Trainer:
         bar.close()
         self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
         loss, correct, pen, count = self.dist.sum(totals).tolist()
-        return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count}
+        return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count,
+                "artefacts_found": found}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """One optimisation step: CE on the batch plus λ × the penalty on its annotated images.

@@ -23,6 +23,7 @@ METRIC_COLUMNS = (
     "reliance_flip",  # answers that swapping the marked artefacts changes (trainer/reliance.py); NaN: older runs
     "marks_tell",     # how much more often than by chance images carrying a marked artefact have its class (the gate)
     "full_teaching",  # 1 once the marks teach fully (trainer/teaching.py), 0 while lightly; NaN: older runs
+    "artefacts_found",  # unannotated training images the marked artefacts were found on, carried (NaN: not looked)
 )
 
 
