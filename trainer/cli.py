@@ -288,12 +288,14 @@ def _add_learning_arguments(group) -> None:
                             "into the region leaves none of it; auto: 1/32 of the image side, for rough marks "
                             "(default 0: with exact marks growing them costs accuracy, docs/learning.md)")
     group.add_argument("--counterexample-transfer", type=share, metavar="SHARE",
-                       help="share of each batch's unannotated images that also get a marked artefact filled, so "
-                            "that it stops paying on images nobody marked (default 0.5; 0: only annotated images)")
+                       help="share of each batch's unannotated images that get a recurring mark (drawn at the "
+                            "same place on at least 3 annotated images) filled, so that the artefact stops paying "
+                            "on images nobody marked (default 0.5; 0: nothing is carried, only annotated images "
+                            "teach)")
     group.add_argument("--counterexample-carry", choices=CARRIES,
-                       help="what those images get: found (default): the marked artefact where it is found on "
-                            "the image (the proposals' finder, nobody confirming), else a recurring mark; "
-                            "recurring: only a mark drawn at the same place on at least 3 annotated images")
+                       help="found (default): also look for the marked artefact on the images nobody marked "
+                            "before each epoch (the proposals' finder, nobody confirming) and fill it wherever it "
+                            "is found; recurring: recurring marks only")
     group.add_argument("--prior-masks", type=prior, metavar="all|N",
                        help="train with the data set's masks (generated sets' ground truth, a csv data set's mask "
                             "column) of the first N training images, or all, from the start")

@@ -51,8 +51,8 @@ class TrainConfig:
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste
     counterexample_dilate: int | str = 0    # pixels the marks grow by before they are filled; auto: 1/32 of the side
-    counterexample_transfer: float = 0.5    # share of unannotated batch images given a mark (found or recurring), filled
-    counterexample_carry: str = "found"     # found: the marked artefact where the finder sees it, else recurring | recurring
+    counterexample_transfer: float = 0.5    # share of unannotated batch images given a recurring mark, filled; 0: no carrying
+    counterexample_carry: str = "found"     # found: also the marked artefact wherever the finder sees it | recurring
     prior_masks: str | None = None          # all | N: ground-truth masks of the first N training images
     oracle_style: str = "exact"             # exact | box | loose | partial (trainer/annotator.py)
     oracle_skip: float = 0.0                # share of queries the simulated annotator skips

@@ -19,20 +19,23 @@ Two fills, mixed half and half by default (``--counterexample-fill``):
             marked object, from an image of any class: what it looks like when it does not go with
             the label).
 
-Marks are carried to images nobody marked (``--counterexample-transfer``, the share of each batch's
-unannotated images that get one): the shortcut stops paying on the whole training set and not only on
-the few images a person marked (synthetic-lesions hitl: 79.6% instead of 63.3%, docs/learning.md). Two
+Marks are carried to images nobody marked (``--counterexample-transfer``: 0 carries nothing): the
+shortcut stops paying on the whole training set and not only on the few images a person marked
+(synthetic-lesions hitl: 79.6% instead of 63.3% with recurring marks alone, docs/learning.md). Two
 ways, ``--counterexample-carry``:
 
 ``found``      (default) before each epoch in which the marks teach fully, the marked artefact is looked
                for on the unannotated images (the proposals' finder, trainer/proposals.py, without
-               anyone confirming) and an image where it is found gets its own localised mask filled; the
-               rest get a recurring mark as below. An artefact that moves (a sticker anywhere, a ruler
-               along any edge) is removed where it is, not only where it was marked.
+               anyone confirming), and every image where it is found gets its own localised mask, grown
+               by 1/32 of the side (the finder's edges are rough: a rim left keeps the label), filled in
+               every batch; of the rest, the share gets a recurring mark as below. An artefact that moves
+               (a sticker anywhere, a ruler along any edge) is removed where it is, not only where it
+               was marked, and where it is seen it never pays.
 ``recurring``  only marks that recur at one place: a sticker in a corner, a ruler along the edge, a
                scanner's text label sit where the camera or the clinic put them, so when at least three
-               annotated images have a mark at the same place, that place is an artefact's and an
-               unannotated image gets one of those marks filled.
+               annotated images have a mark at the same place, that place is an artefact's and the
+               share (``--counterexample-transfer``) of each batch's unannotated images gets one of those
+               marks filled.
 
 Marks on the object itself (hair over a lesion) do not recur at one place and are not carried as
 recurring marks; neither are large marks nor answers with a relevant region (nor does the finder learn
@@ -97,7 +100,7 @@ class Counterexamples:
         if len(candidates) > FIND_LIMIT:
             candidates = candidates[torch.randperm(len(candidates), generator=g)[:FIND_LIMIT]].sort().values
         indices, masks = find_artefacts(model, self.feedback, self.gather, candidates, device)
-        self.carry_found(n_images, indices, masks)
+        self.carry_found(n_images, indices, grow(masks, dilation_pixels("auto", max(masks.shape[-2:]))))
         return len(indices)
 
     def carry_found(self, n_images: int, indices: torch.Tensor, masks: torch.Tensor) -> None:
@@ -137,8 +140,8 @@ class Counterexamples:
 
     def _carry(self, x: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor, annotated: torch.Tensor,
                g: torch.Generator) -> None:
-        """Gives ``transfer`` of the batch's unannotated rows a mark each, filled, in place: the artefact
-        found on the image where it was, a recurring mark otherwise."""
+        """Fills, in place, the artefact found on each of the batch's unannotated rows that carry one, and
+        a recurring mark on ``transfer`` of the others."""
         recurring = self.recurring()
         if (not len(recurring) and self._found is None) or len(rows) == len(x):  # nothing to carry: no draw
             return
@@ -147,7 +150,8 @@ class Counterexamples:
         if self._found is not None:
             position, found_masks = self._found
             at = position[idx.cpu()]
-            here = chosen & (at >= 0)
+            at[rows.cpu()] = -1
+            here = at >= 0
             if here.any():
                 on = here.to(x.device)
                 x[on] = self._replace_marked(x[on], found_masks[at[here]].to(x.device, torch.float32), x, annotated, g)
@@ -171,7 +175,7 @@ class Counterexamples:
                         g: torch.Generator) -> torch.Tensor:
         """``xs`` with the (dilated) marked pixels taken from the fill."""
         if self.dilate:  # a loose mark that cuts into the region would leave a strip of it, label and all
-            masks = F.max_pool2d(masks[:, None], 2 * self.dilate + 1, stride=1, padding=self.dilate)[:, 0]
+            masks = grow(masks, self.dilate)
         fill = fill_region(xs, batch, g)
         if self.fill != "region":
             pasted = fill_paste(xs, masks, self.gather, annotated, self.feedback, g)
@@ -179,6 +183,13 @@ class Counterexamples:
             fill[use.to(xs.device)] = pasted[use.to(xs.device)]
         m = masks[:, None]
         return xs * (1 - m) + fill * m
+
+
+def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """N×H×W masks (bool or float) grown by ``pixels`` in every direction (a square neighbourhood)."""
+    if not pixels or not len(masks):
+        return masks
+    return F.max_pool2d(masks[:, None].float(), 2 * pixels + 1, stride=1, padding=pixels)[:, 0].to(masks.dtype)
 
 
 def recurring_marks(masks: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:

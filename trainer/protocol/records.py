@@ -101,9 +101,10 @@ def describe_reliance(reliance: dict | None) -> str | None:
 
 
 def describe_teaching(rows: list[dict], gate: object) -> str | None:
-    """One sentence about the teaching gate (trainer/teaching.py) from a run's metrics rows and its config's
-    ``teaching_gate``: whether the marks teach fully and why; None for runs before the gate, with it off,
-    or without marks yet."""
+    """A sentence about the teaching gate (trainer/teaching.py) from a run's metrics rows and its config's
+    ``teaching_gate``: whether the marks teach fully and why, and on how many other images what was marked
+    was found and covered (trainer/counterexamples.py); None for runs before the gate, with it off, or
+    without marks yet."""
     if gate != "marks":
         return None
     gated = [r for r in rows if isinstance(r.get("full_teaching"), float) and not math.isnan(r["full_teaching"])]
@@ -120,7 +121,11 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
     why = ("too few other images carry what you marked to tell whether it goes with the class" if math.isnan(tells)
            else f"training images that carry what you marked have its class {100 * tells:.0f} points more often "
                 "than by chance")
-    return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}."
+    found = [r["artefacts_found"] for r in rows if not math.isnan(r.get("artefacts_found", math.nan))]
+    carried = (f" In its latest epoch the model found what you marked on {int(found[-1])} training images nobody "
+               "marked too, and trained with it covered up there, so it cannot lean on it anywhere."
+               if found and found[-1] > 0 else "")
+    return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}.{carried}"
 
 
 # --------------------------------------------------------------------------- confusion matrix
