@@ -91,17 +91,17 @@ class Counterexamples:
         self._recurring: tuple[int, torch.Tensor] | None = None  # (feedback version, positions)
         self._found: tuple[torch.Tensor, torch.Tensor] | None = None  # (position by dataset index or -1, masks)
 
-    def find_carriers(self, model, n_images: int, excluded: torch.Tensor, g: torch.Generator,
-                      device: torch.device) -> int:
-        """Looks for the marked artefacts on the unannotated images (at most FIND_LIMIT, drawn with ``g``
-        where there are more) with ``model`` as it is now; those where one is found carry it from now on.
-        How many do. ValueError for a model without a spatial feature map."""
+    def find(self, model, excluded: torch.Tensor, g: torch.Generator,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unannotated images (at most FIND_LIMIT, drawn with ``g`` where there are more) on which
+        ``model`` as it is now finds a marked artefact, and its mask on each, grown by 1/32 of the side
+        (the finder's edges are rough; a rim left uncovered keeps the label, docs/learning.md): the
+        arguments of ``carry_found``. ValueError for a model without a spatial feature map."""
         candidates = candidates_for(self.feedback, excluded)
         if len(candidates) > FIND_LIMIT:
             candidates = candidates[torch.randperm(len(candidates), generator=g)[:FIND_LIMIT]].sort().values
         indices, masks = find_artefacts(model, self.feedback, self.gather, candidates, device)
-        self.carry_found(n_images, indices, grow(masks, dilation_pixels("auto", max(masks.shape[-2:]))))
-        return len(indices)
+        return indices, grow(masks, dilation_pixels("auto", max(masks.shape[-2:])))
 
     def carry_found(self, n_images: int, indices: torch.Tensor, masks: torch.Tensor) -> None:
         """From now on, the unannotated images ``indices`` (of ``n_images``) carry ``masks`` (bool k×H×W)

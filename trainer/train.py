@@ -195,13 +195,20 @@ class Trainer:
                 or not self._can_find):
             return math.nan
         g = torch.Generator().manual_seed(self.cfg.seed * 104729 + epoch)
-        try:
-            return float(ce.find_carriers(self.model, len(self.data.train), self.feedback.excluded.cpu(), g,
-                                          self.device))
-        except ValueError as e:
+
+        def look() -> tuple | str:  # on rank 0 under torchrun, so that every rank carries the same
+            try:
+                return ce.find(self.model, self.feedback.excluded.cpu(), g, self.device)
+            except ValueError as e:
+                return str(e)
+
+        found = self.dist.on_writer(look)
+        if isinstance(found, str):
             self._can_find = False
-            self.log(f"marks are carried only where they recur at one place: {e}")
+            self.log(f"marks are carried only where they recur at one place: {found}")
             return math.nan
+        ce.carry_found(len(self.data.train), *found)
+        return float(len(found[0]))
 
     @property
     def penalty_impl(self) -> str:
