@@ -159,12 +159,12 @@ def test_the_sentence_follows_the_rows_and_is_silent_without_the_gate():
     assert "(+2 points against chance)" in protocol.describe_teaching([light], "marks")
     opened = {**light, "epoch": 2, "full_teaching": 1.0, "marks_tell": math.nan}
     assert protocol.describe_teaching([light, opened], "marks") == (
-        "Your marks teach fully from epoch 2: too few other images carry what you marked to tell whether it goes "
-        "with the class.")
+        "Your marks teach fully from epoch 2: too few other images carry what you marked where you marked it to "
+        "tell whether it goes with the class.")
     assert protocol.describe_teaching([light, opened], "off") is None
     carried = {**opened, "epoch": 3, "artefacts_found": 941.0}
     assert protocol.describe_teaching([light, opened, carried], "marks").endswith(
-        "In its latest epoch the model found what you marked on 941 training images nobody marked too, and trained "
-        "with it covered up there, so it cannot lean on it anywhere.")
+        "In its latest epoch the trainer also saw what you marked on 941 training images nobody marked, wherever it "
+        "was on them, and covered it up there while training, so the model cannot lean on it there either.")
     old = {"epoch": 1, "n_feedback": 10.0, "full_teaching": math.nan, "marks_tell": math.nan}
     assert protocol.describe_teaching([old], "marks") is None

@@ -118,12 +118,13 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
                 f"more often than by chance{how}, so the model has nothing there to unlearn. They add a few "
                 "counterexamples and cost no accuracy; they teach fully as soon as what you mark goes with the class.")
     tells = opened.get("marks_tell", math.nan)
-    why = ("too few other images carry what you marked to tell whether it goes with the class" if math.isnan(tells)
-           else f"training images that carry what you marked have its class {100 * tells:.0f} points more often "
+    why = ("too few other images carry what you marked where you marked it to tell whether it goes with the class"
+           if math.isnan(tells) else f"training images that carry what you marked have its class {100 * tells:.0f} points more often "
                 "than by chance")
     found = [r["artefacts_found"] for r in rows if not math.isnan(r.get("artefacts_found", math.nan))]
-    carried = (f" In its latest epoch the model found what you marked on {int(found[-1])} training images nobody "
-               "marked too, and trained with it covered up there, so it cannot lean on it anywhere."
+    carried = (f" In its latest epoch the trainer also saw what you marked on {int(found[-1])} training images "
+               "nobody marked, wherever it was on them, and covered it up there while training, so the model "
+               "cannot lean on it there either."
                if found and found[-1] > 0 else "")
     return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}.{carried}"
 
