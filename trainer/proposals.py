@@ -251,7 +251,7 @@ def find_artefacts(model, feedback: FeedbackSet, gather, candidates: torch.Tenso
                 idx = candidates[i:i + FIND_BATCH]
                 x, _ = gather(idx)
                 coarse, fine = layered_maps(model, x.to(device))
-                on_marked_side = finder.coarse.logits(coarse).flatten(1).max(1).values > 0
+                on_marked_side = finder.best_logits(coarse) > 0
                 for j, lm in zip(torch.nonzero(on_marked_side).flatten().tolist(),
                                  finder.fine.logits(fine[on_marked_side])):
                     mask = torch.from_numpy(localise(lm, tuple(x.shape[-2:])))
