@@ -391,6 +391,21 @@ def render_shapes(results: dict) -> list[str]:
         _table(["variant", "seeds", "plain %", "hitl %", "points", "annotated", "hitl reliance %"], body) + [""]
 
 
+def shapes_targets(rows: list[dict]) -> list[str]:
+    """Issue 25: on every other shape of shortcut hitl gains at least GAIN_POINTS over plain on every seed."""
+    points = defaultdict(list)
+    plain = {(r["variant"], r["seed"]): r["test_acc"] for r in rows if r["method"] == "plain"}
+    for r in rows:
+        if r["method"] == "hitl" and (r["variant"], r["seed"]) in plain:
+            points[r["variant"]].append(100 * (r["test_acc"] - plain[(r["variant"], r["seed"])]))
+    if not points:
+        return []
+    ok = all(p >= 100 * GAIN_POINTS for ps in points.values() for p in ps)
+    worst = ", ".join(f"{variant} {min(ps):+.1f}" for variant, ps in points.items())
+    return [f"- other shapes of shortcut: hitl ≥ +{100 * GAIN_POINTS:.0f} points over plain on every seed of every "
+            f"variant (worst seed: {worst}): {'holds' if ok else 'FAILS'}"]
+
+
 def _harm_cells(runs: dict, method: str, seeds: list[int]) -> list[float]:
     return [runs[(method, s)]["test_acc"] for s in seeds if (method, s) in runs]
 
@@ -497,7 +512,8 @@ def render_file(path: Path, results: dict) -> str:
     targets = (cost_targets(results.get("cost") or []) + cosine_targets(results.get("cosine") or [])
                + learning_targets(results.get("learning") or []) + learning_targets(results.get("feedback") or [])
                + penalty_targets(results.get("penalties") or []) + loading_targets(results.get("loading") or [])
-               + review_targets(results.get("review")) + harm_targets(results.get("harm") or []))
+               + review_targets(results.get("review")) + shapes_targets(results.get("shapes") or [])
+               + harm_targets(results.get("harm") or []))
     if targets:
         out += ["#### Targets", ""] + targets + [""]
     return "\n".join(out)

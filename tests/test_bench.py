@@ -207,6 +207,9 @@ def test_shapes_rows_render_plain_against_hitl_per_variant():
                                        (1, "plain", 0.48, 0, None), (1, "hitl", 0.7, 58, 0.2))]
     lines = report.render_shapes({"shapes": rows})
     assert "| ruler | 2 | 50.0 / 48.0 | 80.0 / 70.0 | **+30.0** / **+22.0** | 60 / 58 | 15.0 ± 7.1 |" in lines
+    assert report.shapes_targets(rows)[0].endswith("(worst seed: ruler +22.0): holds")
+    rows[3]["test_acc"] = 0.6  # one seed gains 12 points: the shape is not unlearned on every seed
+    assert report.shapes_targets(rows)[0].endswith("(worst seed: ruler +12.0): FAILS")
 
 
 def test_harm_rows_render_the_cost_where_nothing_is_to_unlearn_and_the_gain_on_small_confounded_sets():
