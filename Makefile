@@ -74,7 +74,7 @@ bench-feedback:
 bench-review:
 	$(PY) -m bench --only review --jobs $(or $(JOBS),2) $(ARGS)
 
-## bench-shapes: plain and hitl on other shapes of shortcut (sticker anywhere, ruler, text, two artefacts, text on 80%), 3 seeds (about 30 min), into <device>-shapes.json
+## bench-shapes: plain, hitl and hitl with --feedback both on other shapes of shortcut (sticker anywhere, ruler, text, two artefacts, text on 80%), 3 seeds (about 75 min), into <device>-shapes.json
 bench-shapes:
 	$(PY) -m bench --only shapes --jobs $(or $(JOBS),2) $(ARGS)
 

@@ -109,7 +109,7 @@ class Plan:
     review_epochs: int = 6
     review_budget: int = 10      # --query-budget: images drawn on, at most
     review_proposals: int = 50   # --proposals per round
-    # shapes (not in the default run): plain and hitl on synthetic-lesions variants (bench/shapes.py)
+    # shapes (not in the default run): plain, hitl and hitl_both on synthetic-lesions variants (bench/shapes.py)
     shapes_seeds: tuple[int, ...] = (0, 1, 2)
     shapes_variants: tuple[str, ...] = ("anywhere", "ruler", "text", "sticker+ruler", "text on 80%")
     shapes_epochs: int = 6

@@ -374,10 +374,11 @@ def render_shapes(results: dict) -> list[str]:
     by = defaultdict(dict)
     for r in rows:
         by[r["variant"]][(r["method"], r["seed"])] = r
+    both = any(r["method"] == "hitl_both" for r in rows)  # files written before it have none
     body = []
     for variant, runs in by.items():
         seeds = sorted({seed for _, seed in runs})
-        acc = {m: [runs[(m, s)]["test_acc"] for s in seeds if (m, s) in runs] for m in ("plain", "hitl")}
+        acc = {m: [runs[(m, s)]["test_acc"] for s in seeds if (m, s) in runs] for m in ("plain", "hitl", "hitl_both")}
         points = [100 * (runs[("hitl", s)]["test_acc"] - runs[("plain", s)]["test_acc"]) for s in seeds
                   if ("hitl", s) in runs and ("plain", s) in runs]
         flips = {m: [runs[(m, s)].get("reliance_flip_rate") for s in seeds if (m, s) in runs] for m in ("plain", "hitl")}
@@ -385,10 +386,12 @@ def render_shapes(results: dict) -> list[str]:
         body.append([variant, len(seeds), " / ".join(f"{100 * a:.1f}" for a in acc["plain"]),
                      " / ".join(f"{100 * a:.1f}" for a in acc["hitl"]),
                      " / ".join(f"**{p:+.1f}**" for p in points), " / ".join(str(a) for a in annotated),
-                     _pm(flips["hitl"], 100)])
+                     _pm(flips["hitl"], 100)] + ([" / ".join(f"{100 * a:.1f}" for a in acc["hitl_both"]) or "–"]
+                                                 if both else []))
     return ["#### Other shapes of shortcut", "", results.get("notes", {}).get("shapes", "") + f"; {rows[0]['epochs']} "
             "epochs; reliance = % of answers that swapping the marked artefacts changes (hitl's marks).", ""] + \
-        _table(["variant", "seeds", "plain %", "hitl %", "points", "annotated", "hitl reliance %"], body) + [""]
+        _table(["variant", "seeds", "plain %", "hitl %", "points", "annotated", "hitl reliance %"]
+               + (["hitl_both %"] if both else []), body) + [""]
 
 
 def shapes_targets(rows: list[dict]) -> list[str]:

@@ -1,5 +1,6 @@
 """Other shapes of shortcut (issue 25), so that nothing is fitted to a square sticker in a corner: plain
-training and the simulated annotator (hitl: the trainer's defaults, 10 queries a round) on
+training and the simulated annotator (hitl: the trainer's defaults, 10 queries a round; hitl_both: the same
+with ``--feedback both``, the measurement behind ``auto``'s choice for data sets it has no entry for) on
 synthetic-lesions variants (trainer/data/synthetic.py): the sticker anywhere, a thin ruler along an
 edge, a text-like label, a sticker and a ruler together, and a text label on 80% of the images only.
 Decorrelated test accuracy, the shortcut gap and the reliance on the marks, per variant and seed."""
@@ -19,8 +20,11 @@ VARIANTS = {
     "sticker+ruler": {"second_artefact": "ruler"},
     "text on 80%": {"artefact": "text", "sticker_share": 0.8},
 }
+# each run: (--annotator, --feedback); hitl with the trainer's default feedback
+METHODS = {"plain": ("none", "auto"), "hitl": ("oracle", "auto"), "hitl_both": ("oracle", "both")}
 HOW = ("synthetic-lesions variants (trainer/data/synthetic.py), plain and hitl (the simulated annotator, 10 queries a "
-       "round, the trainer's default feedback), per seed; points = hitl's decorrelated test accuracy over plain's")
+       "round, the trainer's default feedback; hitl_both: with --feedback both), per seed; points = hitl's "
+       "decorrelated test accuracy over plain's")
 
 
 def run_shapes(seeds: tuple[int, ...], variants: tuple[str, ...], epochs: int, runs_dir: Path,
@@ -28,12 +32,12 @@ def run_shapes(seeds: tuple[int, ...], variants: tuple[str, ...], epochs: int, r
     planned = []
     for variant in variants:
         for seed in seeds:
-            for method in ("plain", "hitl"):
+            for method, (annotator, feedback) in METHODS.items():
                 title = f"lesions-{variant.replace(' ', '-').replace('%', 'pc').replace('+', '-and-')}-{method}-s{seed}"
                 planned.append((variant, seed, method, TrainConfig(
                     dataset="synthetic-lesions", epochs=epochs, seed=seed, device="cpu", track_images=0,
                     runs_dir=str(runs_dir), title=title, dataset_options=dict(VARIANTS[variant]),
-                    annotator="oracle" if method == "hitl" else "none")))
+                    annotator=annotator, feedback_method=feedback)))
     rows = train_all([p[-1] for p in planned], jobs, log)
     return [{"variant": variant, "seed": seed, "method": method, "epochs": epochs, **row}
             for (variant, seed, method, _), row in zip(planned, rows)]

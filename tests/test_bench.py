@@ -208,6 +208,9 @@ def test_shapes_rows_render_plain_against_hitl_per_variant():
     lines = report.render_shapes({"shapes": rows})
     assert "| ruler | 2 | 50.0 / 48.0 | 80.0 / 70.0 | **+30.0** / **+22.0** | 60 / 58 | 15.0 ± 7.1 |" in lines
     assert report.shapes_targets(rows)[0].endswith("(worst seed: ruler +22.0): holds")
+    rows.append({**rows[1], "method": "hitl_both", "test_acc": 0.6})  # one seed with --feedback both: a column
+    assert "| ruler | 2 | 50.0 / 48.0 | 80.0 / 70.0 | **+30.0** / **+22.0** | 60 / 58 | 15.0 ± 7.1 | 60.0 |" in \
+        report.render_shapes({"shapes": rows})
     rows[3]["test_acc"] = 0.6  # one seed gains 12 points: the shape is not unlearned on every seed
     assert report.shapes_targets(rows)[0].endswith("(worst seed: ruler +12.0): FAILS")
 
