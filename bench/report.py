@@ -367,20 +367,31 @@ def review_targets(review: dict | None) -> list[str]:
             f"≤ {REVIEW_SECONDS / 60:.0f} minutes of review on every seed ({points}): {'holds' if ok else 'FAILS'}"]
 
 
+def _shape_runs(rows: list[dict]) -> dict[str, dict]:
+    """The shapes rows by variant, each keyed by (method, seed)."""
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["variant"]][(r["method"], r["seed"])] = r
+    return by
+
+
+def _shape_points(runs: dict) -> list[float]:
+    """hitl's decorrelated test accuracy over plain's, in points, per seed that has both."""
+    seeds = sorted({seed for _, seed in runs})
+    return [100 * (runs[("hitl", s)]["test_acc"] - runs[("plain", s)]["test_acc"]) for s in seeds
+            if ("hitl", s) in runs and ("plain", s) in runs]
+
+
 def render_shapes(results: dict) -> list[str]:
     rows = results.get("shapes") or []
     if not rows:
         return []
-    by = defaultdict(dict)
-    for r in rows:
-        by[r["variant"]][(r["method"], r["seed"])] = r
     both = any(r["method"] == "hitl_both" for r in rows)  # files written before it have none
     body = []
-    for variant, runs in by.items():
+    for variant, runs in _shape_runs(rows).items():
         seeds = sorted({seed for _, seed in runs})
         acc = {m: [runs[(m, s)]["test_acc"] for s in seeds if (m, s) in runs] for m in ("plain", "hitl", "hitl_both")}
-        points = [100 * (runs[("hitl", s)]["test_acc"] - runs[("plain", s)]["test_acc"]) for s in seeds
-                  if ("hitl", s) in runs and ("plain", s) in runs]
+        points = _shape_points(runs)
         flips = {m: [runs[(m, s)].get("reliance_flip_rate") for s in seeds if (m, s) in runs] for m in ("plain", "hitl")}
         annotated = [runs[("hitl", s)]["n_annotated"] for s in seeds if ("hitl", s) in runs]
         body.append([variant, len(seeds), " / ".join(f"{100 * a:.1f}" for a in acc["plain"]),
@@ -396,11 +407,7 @@ def render_shapes(results: dict) -> list[str]:
 
 def shapes_targets(rows: list[dict]) -> list[str]:
     """Issue 25: on every other shape of shortcut hitl gains at least GAIN_POINTS over plain on every seed."""
-    points = defaultdict(list)
-    plain = {(r["variant"], r["seed"]): r["test_acc"] for r in rows if r["method"] == "plain"}
-    for r in rows:
-        if r["method"] == "hitl" and (r["variant"], r["seed"]) in plain:
-            points[r["variant"]].append(100 * (r["test_acc"] - plain[(r["variant"], r["seed"])]))
+    points = {variant: ps for variant, runs in _shape_runs(rows).items() if (ps := _shape_points(runs))}
     if not points:
         return []
     ok = all(p >= 100 * GAIN_POINTS for ps in points.values() for p in ps)

@@ -119,8 +119,8 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
                 "counterexamples and cost no accuracy; they teach fully as soon as what you mark goes with the class.")
     tells = opened.get("marks_tell", math.nan)
     why = ("too few other images carry what you marked where you marked it to tell whether it goes with the class"
-           if math.isnan(tells) else f"training images that carry what you marked have its class {100 * tells:.0f} points more often "
-                "than by chance")
+           if math.isnan(tells) else
+           f"training images that carry what you marked have its class {100 * tells:.0f} points more often than by chance")
     found = [r["artefacts_found"] for r in rows if not math.isnan(r.get("artefacts_found", math.nan))]
     carried = (f" In its latest epoch the trainer also saw what you marked on {int(found[-1])} training images "
                "nobody marked, wherever it was on them, and covered it up there while training, so the model "
