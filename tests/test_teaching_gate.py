@@ -1,6 +1,6 @@
-"""The teaching gate (trainer/teaching.py): the marks teach lightly while the images that carry what was
-marked show it does not go with the class, fully once it does, for the rest of the run; a resume keeps
-where it opened."""
+"""The teaching gate (trainer/teaching.py): the marks teach nothing, and training is what it would be
+without them, while the images that carry what was marked show it does not go with the class; fully once
+it does, for the rest of the run; a resume keeps where it opened."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,7 @@ from trainer.counterexamples import Counterexamples
 from trainer.data import DataSplits
 from trainer.data.base import TensorSplit
 from trainer.feedback import FeedbackSet
-from trainer.teaching import TELLS, Teaching, light_share, marks_tell_class
+from trainer.teaching import TELLS, Teaching, marks_tell_class
 from trainer.train import Trainer, build_parts
 
 from toys import toy_images
@@ -102,22 +102,18 @@ def steps_seen(trainer: Trainer) -> list[int]:
     return sizes
 
 
-def test_while_the_gate_is_shut_few_counterexamples_join_a_batch_and_the_penalty_waits(tmp_path):
-    shut = toy_trainer(tmp_path / "shut", patch_model())  # the gate not checked yet: shut
-    sizes = steps_seen(shut)
-    assert shut.train_one_epoch(1)["penalty"] == 0
-    assert set(sizes) == {16 + 1}  # a batch and one counterexample: no annotated images oversampled
+def test_while_the_gate_is_shut_the_epoch_is_plain_training_bit_for_bit(tmp_path):
+    shut = toy_trainer(tmp_path / "shut", patch_model(), confounded=False)
+    assert shut.check_gate(1) < TELLS  # the random patch says nothing of the class: shut
+    plain = toy_trainer(tmp_path / "plain", patch_model(), confounded=False, annotated=0)
+    sizes, plain_sizes = steps_seen(shut), steps_seen(plain)
+    assert shut.train_one_epoch(1) == plain.train_one_epoch(1)  # loss, accuracy, no penalty
+    assert sizes == plain_sizes and set(sizes) == {16}  # nothing appended, nothing oversampled
+    assert torch.equal(shut.model.scale, plain.model.scale)
     opened = toy_trainer(tmp_path / "off", patch_model(), teaching_gate="off")  # gate off: full from the start
     sizes = steps_seen(opened)
     assert opened.full_teaching and opened.train_one_epoch(1)["penalty"] > 0
     assert set(sizes) == {16 + 2 + 9}  # 2 annotated images oversampled (1/8), half the 18 as counterexamples
-    n = len(shut.data.train)
-    assert light_share(len(shut.feedback), n, 0.5) == pytest.approx(8 / 96)
-    assert light_share(n, n, 0.5) == 0.5  # masks on every image: never more than the full share
-    g = torch.Generator().manual_seed(0)
-    x, y = shut.data.train.batch(torch.arange(16, 32))
-    _, _, _, appended = shut.counterexamples.extend(x, y, torch.arange(16, 32), g, light_share(8, n, 0.5))
-    assert appended == 1  # against 8 (half the batch) once the gate is open
 
 
 def test_a_resumed_run_keeps_the_epoch_its_gate_opened(tmp_path):
@@ -149,9 +145,13 @@ def test_a_run_records_the_gate_in_its_metrics_and_the_page_says_why(tmp_path, c
     if confounded:  # the patch's colour is the class: the marks teach fully from the first epoch
         assert row["full_teaching"] == 1 and row["marks_tell"] >= TELLS
         assert sentence.startswith("Your marks teach fully from epoch 1: training images that carry what you marked")
-    else:
-        assert row["full_teaching"] == 0 and abs(row["marks_tell"]) < TELLS
-        assert sentence.startswith("Your marks teach lightly so far")
+    else:  # the patch is random: the marks wait, and the run trains as one without marks would, weight for weight
+        assert row["full_teaching"] == 0 and abs(row["marks_tell"]) < TELLS and row["n_feedback"] > 0
+        assert sentence.startswith("Your marks do not teach yet")
+        Trainer(replace(cfg, annotator="none", title="plain"), log=lambda *_: None).fit()
+        weights = [torch.load(protocol.RunDir(tmp_path / t).last_checkpoint, weights_only=False)["model"]
+                   for t in ("run", "plain")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_sentence_follows_the_rows_and_is_silent_without_the_gate():

@@ -267,10 +267,9 @@ def _add_learning_arguments(group) -> None:
                             "label; trainer/counterexamples.py), both, or auto (default): both on decoy-digits, "
                             "counterexamples elsewhere (docs/learning.md)")
     group.add_argument("--teaching-gate", choices=GATES,
-                       help="marks (default): the marks teach lightly (counterexamples at the annotated images' "
-                            "share of the set, no penalty) while the images that carry what was marked show it does "
-                            "not go with the class, fully once it does (or too few carry it to tell); off: fully "
-                            "from the first mark (trainer/teaching.py)")
+                       help="marks (default): the marks teach nothing (training as without them) while the images "
+                            "that carry what was marked show it does not go with the class, fully once it does (or "
+                            "too few carry it to tell); off: fully from the first mark (trainer/teaching.py)")
     group.add_argument("--counterexample-share", type=positive(float),
                        help="counterexamples appended to each batch, as a share of its size (default 0.5)")
     group.add_argument("--counterexample-fill", choices=FILLS,

@@ -113,10 +113,9 @@ class Counterexamples:
         position[indices] = torch.arange(len(indices))
         self._found = position, masks
 
-    def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator,
-               share: float | None = None):
+    def extend(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Generator):
         """The batch with its annotated images replaced by counterexamples of themselves and ``share ×
-        batch size`` (``self.share`` unless given) counterexamples of random annotated images appended:
+        batch size`` counterexamples of random annotated images appended:
         (x, y, idx, number appended).
         An annotated image is never shown as it is: with its shortcut intact it would teach the shortcut
         again. Every row keeps its annotated image's ``idx``, so a penalty that also runs (``--feedback
@@ -131,7 +130,7 @@ class Counterexamples:
             x[rows] = self._replace_marked(x[rows], masks.to(x.device), x, annotated, g)
         if self.transfer:
             self._carry(x, idx, rows, annotated, g)
-        k = max(1, round((self.share if share is None else share) * len(x)))
+        k = max(1, round(self.share * len(x)))
         pick = annotated[torch.randint(len(annotated), (k,), generator=g)]
         xs, ys = self.gather(pick)
         _, masks = self.feedback.lookup(pick.to(self.feedback.device))

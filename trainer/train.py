@@ -36,7 +36,7 @@ from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
 from .query_round import QueryRound
 from .sgt import SaliencyGuided
-from .teaching import Teaching, gate_opens, light_share, marks_tell_class, resolve_teaching
+from .teaching import Teaching, gate_opens, marks_tell_class, resolve_teaching
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
@@ -251,25 +251,24 @@ class Trainer:
         order = order[~self.feedback.excluded.cpu()[order]]
         order, g = self.dist.shard(order, g)
         batch_size = self.train_batches.batch_size
-        # the marks' weight is fixed for the epoch: oversampling and the full counterexample share once they
-        # teach fully, the annotated images' share and no oversampling while the gate is shut
-        extra = max(1, batch_size // 8) if self.cfg.oversample and self.full_teaching else 0
-        share = None if self.full_teaching else light_share(len(self.feedback), n, self.cfg.counterexample_share)
+        # fixed for the epoch: while the gate is shut the marks teach nothing, and the epoch is plain training's
+        teach = self.full_teaching and len(self.feedback) > 0
+        extra = max(1, batch_size // 8) if self.cfg.oversample and teach else 0
         found = self.find_carriers(epoch)
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
         total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
         started = time.time()
         for done, (x, y, idx) in enumerate(self.train_batches.epoch(order), start=1):
-            if extra and len(self.feedback):
+            if extra:
                 annotated = self.feedback.indices.cpu()
                 pick = annotated[torch.randint(len(annotated), (extra,), generator=g)]
                 xo, yo = gather(self.data.train, pick)
                 x = torch.cat([x, xo.to(self.device)])
                 y = torch.cat([y, yo.to(self.device)])
                 idx = torch.cat([idx, pick.to(self.device)])
-            if self.counterexamples is not None:
-                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g, share)
+            if teach and self.counterexamples is not None:
+                x, y, idx, _ = self.counterexamples.extend(x, y, idx, g)
             loss, logits, pen = self.train_step(x, y, idx)
             totals += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
                                    pen.detach() * len(y), torch.tensor(float(len(y)), device=self.device)])

@@ -22,7 +22,7 @@ METRIC_COLUMNS = (
     "val_f1", "penalty", "wrong_reason", "n_feedback", "lr", "seconds",
     "reliance_flip",  # answers that swapping the marked artefacts changes (trainer/reliance.py); NaN: older runs
     "marks_tell",     # how much more often than by chance images carrying a marked artefact have its class (the gate)
-    "full_teaching",  # 1 once the marks teach fully (trainer/teaching.py), 0 while lightly; NaN: older runs
+    "full_teaching",  # 1 once the marks teach fully (trainer/teaching.py), 0 while they wait; NaN: older runs
     "artefacts_found",  # unannotated training images the marked artefacts were found on, carried (NaN: not looked)
 )
 
@@ -114,9 +114,9 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
     if opened is None:
         tells = [r["marks_tell"] for r in gated if not math.isnan(r.get("marks_tell", math.nan))]
         how = f" ({100 * tells[-1]:+.0f} points against chance)" if tells else ""
-        return ("Your marks teach lightly so far: the training images that carry what you marked have its class no "
-                f"more often than by chance{how}, so the model has nothing there to unlearn. They add a few "
-                "counterexamples and cost no accuracy; they teach fully as soon as what you mark goes with the class.")
+        return ("Your marks do not teach yet: the training images that carry what you marked have its class no "
+                f"more often than by chance{how}, so the model has nothing there to unlearn, and it trains as it "
+                "would without them. They teach as soon as what you mark goes with the class.")
     tells = opened.get("marks_tell", math.nan)
     why = ("too few other images carry what you marked where you marked it to tell whether it goes with the class"
            if math.isnan(tells) else
