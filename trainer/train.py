@@ -168,6 +168,11 @@ class Trainer:
         """The marks teach fully (trainer/teaching.py): the gate is off or has opened."""
         return self.cfg.teaching_gate == "off" or self.state.full_teaching_from > 0
 
+    @property
+    def marks_teach(self) -> bool:
+        """Something is marked and the gate lets it teach; otherwise a step is plain training's."""
+        return self.full_teaching and len(self.feedback) > 0
+
     def check_gate(self, epoch: int) -> float:
         """Before ``epoch``: opens the teaching gate for the rest of the run where the marks tell the class
         (trainer/teaching.py); what was measured, NaN where nothing was (open already, nothing marked, too
@@ -191,8 +196,7 @@ class Trainer:
         (``--counterexample-carry found``): the marked artefacts looked for on the unannotated training
         images with the model as it is (trainer/counterexamples.py); how many carry one, NaN where not looked."""
         ce = self.counterexamples
-        if (ce is None or ce.carry != "found" or not ce.transfer or not self.full_teaching or not len(self.feedback)
-                or not self._can_find):
+        if ce is None or ce.carry != "found" or not ce.transfer or not self.marks_teach or not self._can_find:
             return math.nan
         g = torch.Generator().manual_seed(self.cfg.seed * 104729 + epoch)
 
@@ -252,7 +256,7 @@ class Trainer:
         order, g = self.dist.shard(order, g)
         batch_size = self.train_batches.batch_size
         # fixed for the epoch: while the gate is shut the marks teach nothing, and the epoch is plain training's
-        teach = self.full_teaching and len(self.feedback) > 0
+        teach = self.marks_teach
         extra = max(1, batch_size // 8) if self.cfg.oversample and teach else 0
         found = self.find_carriers(epoch)
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
@@ -289,7 +293,7 @@ class Trainer:
         the penalty and the cross-entropy share one forward and one backward; the others run their own
         pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
         rows = masks = probe = None
-        if len(self.feedback) and self.teaching.penalty and self.full_teaching:
+        if self.marks_teach and self.teaching.penalty:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
