@@ -11,16 +11,13 @@ at one place; a sticker that moves is not found that way). It works in the model
    standardised features with a shrunk covariance, closed form);
 3. every candidate image's feature map is scored along it; the image's score is the best position's,
    and the images are ranked by it;
-4. each top-ranked image is localised the same way at a finer side (the deepest map with at least
-   FINE_FACTOR times the last map's side, found by forward hooks), in a hypercolumn: that map and every
-   finer one before it, each averaged down to its side, side by side (a second direction fitted there). Its per-position logits are upsampled to the image, blurred by half a cell,
-   thresholded at the fitted boundary (log-odds 0), and only the connected region around the peak is
-   kept: the proposed mask, localised on that image (not a copy of a drawn box). The last map ranks well
-   but its cells are coarse (8 px at 64 px for hitl_cnn: mean IoU 0.70 with the ground-truth sticker,
-   against 0.87 in the 32×32 map, on one trained model; bench/proposals.py). One map of one depth is not
-   enough where the artefact is small and the images noisy: on decoy-digits the 16×16 map's masks held
-   the whole patch on 54–60% of the images, with the finer map beside it on 69–85%; coarser maps
-   upsampled beside them blur the edges (docs/learning.md).
+4. each top-ranked image is localised the same way in a finer feature map (the deepest one with at
+   least FINE_FACTOR times the last map's side, found by forward hooks; a second direction fitted
+   there): its per-position logits are upsampled to the image, blurred by half a cell, thresholded at
+   the fitted boundary (log-odds 0), and only the connected region around the peak is kept: the
+   proposed mask, localised on that image (not a copy of a drawn box). The last map ranks well but its
+   cells are coarse (8 px at 64 px for hitl_cnn: mean IoU 0.70 with the ground-truth sticker, against
+   0.87 in the 32×32 map, on one trained model; bench/proposals.py).
 
 Cost: the ranking rides on the query round's prediction pass over the training set
 (``predict_and_rank``: the same forward, the probabilities from the same features), so a round pays
@@ -46,8 +43,6 @@ SCAN_LIMIT = 1024       # candidate images scored per round: a bounded cost on a
 BATCH = 256
 FIND_BATCH = 64         # images a forward when finding artefacts (every feature map of the batch is kept)
 FINE_FACTOR = 4        # the localising map has at least this many times the last map's side, where one does
-HYPER_CHANNELS = 128   # channels a map brings to the hypercolumn at most (wider maps are averaged by groups)
-FIT_IMAGES = 128       # marked images a fit uses at most (the first): the hypercolumns' memory is bounded
 POSITIVE_COVER = 0.5    # share of a feature cell a mark must cover for the cell to be a positive sample
 SHRINK = 0.1          # of the pooled covariance replaced by the identity (few positive samples)
 
@@ -145,7 +140,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def layered_maps(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last feature map and the hypercolumn used to localise (both N×C×h×w, float32 on the CPU), from
+    """The last feature map and the finer map used to localise (both N×C×h×w, float32 on the CPU), from
     one forward with hooks on the model's leaf modules."""
     seen: list[torch.Tensor] = []
 
@@ -164,20 +159,8 @@ def layered_maps(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     side = last.shape[-1]
     wanted = min(FINE_FACTOR * side, x.shape[-1] // 2)
     fine = [s for s in seen if s.shape[0] == len(x) and s.shape[-1] >= max(wanted, side)]
-    if not fine:
-        return last.float().cpu(), last.float().cpu()
-    target = tuple(fine[-1].shape[-2:])
-    deepest = {s.shape[-1]: s for s in fine}  # the last map seen at each width: what that depth computed
-    return last.float().cpu(), torch.cat([_resampled(deepest[w], target) for w in sorted(deepest)], 1).cpu()
-
-
-def _resampled(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A map (N×C×h×w) at least as fine as ``size``, averaged down to it, with at most HYPER_CHANNELS
-    channels (groups of neighbouring channels averaged)."""
-    m = m.float()
-    if m.shape[1] > HYPER_CHANNELS:
-        m = F.adaptive_avg_pool3d(m[:, None], (HYPER_CHANNELS, *m.shape[-2:]))[:, 0]
-    return m if tuple(m.shape[-2:]) == size else F.adaptive_avg_pool2d(m, size)
+    fine_map = fine[-1] if fine else last
+    return last.float().cpu(), fine_map.float().cpu()
 
 
 class Finder:
@@ -189,11 +172,10 @@ class Finder:
 
     @classmethod
     def fit(cls, model, feedback: FeedbackSet, gather, device: torch.device) -> "Finder | None":
-        """None until MIN_MARKED images carry a usable mark; fitted on the first FIT_IMAGES."""
+        """None until MIN_MARKED images carry a usable mark."""
         marked, masks = marked_examples(feedback)
         if len(marked) < MIN_MARKED:
             return None
-        marked, masks = marked[:FIT_IMAGES], masks[:FIT_IMAGES]
         was_training = model.training
         model.eval()
         try:
