@@ -34,7 +34,8 @@ RESOLVED_METHODS = (PENALTY, COUNTEREXAMPLES, BOTH)        # what auto can becom
 # --feedback auto, by data set (docs/learning.md, 3 seeds each): on decoy-digits the penalty sees the
 # patch and both together teach the most (hitl 89.9% against 82.2% for counterexamples); on
 # synthetic-lesions and five other shapes of its shortcut the penalty slows learning the lesion and
-# counterexamples alone teach the most (95.8% against 92.2% for both; 3.8 to 21.7 points on the shapes),
+# counterexamples alone teach the most (95.8% against 92.2% for both; 3.8 to 21.7 points on the shapes as
+# first measured, on an earlier machine, where the sticker anywhere's rows do not reproduce),
 # so every other data set (photographs, your own) gets them alone. Six rules that read the run instead
 # were measured (docs/learning.md, "A rule in place of the names"); counterexamples fall short on
 # decoy-digits because the finder's carried masks miss part of its patch (exact masks: 88.1%). The sixth,
