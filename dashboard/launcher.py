@@ -76,8 +76,9 @@ class RunRequest:
                 "--model", self.model, "--epochs", str(self.epochs), "--sampling", self.sampling,
                 "--queries-per-epoch", str(self.queries_per_epoch),
                 "--query-start-epoch", str(self.query_start_epoch),
-                "--lambda", f"{self.penalty_weight:g}", "--saliency", self.saliency,
-                "--annotator", self.annotator, "--feedback", self.feedback_method]
+                "--saliency", self.saliency, "--annotator", self.annotator, "--feedback", self.feedback_method]
+        if self.feedback_method in ("penalty", "both"):  # auto weighs each mark itself; counterexamples have no λ
+            args += ["--lambda", f"{self.penalty_weight:g}"]
         if self.data_dir.strip():
             args += ["--data-dir", self.data_dir.strip()]
         if self.proposals:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -345,15 +346,17 @@ def test_log_tail_keeps_the_last_lines(tmp_path):
 def test_run_request_becomes_trainer_flags(tmp_path):
     request = launcher.RunRequest(title="t", dataset="folder", model="resnet18", epochs=3, sampling="random",
                                   queries_per_epoch=4, query_start_epoch=2, penalty_weight=2.5, saliency="saliency",
-                                  annotator="human", data_dir=" /data/x ", feedback_method="counterexamples",
+                                  annotator="human", data_dir=" /data/x ", feedback_method="both",
                                   extra_args=launcher.parse_extra_args("--batch-size 16 --lr 1e-3"))
     args = request.trainer_args(tmp_path)
     flags = dict(zip(args[:-4:2], args[1:-4:2]))
     assert flags == {"--runs-dir": str(tmp_path), "--title": "t", "--dataset": "folder", "--model": "resnet18",
                      "--epochs": "3", "--sampling": "random", "--queries-per-epoch": "4",
                      "--query-start-epoch": "2", "--lambda": "2.5", "--saliency": "saliency",
-                     "--annotator": "human", "--feedback": "counterexamples", "--data-dir": "/data/x"}
+                     "--annotator": "human", "--feedback": "both", "--data-dir": "/data/x"}
     assert args[-4:] == ["--batch-size", "16", "--lr", "1e-3"]
+    for method in ("auto", "counterexamples"):  # auto weighs each mark itself (the trainer refuses a λ for it)
+        assert "--lambda" not in replace(request, feedback_method=method).trainer_args(tmp_path)
     with pytest.raises(launcher.LaunchError, match="could not read"):
         launcher.parse_extra_args('--title "unclosed')
 

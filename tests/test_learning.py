@@ -16,10 +16,11 @@ from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
 from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_marks
-from trainer.teaching import resolve_teaching
+from trainer.teaching import AUTO_PENALTY_WEIGHT, Teaching
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.data.real import from_spreadsheet_cell, to_spreadsheet_cell
+from trainer.batches import gather
 from trainer.export import LABELS_FILE, export_run
 from trainer.feedback import FeedbackSet
 from trainer.train import Trainer
@@ -323,17 +324,58 @@ def test_a_run_saved_before_feedback_methods_existed_keeps_the_penalty():
     assert TrainConfig.from_dict(TrainConfig().to_dict()).feedback_method == TrainConfig().feedback_method == "auto"
 
 
-@pytest.mark.parametrize("dataset, method", [("decoy-digits", "both"), ("synthetic-lesions", "counterexamples")])
-def test_auto_feedback_is_resolved_by_data_set_and_saved(tmp_path, dataset, method):
-    cfg = TrainConfig(dataset=dataset, runs_dir=str(tmp_path), title="auto", epochs=1, train_fraction=0.05,
-                      val_fraction=0.1, annotator="none", prior_masks="4", track_images=0)
+def test_auto_feedback_is_saved_with_its_own_lambda_and_refuses_another(tmp_path):
+    """auto is a method of its own, the same on every data set (no table of names): counterexamples, and the
+    penalty weighed per mark at λ = AUTO_PENALTY_WEIGHT, which the saved config says so a resume does the same."""
+    cfg = TrainConfig(dataset="synthetic-lesions", runs_dir=str(tmp_path), title="auto", epochs=1,
+                      train_fraction=0.05, val_fraction=0.1, annotator="none", prior_masks="4", track_images=0)
     trainer = Trainer(cfg, log=lambda *_: None)
-    assert (trainer.cfg.feedback_method, trainer.counterexamples is not None, trainer.teaching.penalty) == \
-        (method, True, method == "both")
-    assert cfg.feedback_method == "auto"  # the caller's config is left as it was
+    assert (trainer.cfg.feedback_method, trainer.counterexamples is not None, trainer.teaching.penalty,
+            trainer.teaching.weighs_marks, trainer.cfg.penalty_weight) == ("auto", True, True, True, AUTO_PENALTY_WEIGHT)
+    assert cfg.penalty_weight == 10.0  # the caller's config is left as it was
     trainer.fit()
-    assert protocol.read_config(trainer.run)["feedback_method"] == method  # a resume does the same
-    assert resolve_teaching("penalty", dataset).method == "penalty"  # a method named is kept
+    saved = protocol.read_config(trainer.run)
+    assert (saved["feedback_method"], saved["penalty_weight"]) == ("auto", AUTO_PENALTY_WEIGHT)
+    assert not Teaching("both").weighs_marks and Teaching("both").penalty and not Teaching("counterexamples").penalty
+    with pytest.raises(CLIError, match="--lambda applies to --feedback penalty or both"):
+        parse_args(["--lambda", "5"])
+    assert parse_args(["--lambda", "5", "--feedback", "both"])[0].penalty_weight == 5.0
+
+
+def test_auto_penalises_each_mark_by_the_share_the_finder_misses(tmp_path):
+    """An annotated image whose mark the finder finds by itself adds no penalty (nor its cost: it is not
+    penalised at all), one it misses entirely the whole penalty, and in between in proportion."""
+    cfg = TrainConfig(**{**TINY, "prior_masks": "8", "teaching_gate": "off", "runs_dir": str(tmp_path), "title": "w"})
+    trainer = Trainer(cfg, log=lambda *_: None)
+    idx = trainer.feedback.indices[:8]
+    x, y = gather(trainer.data.train, idx)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    calls = []
+    trainer.penalty = _counting(trainer.penalty, calls)
+
+    def penalty_with(missed: torch.Tensor) -> float:
+        trainer.model.load_state_dict(start)
+        torch.manual_seed(0)  # the same dropout each time
+        trainer.missed = torch.ones(len(trainer.data.train))
+        trainer.missed[idx] = missed
+        return float(trainer.train_step(x, y, idx)[2].detach())
+
+    whole = penalty_with(torch.ones(8))
+    assert whole > 0 and calls[-1] == 8
+    assert penalty_with(torch.full((8,), 0.5)) == pytest.approx(whole / 2, rel=1e-4)
+    assert penalty_with(torch.zeros(8)) == 0.0 and len(calls) == 2  # nothing to penalise: no penalty pass
+    assert 0 < penalty_with(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0])) < whole and calls[-1] == 4
+
+
+def _counting(penalty, calls: list):
+    """``penalty`` with the number of images of each call recorded."""
+    class Counting:
+        uses_relevance, has_probe = penalty.uses_relevance, penalty.has_probe
+
+        def __call__(self, x, masks, y):
+            calls.append(len(x))
+            return penalty(x, masks, y)
+    return Counting()
 
 
 def test_auto_dilation_grows_with_the_image():

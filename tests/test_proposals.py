@@ -16,7 +16,8 @@ from trainer.config import TrainConfig
 from trainer.data import TensorSplit
 from trainer.feedback import FeedbackSet
 from trainer.counterexamples import Counterexamples
-from trainer.proposals import MIN_MARKED, candidates_for, find_artefacts, propose
+from trainer.proposals import HELD_OUT_FOLDS, MIN_MARKED, candidates_for, find_artefacts, propose
+from trainer.teaching import missed_shares
 from trainer.train import Trainer
 
 H = W = 32
@@ -96,6 +97,30 @@ def test_the_marked_artefact_is_found_and_filled_where_it_is_on_images_nobody_ma
     assert torch.equal(*same)
     with pytest.raises(ValueError, match="carry must be one of"):
         Counterexamples(feedback, take, share=0.1, carry="everywhere")
+
+
+def test_auto_weighs_a_mark_the_finder_finds_by_itself_lightly_and_one_it_cannot_fully(trained):
+    """--feedback auto: each mark is localised by a finder fitted on the other marks; the sticker, found
+    again, leaves little to penalise, a box on plain skin (no other mark looks like it) all of it, and so
+    does any image nobody marked."""
+    train = trained.data.train
+    carries = train.masks.flatten(1).any(1)
+    feedback = FeedbackSet(len(train), 64, 64)
+    stickers = torch.nonzero(carries).flatten()[:20]
+    for i in stickers.tolist():
+        feedback.add(i, train.masks[i])
+    plain = int(torch.nonzero(~carries).flatten()[0])
+    box = torch.zeros(64, 64, dtype=torch.bool)
+    box[20:30, 20:30] = True
+    feedback.add(plain, box)
+    shares = missed_shares(trained.model, feedback, lambda i: gather(train, i), len(train), torch.device("cpu"))
+    assert (shares[stickers] <= 0.2).float().mean() >= 0.75, shares[stickers]  # the sticker but a rim, mostly
+    assert shares[plain] >= 0.8, shares[plain]
+    assert torch.all(shares[candidates_for(feedback)] == 1)
+    few = FeedbackSet(len(train), 64, 64)  # too few marks to hold any out: the finder carries nothing either
+    for i in stickers[:HELD_OUT_FOLDS - 1].tolist():
+        few.add(i, train.masks[i])
+    assert torch.all(missed_shares(trained.model, few, lambda i: gather(train, i), len(train), torch.device("cpu")) == 1)
 
 
 def test_synthetic_lesions_options_leave_the_default_set_alone():

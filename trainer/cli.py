@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import confine, protocol
 from .config import TrainConfig
-from .teaching import resolve_teaching
+from .teaching import AUTO_PENALTY_WEIGHT, Teaching
 
 DEFAULTS = TrainConfig()
 
@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add annotated images to every batch, 1/8 of the batch size, once the marks teach fully "
                          "(--teaching-gate; default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
-                    help=f"penalty weight λ (default {d.penalty_weight})")
+                    help=f"penalty weight λ of --feedback penalty and both (default {d.penalty_weight:g}; auto "
+                         f"weighs each mark itself, at λ = {AUTO_PENALTY_WEIGHT:g})")
     fb.add_argument("--penalty", choices=sorted(PENALTIES),
                     help=f"default {d.penalty}. " + "; ".join(
                         f"{name}: {cls.summary}" + (" (--head attention)" if cls.needs_attention_head else "")
@@ -264,8 +265,9 @@ def _add_learning_arguments(group) -> None:
     group.add_argument("--feedback", dest="feedback_method", choices=TEACHING_METHODS,
                        help="how masks reach the weights: penalty (--penalty on annotated images), "
                             "counterexamples (annotated images re-entered with the marked pixels replaced, same "
-                            "label; trainer/counterexamples.py), both, or auto (default): both on decoy-digits, "
-                            "counterexamples elsewhere (docs/learning.md)")
+                            "label; trainer/counterexamples.py), both, or auto (default): counterexamples, and the "
+                            "penalty on each annotated image by the share of its mark the trainer cannot find again "
+                            "by itself (trainer/teaching.py, docs/learning.md)")
     group.add_argument("--teaching-gate", choices=GATES,
                        help="marks (default): the marks teach nothing (training as without them) while the images "
                             "that carry what was marked show it does not go with the class, fully once it does (or "
@@ -489,7 +491,11 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
         unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
-    if not resolve_teaching(cfg.feedback_method, cfg.dataset).counterexamples:
+    teaching = Teaching(cfg.feedback_method)
+    if teaching.weighs_marks and "penalty_weight" in given:
+        raise CLIError("--lambda applies to --feedback penalty or both: auto weighs each mark's penalty by the share "
+                       f"of it the trainer cannot find again by itself (λ = {AUTO_PENALTY_WEIGHT:g})")
+    if not teaching.counterexamples:
         unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
                                                       "counterexample_dilate", "counterexample_transfer",
                                                       "counterexample_carry")

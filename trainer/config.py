@@ -22,7 +22,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    penalty_weight: float = 10.0            # --lambda
+    penalty_weight: float = 10.0            # --lambda (penalty, both; auto has its own, trainer/teaching.py)
     penalty: str = "rrr"
     penalty_impl: str = "auto"              # exact on CPU, linearised on CUDA | linearised (probe; "fd" in old runs) | exact
     saliency: str = "deeplift"
@@ -46,7 +46,7 @@ class TrainConfig:
     track_images: int = 32                  # annotated images whose saliency is saved every epoch
     dataset_options: dict = field(default_factory=dict)
     # how masks teach (trainer/counterexamples.py), masks given up front, the simulated annotator's style
-    feedback_method: str = "auto"           # auto (by data set) | penalty | counterexamples | both
+    feedback_method: str = "auto"           # auto (the penalty where the finder misses) | penalty | counterexamples | both
     teaching_gate: str = "marks"            # marks: full teaching once the marks tell the class | off (trainer/teaching.py)
     counterexample_share: float = 0.5       # counterexamples appended per batch, as a share of its size
     counterexample_fill: str = "mix"        # mix | region | paste

@@ -45,6 +45,7 @@ FIND_BATCH = 64         # images a forward when finding artefacts (every feature
 FINE_FACTOR = 4        # the localising map has at least this many times the last map's side, where one does
 POSITIVE_COVER = 0.5    # share of a feature cell a mark must cover for the cell to be a positive sample
 SHRINK = 0.1          # of the pooled covariance replaced by the identity (few positive samples)
+HELD_OUT_FOLDS = 5      # held_out: each mark localised by a finder fitted on the other four fifths
 
 
 @dataclass
@@ -163,6 +164,17 @@ def layered_maps(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return last.float().cpu(), fine_map.float().cpu()
 
 
+def _maps_of(model, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layered_maps`` of ``x`` in batches, the model in eval mode meanwhile."""
+    was_training = model.training
+    model.eval()
+    try:
+        maps = [layered_maps(model, x[i:i + BATCH].to(device)) for i in range(0, len(x), BATCH)]
+    finally:
+        model.train(was_training)
+    return torch.cat([c for c, _ in maps]), torch.cat([f for _, f in maps])
+
+
 class Finder:
     """The directions fitted from the current marks: ``rank`` scores images by the last feature map,
     ``localise`` proposes masks on the chosen ones."""
@@ -176,18 +188,8 @@ class Finder:
         marked, masks = marked_examples(feedback)
         if len(marked) < MIN_MARKED:
             return None
-        was_training = model.training
-        model.eval()
-        try:
-            x, _ = gather(marked)
-            coarse, fine = [], []
-            for i in range(0, len(x), BATCH):
-                c, f = layered_maps(model, x[i:i + BATCH].to(device))
-                coarse.append(c)
-                fine.append(f)
-        finally:
-            model.train(was_training)
-        c_dir, f_dir = fit_direction(torch.cat(coarse), masks), fit_direction(torch.cat(fine), masks)
+        coarse, fine = _maps_of(model, gather(marked)[0], device)
+        c_dir, f_dir = fit_direction(coarse, masks), fit_direction(fine, masks)
         return None if c_dir is None or f_dir is None else cls(model, c_dir, f_dir, len(marked), device)
 
     def best_logits(self, feats: torch.Tensor) -> torch.Tensor:
@@ -263,6 +265,32 @@ def find_artefacts(model, feedback: FeedbackSet, gather, candidates: torch.Tenso
     size = tuple(feedback.shape)
     return (torch.tensor(found, dtype=torch.long),
             torch.stack(masks) if masks else torch.zeros((0, *size), dtype=torch.bool))
+
+
+@torch.no_grad()
+def held_out(model, feedback: FeedbackSet, gather, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each usable mark (``marked_examples``) against what the finder finds on its image when it has not
+    learned from it: the marks split into HELD_OUT_FOLDS folds (a fixed draw), the directions fitted on the
+    other folds, each held-out image localised as ``find_artefacts`` localises (empty where the image is
+    off the marked side, or too few marks to fit on). (dataset indices, the marks, what was found: bool
+    k×H×W.) How much of what a person marks counterexamples can carry without one."""
+    marked, masks = marked_examples(feedback)
+    found = torch.zeros_like(masks)
+    if len(marked) < HELD_OUT_FOLDS:
+        return marked, masks, found
+    x, _ = gather(marked)
+    coarse, fine = _maps_of(model, x, device)
+    folds = torch.randperm(len(marked), generator=torch.Generator().manual_seed(0)).chunk(HELD_OUT_FOLDS)
+    for k, held in enumerate(folds):
+        fit = torch.cat([fold for j, fold in enumerate(folds) if j != k])
+        c_dir, f_dir = fit_direction(coarse[fit], masks[fit]), fit_direction(fine[fit], masks[fit])
+        if c_dir is None or f_dir is None:
+            continue
+        on_marked_side = c_dir.logits(coarse[held]).flatten(1).max(1).values > 0
+        for i, seen, logit_map in zip(held.tolist(), on_marked_side.tolist(), f_dir.logits(fine[held])):
+            if seen:
+                found[i] = torch.from_numpy(localise(logit_map, tuple(x.shape[-2:])))
+    return marked, masks, found
 
 
 def candidates_for(feedback: FeedbackSet, exclude: torch.Tensor | None = None) -> torch.Tensor:

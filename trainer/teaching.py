@@ -1,9 +1,18 @@
-"""How a run's marks teach (``--feedback``), resolved once into what each training step does.
+"""How a run's marks teach (``--feedback``): what each training step does with them.
 
 "Feedback" is what a person says (the mask file, the feedback set); *teaching* is what the trainer does
 with it: an input-gradient penalty on the annotated images (trainer/penalty.py), counterexamples
-(trainer/counterexamples.py), or both. ``auto`` is resolved here and nowhere else, and the resolved
-method is saved in the run's config so a resume does the same.
+(trainer/counterexamples.py), both, or ``auto`` (the default): counterexamples, and the penalty on each
+annotated image weighted by how much of its mark the trainer cannot find again by itself. Counterexamples
+reach the images nobody marked through the finder (trainer/proposals.py), so they remove what it finds;
+where it localises badly (decoy-digits' 6 px patch on noisy digits: the whole patch covered on about 65%
+of the images) the rest keeps the label, and the person's exact mark has to teach through the gradient
+too. Before each epoch the marks teach, every mark is localised by a finder fitted on the other marks
+(``proposals.held_out``) and its image's penalty weighted by the share of the mark left uncovered (about
+a third on decoy-digits, a tenth on the lesion-like sets, where the penalty at full weight slows learning
+the lesion), at λ = AUTO_PENALTY_WEIGHT. One rule for every data set, read off the run's own marks and
+model; measured against the methods it replaces in docs/learning.md ("auto: the penalty on what the
+finder misses").
 
 The gate (``--teaching-gate``). Marks teach fully only where what they mark tells the class in the
 training data. Before each epoch, the artefacts people marked (``reliance.artefacts``) are looked for in
@@ -27,22 +36,13 @@ from . import reliance
 from .batches import gather
 from .data import Split
 from .feedback import FeedbackSet
+from .proposals import held_out
 
 PENALTY, COUNTEREXAMPLES, BOTH, AUTO = "penalty", "counterexamples", "both", "auto"
 TEACHING_METHODS = (AUTO, PENALTY, COUNTEREXAMPLES, BOTH)  # the --feedback choices
-RESOLVED_METHODS = (PENALTY, COUNTEREXAMPLES, BOTH)        # what auto can become
-# --feedback auto, by data set (docs/learning.md, 3 seeds each): on decoy-digits the penalty sees the
-# patch and both together teach the most (hitl 89.9% against 82.2% for counterexamples); on
-# synthetic-lesions and five other shapes of its shortcut the penalty slows learning the lesion and
-# counterexamples alone teach the most (95.8% against 92.2% for both; 3.8 to 21.7 points on the shapes as
-# first measured, on an earlier machine, where the sticker anywhere's rows do not reproduce),
-# so every other data set (photographs, your own) gets them alone. Six rules that read the run instead
-# were measured (docs/learning.md, "A rule in place of the names"); counterexamples fall short on
-# decoy-digits because the finder's carried masks miss part of its patch (exact masks: 88.1%). The sixth,
-# the penalty on each mark by the share the finder misses, matched this table on both sets but lost 6.2
-# points on the sticker beside a ruler (not landed).
-AUTO_BY_DATASET = {"decoy-digits": BOTH}
-AUTO_OTHERWISE = COUNTEREXAMPLES
+# auto's λ: `both` at λ = 1 beat λ = 10 on all seven shortcut sets measured (docs/learning.md); auto's
+# weights only lower it, image by image, so --lambda is not taken with it
+AUTO_PENALTY_WEIGHT = 1.0
 GATES = ("marks", "off")  # --teaching-gate: teaching once the marks tell the class | from the first mark
 TELLS = 0.25          # carriers of a marked artefact have its class this much more often than by chance
 MIN_CARRIERS = 16     # fewer images carrying a marked artefact cannot say: full teaching
@@ -77,23 +77,35 @@ def gate_opens(tells: float | None) -> bool:
 class Teaching:
     """What runs in a training step once the feedback set holds marks."""
 
-    method: str  # one of RESOLVED_METHODS
+    method: str  # one of TEACHING_METHODS
 
     def __post_init__(self) -> None:
-        if self.method not in RESOLVED_METHODS:
-            raise ValueError(f"unknown teaching method {self.method!r} (expected one of {', '.join(RESOLVED_METHODS)})")
+        if self.method not in TEACHING_METHODS:
+            raise ValueError(f"unknown teaching method {self.method!r} (expected one of {', '.join(TEACHING_METHODS)})")
 
     @property
     def penalty(self) -> bool:
         """The input-gradient penalty runs on the annotated images of each batch."""
-        return self.method in (PENALTY, BOTH)
+        return self.method in (PENALTY, BOTH, AUTO)
 
     @property
     def counterexamples(self) -> bool:
-        """Annotated images enter batches with their marked pixels replaced (and recurring marks are carried)."""
-        return self.method in (COUNTEREXAMPLES, BOTH)
+        """Annotated images enter batches with their marked pixels replaced (and marks are carried)."""
+        return self.method in (COUNTEREXAMPLES, BOTH, AUTO)
+
+    @property
+    def weighs_marks(self) -> bool:
+        """Each annotated image's penalty is weighted by the share of its mark the finder misses."""
+        return self.method == AUTO
 
 
-def resolve_teaching(method: str, dataset: str) -> Teaching:
-    """``--feedback``: ``auto`` is the method measured to teach the most on ``dataset``."""
-    return Teaching(AUTO_BY_DATASET.get(dataset, AUTO_OTHERWISE) if method == AUTO else method)
+def missed_shares(model, feedback: FeedbackSet, gather_train, n_images: int, device: torch.device) -> torch.Tensor:
+    """Per training image (CPU, float): the share of its mark not covered by what the finder, fitted on the
+    other marks, finds there (``proposals.held_out``); 1 on marks the finder does not learn from (large
+    ones, those with a relevant region) and on images nobody marked. ValueError for a model without a
+    spatial feature map."""
+    shares = torch.ones(n_images)
+    marked, masks, found = held_out(model, feedback, gather_train, device)
+    if len(marked):
+        shares[marked] = 1 - (found & masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    return shares

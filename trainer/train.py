@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, distributed, protocol, reliance
+from . import checkpoint, distributed, proposals, protocol, reliance
 from .annotator import OracleAnnotator
 from .batches import BatchSource, gather, keep_in_memory
 from .config import TrainConfig
@@ -36,7 +36,7 @@ from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
 from .query_round import QueryRound
 from .sgt import SaliencyGuided
-from .teaching import Teaching, gate_opens, marks_tell_class, resolve_teaching
+from .teaching import AUTO_PENALTY_WEIGHT, Teaching, gate_opens, marks_tell_class, missed_shares
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
@@ -75,9 +75,9 @@ class Parts:
 
 
 # What build_parts resolves: the title (rank 0's under torchrun: one made from the clock could differ by a
-# second between ranks), the image size (the data set's) and --feedback auto, so the saved config says
-# what the run does and a resume does the same.
-RESOLVED_FIELDS = ("title", "image_size", "feedback_method")
+# second between ranks), the image size (the data set's) and λ (--feedback auto's own), so the saved
+# config says what the run does and a resume does the same.
+RESOLVED_FIELDS = ("title", "image_size", "penalty_weight")
 
 
 def build_parts(cfg: TrainConfig, log=print) -> Parts:
@@ -95,8 +95,9 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
         data, loaded = keep_in_memory(data)
         if loaded and dist.is_writer:
             log(loaded)
-    teaching = resolve_teaching(cfg.feedback_method, cfg.dataset)
-    cfg = replace(cfg, image_size=data.image_size, feedback_method=teaching.method)
+    teaching = Teaching(cfg.feedback_method)
+    cfg = replace(cfg, image_size=data.image_size,
+                  penalty_weight=AUTO_PENALTY_WEIGHT if teaching.weighs_marks else cfg.penalty_weight)
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
     feedback = FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device)
@@ -159,6 +160,8 @@ class Trainer:
         self._status_problem: str | None = None
         self._gate_measured: tuple[int, float | None] | None = None  # (feedback version, marks_tell_class)
         self._can_find = True  # False once the model turned out to have no spatial feature map to search
+        # --feedback auto: per training image, the share of its mark the finder missed (weighs its penalty)
+        self.missed: torch.Tensor | None = None
         if resume:
             self._load_checkpoint()
         self.ddp = self.dist.wrap(self.model)  # the training forward's module (the model itself in one process)
@@ -214,6 +217,28 @@ class Trainer:
         ce.carry_found(len(self.data.train), *found)
         return float(len(found[0]))
 
+    def weigh_marks(self) -> float:
+        """Before an epoch where the marks teach, under ``--feedback auto``: how much of each mark the finder
+        misses when it has not learned from it (trainer/teaching.py), which weighs that image's penalty; the
+        mean share missed over the marks it learns from, NaN where not measured. A model without a spatial
+        map is weighed 1 everywhere (``both``)."""
+        if not (self.teaching.weighs_marks and self.marks_teach):
+            return math.nan
+
+        def weigh() -> torch.Tensor | None:  # on rank 0 under torchrun, so that every rank weighs the same
+            try:
+                return missed_shares(self.model, self.feedback, lambda i: gather(self.data.train, i),
+                                     len(self.data.train), self.device)
+            except ValueError:
+                return None
+
+        shares = self.dist.on_writer(weigh)
+        if shares is None:
+            shares = torch.ones(len(self.data.train))
+        self.missed = shares.to(self.device)
+        learned = proposals.marked_examples(self.feedback)[0]
+        return float(shares[learned].mean()) if len(learned) else math.nan
+
     @property
     def penalty_impl(self) -> str:
         """The implementation ``--penalty-impl`` resolves to on this device (``auto``: exact or linearised)."""
@@ -259,6 +284,7 @@ class Trainer:
         teach = self.marks_teach
         extra = max(1, batch_size // 8) if self.cfg.oversample and teach else 0
         found = self.find_carriers(epoch)
+        missed = self.weigh_marks()
         totals = torch.zeros(4, device=self.device)  # loss, correct, penalty, n
         total = math.ceil(len(order) / batch_size)
         bar = _progress(total=total, desc=f"epoch {epoch}")
@@ -283,18 +309,24 @@ class Trainer:
         self.status(protocol.TRAINING, phase="validating", progress=epoch_progress(total, total, time.time() - started))
         loss, correct, pen, count = self.dist.sum(totals).tolist()
         return {"train_loss": loss / count, "train_acc": correct / count, "penalty": pen / count,
-                "artefacts_found": found}
+                "artefacts_found": found, "marks_missed": missed}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        """One optimisation step: CE on the batch plus λ × the penalty on its annotated images.
+        """One optimisation step: CE on the batch plus λ × the penalty on its annotated images (under
+        ``--feedback auto`` each weighted by the share of its mark the finder misses; those with none to
+        miss are not penalised at all).
 
         A penalty with a probe (``rrr/linearised``: the image and its linearised probe; ``counterfactual``:
         the image and its counterfactual) forwards the probe's images in place of the annotated ones, so
         the penalty and the cross-entropy share one forward and one backward; the others run their own
         pass on the annotated images. ``--method sgt`` adds its KL term on the whole batch (trainer/sgt.py)."""
-        rows = masks = probe = None
+        rows = masks = probe = weights = None
         if self.marks_teach and self.teaching.penalty:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
+            annotated = len(rows)
+            if self.missed is not None and self.teaching.weighs_marks:
+                weights = self.missed[idx[rows]]
+                rows, masks, weights = rows[weights > 0], masks[weights > 0], weights[weights > 0]
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
         penalised = rows is not None and len(rows) > 0
@@ -318,7 +350,7 @@ class Trainer:
         if probe is None and penalised:
             pen = self.penalty(x[rows], masks, y[rows])
         if penalised:
-            pen = pen.mean()
+            pen = pen.mean() if weights is None else (pen * weights).sum() / annotated
             loss = loss + self.cfg.penalty_weight * pen
         else:
             pen = torch.zeros((), device=self.device)

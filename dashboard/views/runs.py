@@ -26,7 +26,7 @@ SAMPLING = {
     "random": "At random",
 }
 FEEDBACK = {
-    "auto": "Whatever teaches most on this data set (default)",
+    "auto": "Counterexamples, and the penalty where the trainer cannot find your mark (default)",
     "counterexamples": "Counterexamples: the image again, marks filled from other images",
     "penalty": "Penalty on the model's gradients inside the marks",
     "both": "Both",
@@ -206,9 +206,9 @@ def new_run_form() -> None:
                     "How your marks teach", choices["feedback_method"],
                     index=choices["feedback_method"].index(defaults["feedback_method"]),
                     format_func=lambda f: FEEDBACK.get(f, f),
-                    help="The default takes the penalty and counterexamples together on decoy-digits and "
-                         "counterexamples alone elsewhere: on lesion-like images the penalty does not move the "
-                         "model off a marked sticker (docs/learning.md).")
+                    help="The default shows the model your marked images with what you marked replaced, finds "
+                         "the same thing on the other images and replaces it there too; where it cannot find what "
+                         "you marked by itself, it also penalises the model for looking there (docs/learning.md).")
                 proposals = st.number_input(
                     "Images to propose per round", 0, 200, FORM_PROPOSALS,
                     help="Once three images carry a small mark, the trainer looks for the same artefact on the "
@@ -220,8 +220,8 @@ def new_run_form() -> None:
                          "mark ten, confirm the rest (docs/learning.md). 0: no limit.")
                 weight = st.number_input(
                     "Penalty weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
-                    help="How strongly the penalty pushes the model away from the regions you mark; not used "
-                         "by counterexamples alone.")
+                    help="How strongly the penalty pushes the model away from the regions you mark, with the "
+                         "penalty or both; the default method sets its own, and counterexamples alone have none.")
                 saliency = st.selectbox("Saliency method", choices["saliency"],
                                         index=choices["saliency"].index(defaults["saliency"]),
                                         help="How the dashboard shows what the model looked at.")

@@ -24,6 +24,7 @@ METRIC_COLUMNS = (
     "marks_tell",     # how much more often than by chance images carrying a marked artefact have its class (the gate)
     "full_teaching",  # 1 once the marks teach fully (trainer/teaching.py), 0 while they wait; NaN: older runs
     "artefacts_found",  # unannotated training images the marked artefacts were found on, carried (NaN: not looked)
+    "marks_missed",   # --feedback auto: mean share of a mark the finder misses, held out (weighs the penalty; NaN: not measured)
 )
 
 
@@ -126,7 +127,11 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
                "nobody marked, wherever it was on them, and covered it up there while training, so the model "
                "cannot lean on it there either."
                if found and found[-1] > 0 else "")
-    return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}.{carried}"
+    missed = [r["marks_missed"] for r in rows if not math.isnan(r.get("marks_missed", math.nan))]
+    penalised = (f" It finds on their own images {100 * (1 - missed[-1]):.0f}% of what you marked when it has not "
+                 "seen your mark; the rest it also teaches by penalising the model for looking there."
+                 if missed else "")
+    return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}.{carried}{penalised}"
 
 
 # --------------------------------------------------------------------------- confusion matrix
