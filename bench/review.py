@@ -79,7 +79,7 @@ def review_in_browser(seed: int, epochs: int, budget: int, proposals: int, log: 
     title = f"review-s{seed}"
     run = launcher.start_run(runs_dir, launcher.RunRequest(
         title=title, dataset="synthetic-lesions", model="hitl_cnn", epochs=epochs, sampling="high_entropy",
-        queries_per_epoch=10, query_start_epoch=0, penalty_weight=10, saliency="deeplift", annotator="human",
+        queries_per_epoch=10, query_start_epoch=0, penalty_weight=None, saliency="deeplift", annotator="human",
         proposals=proposals, extra_args=["--query-budget", str(budget), "--seed", str(seed), "--device", "cpu",
                                          "--track-images", "0"]))
     truth = build_dataset("synthetic-lesions", DataRequest(None, 64, seed)).train.masks.numpy()

@@ -61,7 +61,7 @@ class RunRequest:
     sampling: str
     queries_per_epoch: int
     query_start_epoch: int
-    penalty_weight: float
+    penalty_weight: float | None  # None: the feedback method's own λ
     saliency: str
     annotator: str
     data_dir: str = ""
@@ -77,7 +77,7 @@ class RunRequest:
                 "--queries-per-epoch", str(self.queries_per_epoch),
                 "--query-start-epoch", str(self.query_start_epoch),
                 "--saliency", self.saliency, "--annotator", self.annotator, "--feedback", self.feedback_method]
-        if self.feedback_method in ("penalty", "both"):  # auto weighs each mark itself; counterexamples have no λ
+        if self.penalty_weight is not None and self.feedback_method != "counterexamples":  # they have no λ
             args += ["--lambda", f"{self.penalty_weight:g}"]
         if self.data_dir.strip():
             args += ["--data-dir", self.data_dir.strip()]

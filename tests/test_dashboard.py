@@ -31,7 +31,7 @@ OPTIONS = {
                 "feedback_method": ["auto", "penalty", "counterexamples", "both"]},
     "defaults": {"dataset": "decoy-digits", "model": "hitl_cnn", "epochs": 8, "annotator": "human",
                  "sampling": "high_entropy", "queries_per_epoch": 10, "query_start_epoch": 1,
-                 "penalty_weight": 10.0, "saliency": "deeplift", "feedback_method": "auto"},
+                 "penalty_weight": None, "saliency": "deeplift", "feedback_method": "auto"},
 }
 
 
@@ -355,8 +355,9 @@ def test_run_request_becomes_trainer_flags(tmp_path):
                      "--query-start-epoch": "2", "--lambda": "2.5", "--saliency": "saliency",
                      "--annotator": "human", "--feedback": "both", "--data-dir": "/data/x"}
     assert args[-4:] == ["--batch-size", "16", "--lr", "1e-3"]
-    for method in ("auto", "counterexamples"):  # auto weighs each mark itself (the trainer refuses a λ for it)
-        assert "--lambda" not in replace(request, feedback_method=method).trainer_args(tmp_path)
+    assert "--lambda" not in replace(request, feedback_method="counterexamples").trainer_args(tmp_path)  # no λ
+    assert "--lambda" in replace(request, feedback_method="auto").trainer_args(tmp_path)
+    assert "--lambda" not in replace(request, feedback_method="auto", penalty_weight=None).trainer_args(tmp_path)
     with pytest.raises(launcher.LaunchError, match="could not read"):
         launcher.parse_extra_args('--title "unclosed')
 

@@ -16,7 +16,7 @@ from trainer.annotator import OracleAnnotator
 from trainer.cli import CLIError, parse_args
 from trainer.config import TrainConfig
 from trainer.counterexamples import Counterexamples, dilation_pixels, recurring_marks
-from trainer.teaching import AUTO_PENALTY_WEIGHT, Teaching
+from trainer.teaching import AUTO_PENALTY_WEIGHT, PENALTY_WEIGHT, Teaching
 from trainer.data import DataError, DataRequest, build_dataset
 from trainer.data.base import TensorSplit
 from trainer.data.real import from_spreadsheet_cell, to_spreadsheet_cell
@@ -324,22 +324,23 @@ def test_a_run_saved_before_feedback_methods_existed_keeps_the_penalty():
     assert TrainConfig.from_dict(TrainConfig().to_dict()).feedback_method == TrainConfig().feedback_method == "auto"
 
 
-def test_auto_feedback_is_saved_with_its_own_lambda_and_refuses_another(tmp_path):
+def test_auto_feedback_is_saved_with_its_own_lambda(tmp_path):
     """auto is a method of its own, the same on every data set (no table of names): counterexamples, and the
-    penalty weighed per mark at λ = AUTO_PENALTY_WEIGHT, which the saved config says so a resume does the same."""
+    penalty weighed per mark at λ = AUTO_PENALTY_WEIGHT unless --lambda says otherwise, which the saved config
+    says so a resume does the same; the other methods keep their λ of 10."""
     cfg = TrainConfig(dataset="synthetic-lesions", runs_dir=str(tmp_path), title="auto", epochs=1,
                       train_fraction=0.05, val_fraction=0.1, annotator="none", prior_masks="4", track_images=0)
     trainer = Trainer(cfg, log=lambda *_: None)
     assert (trainer.cfg.feedback_method, trainer.counterexamples is not None, trainer.teaching.penalty,
             trainer.teaching.weighs_marks, trainer.cfg.penalty_weight) == ("auto", True, True, True, AUTO_PENALTY_WEIGHT)
-    assert cfg.penalty_weight == 10.0  # the caller's config is left as it was
+    assert cfg.penalty_weight is None  # the caller's config is left as it was
     trainer.fit()
     saved = protocol.read_config(trainer.run)
     assert (saved["feedback_method"], saved["penalty_weight"]) == ("auto", AUTO_PENALTY_WEIGHT)
     assert not Teaching("both").weighs_marks and Teaching("both").penalty and not Teaching("counterexamples").penalty
-    with pytest.raises(CLIError, match="--lambda applies to --feedback penalty or both"):
-        parse_args(["--lambda", "5"])
-    assert parse_args(["--lambda", "5", "--feedback", "both"])[0].penalty_weight == 5.0
+    assert Teaching("both").penalty_weight == Teaching("penalty").penalty_weight == PENALTY_WEIGHT == 10.0
+    assert parse_args(["--lambda", "5"])[0].penalty_weight == 5.0  # auto at another λ, as asked
+    assert parse_args(["--feedback", "both"])[0].penalty_weight is None
 
 
 def test_auto_penalises_each_mark_by_the_share_the_finder_misses(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import confine, protocol
 from .config import TrainConfig
-from .teaching import AUTO_PENALTY_WEIGHT, Teaching
+from .teaching import AUTO_PENALTY_WEIGHT, PENALTY_WEIGHT, Teaching
 
 DEFAULTS = TrainConfig()
 
@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="add annotated images to every batch, 1/8 of the batch size, once the marks teach fully "
                          "(--teaching-gate; default true; -ov False turns it off)")
     fb.add_argument("--lambda", dest="penalty_weight", type=_non_negative(float),
-                    help=f"penalty weight λ of --feedback penalty and both (default {d.penalty_weight:g}; auto "
-                         f"weighs each mark itself, at λ = {AUTO_PENALTY_WEIGHT:g})")
+                    help=f"penalty weight λ (default {PENALTY_WEIGHT:g} with --feedback penalty or both, "
+                         f"{AUTO_PENALTY_WEIGHT:g} with auto, which weighs each mark's penalty below it by the share of "
+                         "the mark the trainer finds by itself)")
     fb.add_argument("--penalty", choices=sorted(PENALTIES),
                     help=f"default {d.penalty}. " + "; ".join(
                         f"{name}: {cls.summary}" + (" (--head attention)" if cls.needs_attention_head else "")
@@ -491,11 +492,7 @@ def check_methods(cfg: TrainConfig, given: dict, resumed: dict | None) -> None:
         unused = [f"--{k.replace('_', '-')}" for k in ("sgt_fraction", "sgt_weight", "sgt_fill") if k in given]
         if unused:
             raise CLIError(f"{', '.join(unused)} only apply with --method sgt")
-    teaching = Teaching(cfg.feedback_method)
-    if teaching.weighs_marks and "penalty_weight" in given:
-        raise CLIError("--lambda applies to --feedback penalty or both: auto weighs each mark's penalty by the share "
-                       f"of it the trainer cannot find again by itself (λ = {AUTO_PENALTY_WEIGHT:g})")
-    if not teaching.counterexamples:
+    if not Teaching(cfg.feedback_method).counterexamples:
         unused = [f"--{k.replace('_', '-')}" for k in ("counterexample_share", "counterexample_fill",
                                                       "counterexample_dilate", "counterexample_transfer",
                                                       "counterexample_carry")

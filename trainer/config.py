@@ -22,7 +22,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    penalty_weight: float = 10.0            # --lambda (penalty, both; auto has its own, trainer/teaching.py)
+    penalty_weight: float | None = None     # --lambda; None: the feedback method's own (trainer/teaching.py)
     penalty: str = "rrr"
     penalty_impl: str = "auto"              # exact on CPU, linearised on CUDA | linearised (probe; "fd" in old runs) | exact
     saliency: str = "deeplift"

@@ -40,9 +40,10 @@ from .proposals import held_out
 
 PENALTY, COUNTEREXAMPLES, BOTH, AUTO = "penalty", "counterexamples", "both", "auto"
 TEACHING_METHODS = (AUTO, PENALTY, COUNTEREXAMPLES, BOTH)  # the --feedback choices
-# auto's λ: `both` at λ = 1 beat λ = 10 on all seven shortcut sets measured (docs/learning.md); auto's
-# weights only lower it, image by image, so --lambda is not taken with it
-AUTO_PENALTY_WEIGHT = 1.0
+# λ where --lambda is not given: 10 for the penalty alone or beside counterexamples, as their benchmark rows
+# were measured; 1 for auto, whose weights only lower it mark by mark (`both` at λ = 1 beat λ = 10 on all
+# seven shortcut sets measured, docs/learning.md)
+PENALTY_WEIGHT, AUTO_PENALTY_WEIGHT = 10.0, 1.0
 GATES = ("marks", "off")  # --teaching-gate: teaching once the marks tell the class | from the first mark
 TELLS = 0.25          # carriers of a marked artefact have its class this much more often than by chance
 MIN_CARRIERS = 16     # fewer images carrying a marked artefact cannot say: full teaching
@@ -97,6 +98,11 @@ class Teaching:
     def weighs_marks(self) -> bool:
         """Each annotated image's penalty is weighted by the share of its mark the finder misses."""
         return self.method == AUTO
+
+    @property
+    def penalty_weight(self) -> float:
+        """λ where ``--lambda`` is not given."""
+        return AUTO_PENALTY_WEIGHT if self.weighs_marks else PENALTY_WEIGHT
 
 
 def missed_shares(model, feedback: FeedbackSet, gather_train, n_images: int, device: torch.device) -> torch.Tensor:

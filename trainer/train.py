@@ -36,7 +36,7 @@ from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
 from .query_round import QueryRound
 from .sgt import SaliencyGuided
-from .teaching import AUTO_PENALTY_WEIGHT, Teaching, gate_opens, marks_tell_class, missed_shares
+from .teaching import Teaching, gate_opens, marks_tell_class, missed_shares
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
 
@@ -75,8 +75,8 @@ class Parts:
 
 
 # What build_parts resolves: the title (rank 0's under torchrun: one made from the clock could differ by a
-# second between ranks), the image size (the data set's) and λ (--feedback auto's own), so the saved
-# config says what the run does and a resume does the same.
+# second between ranks), the image size (the data set's) and λ (the feedback method's own where --lambda is
+# not given), so the saved config says what the run does and a resume does the same.
 RESOLVED_FIELDS = ("title", "image_size", "penalty_weight")
 
 
@@ -97,7 +97,7 @@ def build_parts(cfg: TrainConfig, log=print) -> Parts:
             log(loaded)
     teaching = Teaching(cfg.feedback_method)
     cfg = replace(cfg, image_size=data.image_size,
-                  penalty_weight=AUTO_PENALTY_WEIGHT if teaching.weighs_marks else cfg.penalty_weight)
+                  penalty_weight=teaching.penalty_weight if cfg.penalty_weight is None else cfg.penalty_weight)
     model = create_classifier(cfg.model, data.num_classes, data.in_chans, cfg.pretrained, cfg.head).to(device)
     penalty = penalty_class(cfg.penalty, resolve_impl(cfg.penalty_impl, device.type))(model)
     feedback = FeedbackSet(len(data.train), cfg.image_size, cfg.image_size, device)

@@ -219,9 +219,10 @@ def new_run_form() -> None:
                     help="Once this many images were asked about, rounds bring only proposals to confirm: "
                          "mark ten, confirm the rest (docs/learning.md). 0: no limit.")
                 weight = st.number_input(
-                    "Penalty weight λ", 0.0, 10000.0, float(defaults["penalty_weight"]), step=1.0,
-                    help="How strongly the penalty pushes the model away from the regions you mark, with the "
-                         "penalty or both; the default method sets its own, and counterexamples alone have none.")
+                    "Penalty weight λ", 0.0, 10000.0, defaults["penalty_weight"], step=1.0,
+                    placeholder="the method's own: 1 for the default, 10 for the penalty or both",
+                    help="How strongly the penalty pushes the model away from the regions you mark. Empty: the "
+                         "method's own. Counterexamples alone have none.")
                 saliency = st.selectbox("Saliency method", choices["saliency"],
                                         index=choices["saliency"].index(defaults["saliency"]),
                                         help="How the dashboard shows what the model looked at.")
@@ -233,7 +234,7 @@ def new_run_form() -> None:
             start_from_form(launcher.RunRequest(
                 title=title.strip() or launcher.default_title(dataset), dataset=dataset, data_dir=data_dir,
                 model=str(model or defaults["model"]).strip(), epochs=int(epochs), sampling=sampling,
-                queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=float(weight),
+                queries_per_epoch=int(queries), query_start_epoch=int(start), penalty_weight=None if weight is None else float(weight),
                 saliency=saliency, annotator=annotator, feedback_method=feedback_method,
                 proposals=int(proposals), query_budget=int(budget), processes=int(processes)), extra)
 
