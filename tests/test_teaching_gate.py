@@ -168,7 +168,7 @@ def test_the_sentence_follows_the_rows_and_is_silent_without_the_gate():
         "was on them, and covered it up there while training, so the model cannot lean on it there either.")
     weighed = {**carried, "epoch": 4, "marks_missed": 0.25}
     assert protocol.describe_teaching([light, opened, carried, weighed], "marks").endswith(
-        "It finds on their own images 75% of what you marked when it has not seen your mark; the rest it also "
-        "teaches by penalising the model for looking there.")
+        "Looking for it by itself on the images you marked, without your mark, it found 75% of what you marked; "
+        "for the rest it also penalises the model for looking there.")
     old = {"epoch": 1, "n_feedback": 10.0, "full_teaching": math.nan, "marks_tell": math.nan}
     assert protocol.describe_teaching([old], "marks") is None

@@ -128,9 +128,9 @@ def describe_teaching(rows: list[dict], gate: object) -> str | None:
                "cannot lean on it there either."
                if found and found[-1] > 0 else "")
     missed = [r["marks_missed"] for r in rows if not math.isnan(r.get("marks_missed", math.nan))]
-    penalised = (f" It finds on their own images {100 * (1 - missed[-1]):.0f}% of what you marked when it has not "
-                 "seen your mark; the rest it also teaches by penalising the model for looking there."
-                 if missed else "")
+    penalised = (f" Looking for it by itself on the images you marked, without your mark, it found "
+                 f"{100 * (1 - missed[-1]):.0f}% of what you marked; for the rest it also penalises the model for "
+                 "looking there." if missed else "")
     return f"Your marks teach fully from epoch {int(opened['epoch'])}: {why}.{carried}{penalised}"
 
 
