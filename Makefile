@@ -66,7 +66,7 @@ bench-quick:
 bench-penalties:
 	$(PY) -m bench --only penalties $(ARGS)
 
-## bench-feedback: penalty, counterexamples and both compared, 3 seeds, two data sets (JOBS=2 runs at a time; about 2 hours on 2 cores), into <device>-feedback.json
+## bench-feedback: penalty, counterexamples, both and auto compared, 3 seeds, two data sets (JOBS=2 runs at a time; about 3 hours on 2 cores), into <device>-feedback.json
 bench-feedback:
 	$(PY) -m bench --only feedback --jobs $(or $(JOBS),2) $(ARGS)
 

@@ -1,6 +1,6 @@
 """Other shapes of shortcut (issue 25), so that nothing is fitted to a square sticker in a corner: plain
 training and the simulated annotator (hitl: the trainer's defaults, 10 queries a round; hitl_both: the same
-with ``--feedback both``, the measurement behind ``auto``'s choice for data sets it has no entry for) on
+with ``--feedback both``, the penalty at full weight beside counterexamples) on
 synthetic-lesions variants (trainer/data/synthetic.py): the sticker anywhere, a thin ruler along an
 edge, a text-like label, a sticker and a ruler together, and a text label on 80% of the images only.
 Decorrelated test accuracy, the shortcut gap and the reliance on the marks, per variant and seed."""
