@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from trainer.explain import EXPLAINERS
-from trainer.teaching import TEACHING_METHODS
+from trainer.teaching import AUTO, BOTH, COUNTEREXAMPLES, PENALTY
 from trainer.penalty import PENALTIES
 
 METHODS = ("plain", "hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial", "all_masks", "sgt", "clean",
@@ -16,7 +16,7 @@ METHODS = ("plain", "hitl", "hitl_late", "hitl_box", "hitl_loose", "hitl_partial
 # The feedback section: how the masks teach (--feedback), each way on the methods that tell them apart
 # (issue 15's targets: hitl against plain, rough marks, masks on every image against clean training, and
 # what masks cost where there is nothing to unlearn).
-FEEDBACK_METHODS = (*TEACHING_METHODS[1:], TEACHING_METHODS[0])  # penalty, counterexamples, both, auto (the default)
+FEEDBACK_METHODS = (PENALTY, COUNTEREXAMPLES, BOTH, AUTO)  # auto: the default, the penalty where the finder misses
 FEEDBACK_RUNS = ("plain", "clean", "hitl", "hitl_loose", "all_masks", "clean_masks")
 
 
