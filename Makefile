@@ -70,7 +70,7 @@ bench-penalties:
 bench-feedback:
 	$(PY) -m bench --only feedback --jobs $(or $(JOBS),2) $(ARGS)
 
-## bench-review: what a minute of review buys: a scripted reviewer in chromium, then plain and reviewed runs, 3 seeds, two sticker placements (about 13 min), into <device>-review.json
+## bench-review: what a minute of review buys: a scripted reviewer in chromium, then plain and reviewed runs, 3 seeds, two sticker placements (about 25 min), into <device>-review.json
 bench-review:
 	$(PY) -m bench --only review --jobs $(or $(JOBS),2) $(ARGS)
 
