@@ -561,6 +561,7 @@ def test_runs_form_starts_the_trainer(app, tmp_path, monkeypatch):
     assert root == tmp_path and request.title == "my-run"
     assert (request.epochs, request.annotator, request.dataset, request.queries_per_epoch) == (3, "oracle", "decoy-digits", 10)
     assert request.feedback_method == "counterexamples"
+    assert request.penalty_weight is None and "--lambda" not in request.trainer_args(tmp_path)  # empty: the method's own
     assert "Started **my-run**" in texts(at.success)
 
 
