@@ -45,7 +45,7 @@ FIND_BATCH = 64         # images a forward when finding artefacts (every feature
 FINE_FACTOR = 4        # the localising map has at least this many times the last map's side, where one does
 POSITIVE_COVER = 0.5    # share of a feature cell a mark must cover for the cell to be a positive sample
 SHRINK = 0.1          # of the pooled covariance replaced by the identity (few positive samples)
-HELD_OUT_FOLDS = 5      # held_out: each mark localised by a finder fitted on the other four fifths
+HELD_OUT_FOLDS = 5      # found_held_out: each mark localised by a finder fitted on the other four fifths
 
 
 @dataclass
@@ -189,12 +189,28 @@ class Finder:
         if len(marked) < MIN_MARKED:
             return None
         coarse, fine = _maps_of(model, gather(marked)[0], device)
+        return cls.from_maps(model, coarse, fine, masks, device)
+
+    @classmethod
+    def from_maps(cls, model, coarse: torch.Tensor, fine: torch.Tensor, masks: torch.Tensor,
+                  device: torch.device) -> "Finder | None":
+        """Fitted to the marked images' maps (``layered_maps``) and their marks; None where a direction
+        cannot be fitted."""
         c_dir, f_dir = fit_direction(coarse, masks), fit_direction(fine, masks)
-        return None if c_dir is None or f_dir is None else cls(model, c_dir, f_dir, len(marked), device)
+        return None if c_dir is None or f_dir is None else cls(model, c_dir, f_dir, len(masks), device)
 
     def best_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Each image's best position's logit (on the CPU), from its last feature map (any device)."""
         return self.coarse.logits(feats).flatten(1).max(1).values.cpu()
+
+    def localise_each(self, coarse: torch.Tensor, fine: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray | None]:
+        """Per image of these maps (``layered_maps``): where the marked artefact is on it (``localise``),
+        None where the image is off the marked side of the boundary."""
+        on_marked_side = self.best_logits(coarse) > 0
+        out: list[np.ndarray | None] = [None] * len(coarse)
+        for j, lm in zip(torch.nonzero(on_marked_side).flatten().tolist(), self.fine.logits(fine[on_marked_side])):
+            out[j] = localise(lm, size)
+        return out
 
     @torch.no_grad()
     def rank(self, gather, candidates: torch.Tensor) -> torch.Tensor:
@@ -253,10 +269,10 @@ def find_artefacts(model, feedback: FeedbackSet, gather, candidates: torch.Tenso
                 idx = candidates[i:i + FIND_BATCH]
                 x, _ = gather(idx)
                 coarse, fine = layered_maps(model, x.to(device))
-                on_marked_side = finder.best_logits(coarse) > 0
-                for j, lm in zip(torch.nonzero(on_marked_side).flatten().tolist(),
-                                 finder.fine.logits(fine[on_marked_side])):
-                    mask = torch.from_numpy(localise(lm, tuple(x.shape[-2:])))
+                for j, where in enumerate(finder.localise_each(coarse, fine, tuple(x.shape[-2:]))):
+                    if where is None:
+                        continue
+                    mask = torch.from_numpy(where)
                     if mask.any() and mask.float().mean() <= MAX_MARK_AREA:
                         found.append(int(idx[j]))
                         masks.append(mask)
@@ -268,7 +284,7 @@ def find_artefacts(model, feedback: FeedbackSet, gather, candidates: torch.Tenso
 
 
 @torch.no_grad()
-def held_out(model, feedback: FeedbackSet, gather, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def found_held_out(model, feedback: FeedbackSet, gather, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each usable mark (``marked_examples``) against what the finder finds on its image when it has not
     learned from it: the marks split into HELD_OUT_FOLDS folds (a fixed draw), the directions fitted on the
     other folds, each held-out image localised as ``find_artefacts`` localises (empty where the image is
@@ -283,13 +299,12 @@ def held_out(model, feedback: FeedbackSet, gather, device: torch.device) -> tupl
     folds = torch.randperm(len(marked), generator=torch.Generator().manual_seed(0)).chunk(HELD_OUT_FOLDS)
     for k, held in enumerate(folds):
         fit = torch.cat([fold for j, fold in enumerate(folds) if j != k])
-        c_dir, f_dir = fit_direction(coarse[fit], masks[fit]), fit_direction(fine[fit], masks[fit])
-        if c_dir is None or f_dir is None:
+        finder = Finder.from_maps(model, coarse[fit], fine[fit], masks[fit], device)
+        if finder is None:
             continue
-        on_marked_side = c_dir.logits(coarse[held]).flatten(1).max(1).values > 0
-        for i, seen, logit_map in zip(held.tolist(), on_marked_side.tolist(), f_dir.logits(fine[held])):
-            if seen:
-                found[i] = torch.from_numpy(localise(logit_map, tuple(x.shape[-2:])))
+        for i, where in zip(held.tolist(), finder.localise_each(coarse[held], fine[held], tuple(x.shape[-2:]))):
+            if where is not None:
+                found[i] = torch.from_numpy(where)
     return marked, masks, found
 
 

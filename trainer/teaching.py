@@ -8,9 +8,9 @@ reach the images nobody marked through the finder (trainer/proposals.py), so the
 where it localises badly (decoy-digits' 6 px patch on noisy digits: the whole patch covered on about 65%
 of the images) the rest keeps the label, and the person's exact mark has to teach through the gradient
 too. Before each epoch the marks teach, every mark is localised by a finder fitted on the other marks
-(``proposals.held_out``) and its image's penalty weighted by the share of the mark left uncovered (about
-a third on decoy-digits, a tenth on the lesion-like sets, where the penalty at full weight slows learning
-the lesion), at λ = AUTO_PENALTY_WEIGHT. One rule for every data set, read off the run's own marks and
+(``proposals.found_held_out``) and its image's penalty weighted by the share of the mark left uncovered
+(about a third on decoy-digits, a tenth on the lesion-like sets, where the penalty at full weight slows
+learning the lesion), at λ = AUTO_PENALTY_WEIGHT. One rule for every data set, read off the run's own marks and
 model, in place of a table of data-set names; measured against it in docs/learning.md ("A rule in place
 of the names"): as good on both generated sets, 5 to 6 points under counterexamples alone on two
 lesion-like shapes (a sticker beside a ruler, a label on 80% of the images).
@@ -37,7 +37,7 @@ from . import reliance
 from .batches import gather
 from .data import Split
 from .feedback import FeedbackSet
-from .proposals import held_out
+from .proposals import found_held_out
 
 PENALTY, COUNTEREXAMPLES, BOTH, AUTO = "penalty", "counterexamples", "both", "auto"
 TEACHING_METHODS = (AUTO, PENALTY, COUNTEREXAMPLES, BOTH)  # the --feedback choices
@@ -108,11 +108,11 @@ class Teaching:
 
 def missed_shares(model, feedback: FeedbackSet, gather_train, n_images: int, device: torch.device) -> torch.Tensor:
     """Per training image (CPU, float): the share of its mark not covered by what the finder, fitted on the
-    other marks, finds there (``proposals.held_out``); 1 on marks the finder does not learn from (large
-    ones, those with a relevant region) and on images nobody marked. ValueError for a model without a
+    other marks, finds there (``proposals.found_held_out``); 1 on marks the finder does not learn from
+    (large ones, those with a relevant region) and on images nobody marked. ValueError for a model without a
     spatial feature map."""
     shares = torch.ones(n_images)
-    marked, masks, found = held_out(model, feedback, gather_train, device)
+    marked, masks, found = found_held_out(model, feedback, gather_train, device)
     if len(marked):
         shares[marked] = 1 - (found & masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
     return shares

@@ -324,9 +324,10 @@ class Trainer:
         if self.marks_teach and self.teaching.penalty:
             rows, masks = self.feedback.lookup(idx, self.penalty.uses_relevance)
             annotated = len(rows)
-            if self.missed is not None and self.teaching.weighs_marks:
+            if self.missed is not None:  # --feedback auto, once weighed (Trainer.weigh_marks)
                 weights = self.missed[idx[rows]]
-                rows, masks, weights = rows[weights > 0], masks[weights > 0], weights[weights > 0]
+                some = weights > 0
+                rows, masks, weights = rows[some], masks[some], weights[some]
             if len(rows) and self.penalty.has_probe:
                 probe = self.penalty.probe(x[rows], masks)
         penalised = rows is not None and len(rows) > 0
