@@ -167,10 +167,8 @@ def outcome(run: protocol.RunDir) -> dict:
 def soak_one(workdir: Path, title: str, kills: int, window: float, limit: float, train: Split,
              rng: random.Random, expected: dict, flags: list[str] = FLAGS) -> tuple[str, str]:
     """Start, kill up to ``kills`` times at random moments within ``window`` seconds of each start,
-    resume, and compare. Returns (verdict, one line of detail); a run that finished before its first kill
-    returns ("uninterrupted", the seconds it took)."""
+    resume, and compare. Returns (verdict, one line of detail)."""
     run = protocol.RunDir(workdir / title)
-    started = time.monotonic()
     log = workdir / f"{title}.stderr"
     answerer = Answerer(run, train, random.Random(rng.random()))
     answerer.start()
@@ -209,7 +207,7 @@ def soak_one(workdir: Path, title: str, kills: int, window: float, limit: float,
         answerer.stop.set()
         answerer.join()
     if not interrupted:
-        return "uninterrupted", f"{time.monotonic() - started:.1f}"
+        return "uninterrupted", "finished before the first kill"
     got = outcome(run)
     differ = [part for part in expected if not same(expected[part], got[part])]
     where = f"killed {', '.join(interrupted)}"
@@ -251,12 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             # time it took (a machine less loaded than during the reference run is faster than the window)
             run_window = window
             for again in range(RETRIES_UNINTERRUPTED + 1):
+                started = time.monotonic()
                 verdict, detail = soak_one(workdir, f"victim-{i}" + (f"-again-{again}" if again else ""), args.kills,
                                            run_window, limit, train, rng, expected, flags)
                 if verdict != "uninterrupted":
                     break
-                run_window = min(run_window, float(detail))
-                detail = f"finished before the first kill, {again + 1} time(s)"
+                run_window = min(run_window, time.monotonic() - started)
+                detail += f", {again + 1} time(s)"
             verdicts.append(verdict)
             print(f"run {i + 1}: {verdict}: {detail}", flush=True)
         resumed = [v for v in verdicts if v != "uninterrupted"]
