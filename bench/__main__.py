@@ -39,6 +39,7 @@ SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
 TRAINING_SECTIONS = ("learning", "penalties", "feedback", "review", "shapes", "harm")  # whole training runs: --jobs applies
 OWN_FILE_SECTIONS = ("feedback", "review", "shapes", "harm")  # measured on a schedule of their own: <device>-<section>.json by default
+MATCH_SECTIONS = ("learning", "feedback", "harm")  # --match: some runs again, the file's other rows kept
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
@@ -73,7 +74,7 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
                 ) -> dict:
     """The section's results; a training section also hands ``progress`` its rows after every run, with
     the runs not finished under ``not_run``. ``match``: only the learning and feedback runs whose title
-    contains one of these strings (the efficiency rows are then not run)."""
+    contains one of these strings (the efficiency rows are then not run); the harm runs likewise."""
     def rows_so_far(rows: list, left: list) -> None:
         progress({section: rows, "not_run": {section: left}})
 
@@ -99,7 +100,8 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
         return {"shapes": shapes.run_shapes(plan.shapes_seeds, plan.shapes_variants, plan.shapes_epochs, runs_dir,
                                             log, jobs)}
     if section == "harm":
-        return {"harm": harm.run_harm(plan.harm_seeds, runs_dir, log, jobs, sizes=plan.harm_sizes)}
+        return {"harm": harm.run_harm(plan.harm_seeds, runs_dir, log, jobs, sizes=plan.harm_sizes,
+                                      progress=rows_so_far, match=match)}
     if section == "review":
         return {"review": review.run_review(plan.review_seeds, plan.review_stickers, plan.review_epochs,
                                             plan.review_budget, plan.review_proposals, runs_dir, log, jobs)}
@@ -164,8 +166,10 @@ def merge_rows(old: dict, new: dict, section: str) -> tuple[list, list]:
     fresh = {r["title"]: r for r in new.get(section, [])}
     rows = []
     for r in old.get(section, []):
-        title = r.get("title") or learning.run_title(  # a row from before rows had titles
-            r["dataset"], r["method"], r.get("feedback") if section == "feedback" else None, r["seed"])
+        title = r.get("title") or (  # a row from before rows had titles
+            harm.run_title(r["setting"], r["size"], r["method"], r["seed"]) if section == "harm" else
+            learning.run_title(r["dataset"], r["method"], r.get("feedback") if section == "feedback" else None,
+                               r["seed"]))
         rows.append(fresh.pop(title, None) or {"title": title, **r, "git": r.get("git", old["machine"].get("git"))})
     rows += fresh.values()
     done = {r["title"] for r in rows}
@@ -185,7 +189,7 @@ def merge(old: dict, new: dict, sections: tuple[str, ...], match: tuple[str, ...
     merged["not_run"] = {**{k: v for k, v in old.get("not_run", {}).items() if k not in sections},
                          **new.get("not_run", {})}
     for section in sections if match else ():
-        if section in ("learning", "feedback"):
+        if section in MATCH_SECTIONS:
             merged[section], merged["not_run"][section] = merge_rows(old, new, section)
     return merged
 
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="results file name (default: the device, with -quick for --quick)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--match", action="append", default=[], metavar="TEXT",
-                   help="with --only learning or feedback: run only the runs whose title contains TEXT "
+                   help="with --only learning, feedback or harm: run only the runs whose title contains TEXT "
                         "(repeatable); the file's other rows are kept, each with the git version it was measured at")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="training runs at a time in the learning, penalties and feedback sections (default 1)")
@@ -213,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results_dir / f"{name}.json"
     plan = make_plan(args.quick, device)
     log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
-    if args.match and not set(sections) <= {"learning", "feedback"}:
-        p.error("--match needs --only learning or --only feedback")
+    if args.match and not set(sections) <= set(MATCH_SECTIONS):
+        p.error("--match needs --only learning, --only feedback or --only harm")
     earlier = json.loads(path.read_text()) if args.only and path.exists() else None
     match = tuple(args.match)
 

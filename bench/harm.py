@@ -17,7 +17,7 @@ from PIL import Image
 
 from trainer.config import TrainConfig
 
-from .learning import train_all
+from .learning import git_version, train_all
 
 HOW = ("plain against the simulated annotator (hitl: the trainer's defaults; hitl_ungated: --teaching-gate off) at "
        "<= 10% annotated (queries a round = 10% of the training images over the rounds); the generated sets train as "
@@ -91,8 +91,13 @@ def queries_per_round(n_train: int, epochs: int) -> int:
     return max(1, n_train // (10 * (epochs + 1)))
 
 
+def run_title(setting_name: str, n_train: int, method: str, seed: int) -> str:
+    """A harm run's title (its run folder's name, and what ``--match`` searches)."""
+    return f"harm-{setting_name.replace(' + ', '-').replace(' ', '-')}-{n_train}-{method}-s{seed}"
+
+
 def harm_config(setting: HarmSetting, n_train: int, method: str, seed: int, runs_dir: Path) -> TrainConfig:
-    title = f"harm-{setting.name.replace(' + ', '-').replace(' ', '-')}-{n_train}-{method}-s{seed}"
+    title = run_title(setting.name, n_train, method, seed)
     epochs = setting.epochs_at(n_train)
     cfg = TrainConfig(dataset=setting.dataset, epochs=epochs, seed=seed, device="cpu", track_images=0,
                       runs_dir=str(runs_dir), title=title, queries_per_epoch=queries_per_round(n_train, epochs),
@@ -108,11 +113,23 @@ def harm_config(setting: HarmSetting, n_train: int, method: str, seed: int, runs
 
 
 def run_harm(seeds: tuple[int, ...], runs_dir: Path, log: Callable[[str], None], jobs: int = 1,
-             settings: tuple[HarmSetting, ...] = SETTINGS, sizes: tuple[int, ...] = SIZES) -> list[dict]:
+             settings: tuple[HarmSetting, ...] = SETTINGS, sizes: tuple[int, ...] = SIZES,
+             progress: Callable[[list, list], None] = lambda rows, left: None,
+             match: tuple[str, ...] = ()) -> list[dict]:
+    """Rows for every (setting, size, seed, method); ``progress`` and ``match`` as in learning.run_grid."""
     planned = [(setting, n, method, seed, harm_config(setting, n, method, seed, runs_dir))
                for setting in settings for n in (sizes if not setting.confounded else [s for s in sizes if s < 1000])
                for seed in seeds for method in setting.methods]
-    rows = train_all([p[-1] for p in planned], jobs, log)
-    return [{"setting": setting.name, "dataset": setting.dataset, "confounded": setting.confounded, "size": n,
-             "method": method, "seed": seed, "epochs": cfg.epochs, "queries_per_round": cfg.queries_per_epoch, **row}
-            for (setting, n, method, seed, cfg), row in zip(planned, rows)]
+    planned = [p for p in planned if not match or any(m in p[-1].title for m in match)]
+    rows: list = [None] * len(planned)
+    version = git_version()
+
+    def finished(i: int, row: dict) -> None:
+        setting, n, method, seed, cfg = planned[i]
+        rows[i] = {"title": cfg.title, "setting": setting.name, "dataset": setting.dataset,
+                   "confounded": setting.confounded, "size": n, "method": method, "seed": seed, "epochs": cfg.epochs,
+                   "queries_per_round": cfg.queries_per_epoch, **row, "git": version}
+        progress([r for r in rows if r is not None], [p[-1].title for p, r in zip(planned, rows) if r is None])
+
+    train_all([p[-1] for p in planned], jobs, log, finished)
+    return rows

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer.penalty import IMPL_ALIASES
 
+from .harm import run_title as harm_title
 from .plans import REFERENCE_VARIANT
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -91,17 +92,24 @@ def render_learning(results: dict, section: str = "learning", title: str = "Lear
     for s in results.get("skipped", []):
         if s.get("section", "learning") == section:
             out.append(f"\n*{s['dataset']} {s['method']} skipped:* {s['reason']}")
+    return out + _provenance(results, section, [r.get("title") or f"{r['dataset']}-{r['method']}" for r in rows],
+                             rows) + [""]
+
+
+def _provenance(results: dict, section: str, titles: list[str], rows: list[dict]) -> list[str]:
+    """Which code measured which rows, where ``--match`` reran some after a change, and the runs missing."""
     versions = defaultdict(list)
-    for r in rows:
-        versions[r.get("git") or "unrecorded"].append(r.get("title") or f"{r['dataset']}-{r['method']}")
-    if len(versions) > 1:  # rows rerun with --match after a change: say which code measured which
+    for title, r in zip(titles, rows):
+        versions[r.get("git") or "unrecorded"].append(title)
+    out = []
+    if len(versions) > 1:
         out.append("\n*Measured at more than one version (git):* " + "; ".join(
-            f"{version}: {len(titles)} runs ({_runs_named(titles)})" for version, titles in versions.items()) + ".")
+            f"{version}: {len(named)} runs ({_runs_named(named)})" for version, named in versions.items()) + ".")
     not_run = (results.get("not_run") or {}).get(section)
     if not_run:
         out.append(f"\n*Not finished when the file was written (the benchmark was stopped or is still running):* "
                    f"{', '.join(not_run)}.")
-    return out + [""]
+    return out
 
 
 def _runs_named(titles: list[str]) -> str:
@@ -452,9 +460,11 @@ def render_harm(results: dict) -> list[str]:
             return acc if method == "plain" else f"{acc} (**{_mean(t['points'][method]):+.1f}**)"
         body.append([setting, size, len(t["seeds"]), cell("plain"), cell("hitl"), cell("hitl_ungated"),
                      f"{100 * t['annotated']:.1f}%"])
+    titles = [r.get("title") or harm_title(r["setting"], r["size"], r["method"], r["seed"]) for r in rows]
     return ["#### Feedback where there is nothing to unlearn, and small sets", "",
             results.get("notes", {}).get("harm", "") + "; test accuracy % per seed (mean points over plain).", ""] + \
-        _table(["set", "training images", "seeds", "plain %", "hitl %", "hitl_ungated %", "annotated"], body) + [""]
+        _table(["set", "training images", "seeds", "plain %", "hitl %", "hitl_ungated %", "annotated"], body) + \
+        _provenance(results, "harm", titles, rows) + [""]
 
 
 def harm_targets(rows: list[dict]) -> list[str]:
