@@ -39,6 +39,22 @@ def wait_for(predicate, timeout=120.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_the_first_round_asks_for_the_marks_the_finder_needs_then_as_many_as_asked(tmp_path):
+    """``-qu 1``: the first round asks MIN_MARKED images (with fewer the trainer cannot look for the marked
+    artefact on unmarked images until rounds later, when a small set's model has learned it), then one a
+    round; ``--query-budget`` still bounds the run, the first round included."""
+    from trainer.proposals import MIN_MARKED
+
+    def asked(title, **kw):
+        trainer = Trainer(small_config(tmp_path, title, annotator="oracle", epochs=3, queries_per_epoch=1, **kw),
+                          log=lambda *a: None)
+        trainer.fit()
+        return [len(protocol.read_manifest(trainer.run, e)["queries"]) for e in protocol.queue_epochs(trainer.run)]
+
+    assert asked("one") == [MIN_MARKED, 1]
+    assert asked("budget", query_budget=2) == [2]
+
+
 def test_oracle_run_leaves_a_complete_run_directory(tmp_path):
     result = Trainer(small_config(tmp_path, "oracle", annotator="oracle"), log=lambda *a: None).fit()
     run = protocol.RunDir(tmp_path / "oracle")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import confine, protocol
 from .config import TrainConfig
+from .proposals import MIN_MARKED
 from .teaching import AUTO_PENALTY_WEIGHT, PENALTY_WEIGHT, Teaching
 
 DEFAULTS = TrainConfig()
@@ -178,13 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("-sp", "--sampling", choices=sorted(SAMPLERS), help=f"default {d.sampling}")
     fb.add_argument("-et", "--entropy-threshold", type=_non_negative(float),
                     help="in nats (natural log); the maximum is ln(classes). default 0")
-    fb.add_argument("-qu", "--queries-per-epoch", type=_non_negative(int), help=f"default {d.queries_per_epoch}")
+    fb.add_argument("-qu", "--queries-per-epoch", type=_non_negative(int),
+                    help=f"images asked about a round; the first round asks at least {MIN_MARKED}, the marks the "
+                         f"trainer needs to find the artefact on unmarked images. default {d.queries_per_epoch}")
     fb.add_argument("-se", "--query-start-epoch", type=_non_negative(int),
                     help="first epoch after which the model asks; 0 (default) also asks once before training, so marks "
                          "shape the model before it learns a shortcut")
     fb.add_argument("--proposals", dest="proposals_per_epoch", type=_non_negative(int), metavar="N",
-                    help="once 3 images carry a small mark, each round also proposes up to N other training images "
-                         "that seem to carry the same artefact, with a mask each, to accept or reject in bulk "
+                    help=f"once {MIN_MARKED} images carry a small mark, each round also proposes up to N other training "
+                         "images that seem to carry the same artefact, with a mask each, to accept or reject in bulk "
                          f"(trainer/proposals.py; default {d.proposals_per_epoch}: none)")
     fb.add_argument("--query-budget", type=_non_negative(int), metavar="N",
                     help="ask about at most N images over the whole run (default 0: no limit); once they are asked, "

@@ -11,7 +11,7 @@ from . import protocol
 from .batches import gather
 from .data.images import png_bytes
 from .explain import normalise
-from .proposals import SCAN_LIMIT, Finder, candidates_for, predict_and_rank, rejected_before
+from .proposals import MIN_MARKED, SCAN_LIMIT, Finder, candidates_for, predict_and_rank, rejected_before
 from .sampling import SAMPLERS, entropy
 
 
@@ -31,14 +31,20 @@ class QueryRound:
         return due and (self.queries_left(epoch) > 0 or t.cfg.proposals_per_epoch > 0)
 
     def queries_left(self, epoch: int) -> int:
-        """Images ``epoch``'s round may ask about: ``--queries-per-epoch``, less what ``--query-budget``
-        has left after the earlier rounds' queues (read from the run, so a resume counts the same)."""
+        """Images ``epoch``'s round may ask about: ``--queries-per-epoch``, at least MIN_MARKED in the first
+        round (the finder, which carrying and proposals use, needs that many marks; asked one a round, a
+        small set's model learns the shortcut before they exist: docs/learning.md), less what
+        ``--query-budget`` has left after the earlier rounds' queues (read from the run, so a resume counts
+        the same)."""
         t = self.trainer
+        wanted = t.cfg.queries_per_epoch
+        if epoch == t.cfg.query_start_epoch and wanted > 0:
+            wanted = max(wanted, MIN_MARKED)
         if not t.cfg.query_budget:
-            return t.cfg.queries_per_epoch
+            return wanted
         asked = sum(len((protocol.read_manifest(t.run, e) or {"queries": ()})["queries"])
                     for e in protocol.queue_epochs(t.run) if e < epoch)
-        return max(0, min(t.cfg.queries_per_epoch, t.cfg.query_budget - asked))
+        return max(0, min(wanted, t.cfg.query_budget - asked))
 
     def run(self, epoch: int, train_predictions: tuple | None = None) -> None:
         """Queue → wait → apply, then checkpoint. ``train_predictions``: the training set's probabilities

@@ -198,7 +198,9 @@ def new_run_form() -> None:
                 sampling = st.selectbox("Which images to ask about", choices["sampling"],
                                         index=choices["sampling"].index(defaults["sampling"]),
                                         format_func=lambda s: SAMPLING.get(s, s))
-                queries = st.number_input("Images to ask about per epoch", 0, 500, defaults["queries_per_epoch"])
+                queries = st.number_input("Images to ask about per epoch", 0, 500, defaults["queries_per_epoch"],
+                                          help="The first round asks at least three: the trainer needs three marks "
+                                               "to look for what you marked on the images you did not mark.")
                 start = st.number_input("First epoch that asks", 0, 1000, defaults["query_start_epoch"],
                                         help="0 asks once before training too: marks given then keep the model "
                                              "from learning the shortcut at all.")
