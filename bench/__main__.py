@@ -179,7 +179,7 @@ def merge_rows(old: dict, new: dict, section: str) -> tuple[list, list]:
 
 def merge(old: dict, new: dict, sections: tuple[str, ...], match: tuple[str, ...] = ()) -> dict:
     """An earlier file's sections that were not run again are kept, with their own timings; with
-    ``match``, the training sections' rows that were not run again too."""
+    ``match``, the training sections' rows that were not run again too. NaN as null, as ``finite``."""
     merged = dict(old)
     merged.update({k: v for k, v in new.items() if k not in ("seconds", "skipped")})
     merged["seconds"] = {**old.get("seconds", {}), **new["seconds"]}
@@ -191,7 +191,7 @@ def merge(old: dict, new: dict, sections: tuple[str, ...], match: tuple[str, ...
     for section in sections if match else ():
         if section in MATCH_SECTIONS:
             merged[section], merged["not_run"][section] = merge_rows(old, new, section)
-    return merged
+    return finite(merged)  # an earlier file's NaN (written by hand, or before finite) as null: strict JSON
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,11 +159,14 @@ def test_a_matched_rerun_replaces_only_its_rows_and_says_when_each_was_measured(
         ("d-all_masks-both-s0", 0.95, "new2")]
     assert merged["not_run"]["feedback"] == ["d-all_masks-penalty-s0", "d-clean_masks-both-s0"]
     assert merge(old, new, ("feedback",))["feedback"] == new["feedback"]  # without --match: the new section
-    harm_row = {"setting": "decoy-digits clean", "size": 300, "method": "hitl", "seed": 1, "test_acc": 0.6}
+    harm_row = {"setting": "decoy-digits clean", "size": 300, "method": "hitl", "seed": 1, "test_acc": 0.6,
+                "test_consistent_acc": float("nan")}  # a set without a decorrelated split
     old_harm = {**old, "harm": [{**harm_row, "seed": 0}, harm_row]}  # rows from before harm rows had titles
     new_harm = {**new, "harm": [{**harm_row, "test_acc": 0.7, "title": "harm-decoy-digits-clean-300-hitl-s1"}],
                 "not_run": {}}
-    assert [r["test_acc"] for r in merge(old_harm, new_harm, ("harm",), ("-300-",))["harm"]] == [0.6, 0.7]
+    harm_merged = merge(old_harm, new_harm, ("harm",), ("-300-",))
+    assert [r["test_acc"] for r in harm_merged["harm"]] == [0.6, 0.7]
+    json.dumps(harm_merged, allow_nan=False)  # the file is written as strict JSON: the kept rows' NaN as null
     for r in merged["feedback"]:
         r.update(impl=None, epochs=1, n_annotated=1, n_train=2, test_consistent_acc=1.0, min_val_loss=0.1,
                  wrong_reason=0.1)
