@@ -30,11 +30,16 @@ def cpu_model() -> str:
 
 
 def git_version() -> str:
-    """The commit measured; ``-dirty`` when the working tree (other agents' edits included) differs."""
+    """The commit measured; ``-dirty`` when a tracked file differs (other agents' edits included), but
+    not for bench/results/: the results files are what the bench writes, and a ``--match`` run after
+    an earlier one finds them changed."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        commit = subprocess.run(["git", "describe", "--always"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)bench/results"], cwd=REPO, capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+        return (commit + ("-dirty" if changed else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

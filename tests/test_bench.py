@@ -238,3 +238,27 @@ def test_harm_rows_render_the_cost_where_nothing_is_to_unlearn_and_the_gain_on_s
     assert targets[1] == ("- lesions at 300 images: hitl ≥ +15 points over plain on every seed (+20.0, +10.0): FAILS")
     rows[1]["test_acc"] = 0.96
     assert report.harm_targets(rows)[0].endswith("FAILS")
+
+
+def test_the_version_a_row_was_measured_at_is_dirty_for_code_changes_not_for_the_results_files(tmp_path, monkeypatch):
+    """A ``--match`` run after another finds the results file changed: its rows still name the commit."""
+    import subprocess
+    from bench import machine
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "bench" / "results" / "cpu-harm.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(machine, "REPO", tmp_path)
+    commit = machine.git_version()
+    assert commit and not commit.endswith("-dirty") and commit != "unknown"
+    (tmp_path / "bench" / "results" / "cpu-harm.json").write_text('{"harm": []}\n')
+    assert machine.git_version() == commit
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert machine.git_version() == commit + "-dirty"
