@@ -149,8 +149,12 @@ def train_all(configs: list[TrainConfig], jobs: int, log: Callable[[str], None],
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads,
                              initargs=(threads,)) as pool:
         futures = {pool.submit(train, cfg): i for i, cfg in enumerate(configs)}
-        for future in as_completed(futures):
-            finished(futures[future], future.result())
+        try:
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+        except BaseException:  # a failed run or ``on_row``: stop after the runs in flight, not after every queued one
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return rows
 
 

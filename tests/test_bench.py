@@ -262,3 +262,21 @@ def test_the_version_a_row_was_measured_at_is_dirty_for_code_changes_not_for_the
     assert machine.git_version() == commit
     (tmp_path / "code.py").write_text("a = 2\n")
     assert machine.git_version() == commit + "-dirty"
+
+
+def test_a_failing_row_stops_the_queued_runs_instead_of_training_them_all(tmp_path):
+    """A long section whose save fails (a full disk, a bad row) stops after the runs in flight: before, the
+    pool trained every queued run first and the rows were lost anyway."""
+    from trainer.config import TrainConfig
+    from bench.learning import train_all
+
+    configs = [TrainConfig(dataset="decoy-digits", train_fraction=0.05, val_fraction=0.05, epochs=1, annotator="none",
+                           seed=i, device="cpu", track_images=0, runs_dir=str(tmp_path), title=f"r{i}")
+               for i in range(8)]
+
+    def broken(i, row):
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        train_all(configs, 2, lambda *a: None, broken)
+    assert len(list(tmp_path.iterdir())) < len(configs)
