@@ -17,7 +17,8 @@ from PIL import Image
 
 from trainer.config import TrainConfig
 
-from .learning import git_version, train_all
+from .learning import train_all
+from .machine import git_version
 
 HOW = ("plain against the simulated annotator (hitl: the trainer's defaults; hitl_ungated: --teaching-gate off) at "
        "<= 10% annotated (queries a round = 10% of the training images over the rounds); the generated sets train as "
