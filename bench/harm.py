@@ -17,7 +17,7 @@ from PIL import Image
 
 from trainer.config import TrainConfig
 
-from .learning import train_all
+from .learning import train_rows
 from .machine import git_version
 
 HOW = ("plain against the simulated annotator (hitl: the trainer's defaults; hitl_ungated: --teaching-gate off) at "
@@ -122,15 +122,12 @@ def run_harm(seeds: tuple[int, ...], runs_dir: Path, log: Callable[[str], None],
                for setting in settings for n in (sizes if not setting.confounded else [s for s in sizes if s < 1000])
                for seed in seeds for method in setting.methods]
     planned = [p for p in planned if not match or any(m in p[-1].title for m in match)]
-    rows: list = [None] * len(planned)
     version = git_version()
 
-    def finished(i: int, row: dict) -> None:
+    def to_row(i: int, row: dict) -> dict:
         setting, n, method, seed, cfg = planned[i]
-        rows[i] = {"title": cfg.title, "setting": setting.name, "dataset": setting.dataset,
-                   "confounded": setting.confounded, "size": n, "method": method, "seed": seed, "epochs": cfg.epochs,
-                   "queries_per_round": cfg.queries_per_epoch, **row, "git": version}
-        progress([r for r in rows if r is not None], [p[-1].title for p, r in zip(planned, rows) if r is None])
+        return {"title": cfg.title, "setting": setting.name, "dataset": setting.dataset,
+                "confounded": setting.confounded, "size": n, "method": method, "seed": seed, "epochs": cfg.epochs,
+                "queries_per_round": cfg.queries_per_epoch, **row, "git": version}
 
-    train_all([p[-1] for p in planned], jobs, log, finished)
-    return rows
+    return train_rows([p[-1] for p in planned], jobs, log, to_row, progress)

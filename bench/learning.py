@@ -158,6 +158,20 @@ def train_all(configs: list[TrainConfig], jobs: int, log: Callable[[str], None],
     return rows
 
 
+def train_rows(configs: list[TrainConfig], jobs: int, log: Callable[[str], None],
+               to_row: Callable[[int, dict], dict], progress: Callable[[list, list], None]) -> list[dict]:
+    """``train_all``, each run's row made by ``to_row(i, row)``; after each run ``progress(rows, not_run)``
+    hears the rows finished so far (in plan order) and the titles of the runs not finished yet."""
+    rows: list = [None] * len(configs)
+
+    def finished(i: int, row: dict) -> None:
+        rows[i] = to_row(i, row)
+        progress([r for r in rows if r is not None], [c.title for c, r in zip(configs, rows) if r is None])
+
+    train_all(configs, jobs, log, finished)
+    return rows
+
+
 def _logged(cfg: TrainConfig, row: dict, log: Callable[[str], None]) -> dict:
     log(f"{cfg.title}: test acc {row['test_acc']:.3f}, wrong-reason {row['wrong_reason']:.3f}, "
         f"{row['n_annotated']} annotated ({row['seconds']:.0f} s)")
@@ -188,19 +202,15 @@ def run_grid(section: str, settings: tuple[TrainingSetting, ...], methods: tuple
                         continue
                     planned.append((setting, method, seed,
                                     train_config(setting, method, seed, device, runs_dir, title, feedback=feedback)))
-    rows: list = [None] * len(planned)
-
-    def finished(i: int, row: dict) -> None:
+    def to_row(i: int, row: dict) -> dict:
         (setting, method, seed, _), row = planned[i], dict(row)
         impl, used = row.pop("impl"), row.pop("feedback")
         masks = method in MASK_METHODS
-        rows[i] = {"title": planned[i][-1].title, "dataset": setting.dataset, "method": method,
-                   "impl": impl if masks else None, "feedback": used if masks else None, "seed": seed,
-                   "epochs": setting.epochs, **row, "git": version}
-        progress([r for r in rows if r is not None], [p[-1].title for p, r in zip(planned, rows) if r is None])
+        return {"title": planned[i][-1].title, "dataset": setting.dataset, "method": method,
+                "impl": impl if masks else None, "feedback": used if masks else None, "seed": seed,
+                "epochs": setting.epochs, **row, "git": version}
 
-    train_all([p[-1] for p in planned], jobs, log, finished)
-    return rows, skipped
+    return train_rows([p[-1] for p in planned], jobs, log, to_row, progress), skipped
 
 
 def run_title(dataset: str, method: str, feedback: str | None, seed: int) -> str:
