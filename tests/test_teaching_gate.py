@@ -81,6 +81,19 @@ def test_the_marks_tell_the_class_where_the_patch_goes_with_it_and_not_where_it_
     assert marks_tell_class(lone.feedback, lone.data.train) is None  # no other image carries it: cannot say
 
 
+def test_with_every_image_marked_the_marks_are_judged_on_the_other_annotated_images(tmp_path):
+    # nobody left unannotated: the annotated images tell instead, each mark's own image not counted
+    confounded = toy_trainer(tmp_path / "a", patch_model(), annotated=96)
+    random = toy_trainer(tmp_path / "b", patch_model(), confounded=False, annotated=96)
+    assert marks_tell_class(confounded.feedback, confounded.data.train) == pytest.approx(0.5, abs=0.05)
+    assert abs(marks_tell_class(random.feedback, random.data.train)) < 0.1
+    assert random.check_gate(1) < TELLS and not random.full_teaching  # clean data: plain training
+    # a corner of noise on every image: each marked corner is only its own image's, which says nothing
+    unique = toy_trainer(tmp_path / "c", patch_model(), confounded=False, annotated=96)
+    unique.data.train.images[:, :, :3, :3] = torch.randint(0, 256, (96, 1, 3, 3), generator=torch.Generator().manual_seed(1))
+    assert marks_tell_class(unique.feedback, unique.data.train) is None
+
+
 def test_the_gate_opens_for_good_once_the_marks_tell_the_class(tmp_path):
     shut = toy_trainer(tmp_path / "shut", patch_model(), confounded=False)
     first = shut.check_gate(1)

@@ -48,6 +48,7 @@ import argparse
 import json
 import math
 import sys
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -64,10 +65,17 @@ CARRY_TOL = 0.08    # mean absolute pixel difference under the mark below which 
 SEED = 0
 
 
-def artefacts(feedback: FeedbackSet, train: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """(masks A×H×W bool, pixels A×C×H×W, classes A, source) of the marked artefacts, on the CPU;
-    source is "recurring", "marks" (no mark recurs: every small mark without a relevant region) or ""
-    (nothing usable)."""
+class Artefacts(NamedTuple):
+    """The marked artefacts (module docstring), on the CPU."""
+    masks: torch.Tensor    # A×H×W bool: where each sits
+    pixels: torch.Tensor   # A×C×H×W: the annotated image it was marked on
+    classes: torch.Tensor  # A: that image's label
+    images: torch.Tensor   # A: that image's index in the training split
+    source: str            # "recurring", "marks" (no mark recurs: every small mark without a relevant region), "" (none)
+
+
+def artefacts(feedback: FeedbackSet, train: Split) -> Artefacts:
+    """The artefacts of ``feedback``'s marks: the recurring marks, else every small mark (module docstring)."""
     masks, relevant = feedback.masks.cpu(), feedback.relevant.cpu()
     source, pick = "recurring", recurring_marks(masks, relevant)
     if not len(pick):
@@ -76,10 +84,11 @@ def artefacts(feedback: FeedbackSet, train: Split) -> tuple[torch.Tensor, torch.
         source, pick = "marks", torch.nonzero(usable).flatten()
     pick = pick[:MAX_ARTEFACTS]
     if not len(pick):
-        return masks[:0], torch.zeros(0), torch.zeros(0, dtype=torch.long), ""
+        none = torch.zeros(0, dtype=torch.long)
+        return Artefacts(masks[:0], torch.zeros(0), none, none, "")
     index = feedback.indices.cpu()[pick]  # the annotated image each mark belongs to
     x, y = gather(train, index)
-    return masks[pick], x, y.long(), source
+    return Artefacts(masks[pick], x, y.long(), index, source)
 
 
 def held_out(split: Split, n: int = IMAGES) -> torch.Tensor:
@@ -145,7 +154,7 @@ def measure(model: nn.Module, split: Split | None, feedback: FeedbackSet, train:
              "n_images": 0, "n_artefacts": 0, "n_pasted": 0, "n_removed": 0, "source": "", "split": split_name}
     if split is None or not len(split):
         return {**empty, "reason": "no held-out split"}
-    masks, pixels, classes, source = artefacts(feedback, train)
+    masks, pixels, classes, _, source = artefacts(feedback, train)
     if not len(masks):
         # a plain run: python -m trainer.reliance RUN --marks-from OTHER_RUN measures it with another run's marks
         return {**empty, "reason": "nobody marked anything in this run"}

@@ -17,15 +17,16 @@ lesion-like shapes (a sticker beside a ruler, a label on 80% of the images).
 
 The gate (``--teaching-gate``). Marks teach fully only where what they mark tells the class in the
 training data. Before each epoch, the artefacts people marked (``reliance.artefacts``) are looked for in
-training images nobody annotated, at the same place (``reliance.carriers``); ``marks_tell_class`` is how
-much more often than the classes' shares those carriers have the artefact's class. At TELLS or more, or
-where too few images carry one to say (MIN_CARRIERS), the marks teach fully from that epoch to the end of
-the run. Until then they teach nothing: the model has nothing there to unlearn, and the epoch is plain
-training's, bit for bit. Half a batch of counterexamples drawn from a couple of dozen marks cost 3.4
-points on 300 digits whose marked patch said nothing of the class, and even the annotated images' share
-of a batch delayed learning the lesion by an epoch on synthetic-lesions' clean variant (4.4 points at 1,000
-images); the sticker of synthetic-lesions, which says everything, needs the full share (docs/learning.md,
-feedback where there is nothing to unlearn).
+training images nobody annotated, at the same place (``reliance.carriers``), and where too few of them
+carry one (most of a small set annotated), in the annotated images too, each artefact's own image left
+out; ``marks_tell_class`` is how much more often than the classes' shares those carriers have the
+artefact's class. At TELLS or more, or where too few images carry one to say (MIN_CARRIERS), the marks
+teach fully from that epoch to the end of the run. Until then they teach nothing: the model has nothing
+there to unlearn, and the epoch is plain training's, bit for bit. Half a batch of counterexamples drawn
+from a couple of dozen marks cost 3.4 points on 300 digits whose marked patch said nothing of the class,
+and even the annotated images' share of a batch delayed learning the lesion by an epoch on
+synthetic-lesions' clean variant (4.4 points at 1,000 images); the sticker of synthetic-lesions, which
+says everything, needs the full share (docs/learning.md, feedback where there is nothing to unlearn).
 """
 from __future__ import annotations
 
@@ -52,22 +53,35 @@ GATE_IMAGES = 512     # unannotated training images searched (a fixed seed)
 
 
 def marks_tell_class(feedback: FeedbackSet, train: Split) -> float | None:
-    """How much more often than the classes' shares the unannotated training images that carry a marked
-    artefact have that artefact's class (0: carrying it says nothing, 1 − share: every carrier has it);
-    None where fewer than MIN_CARRIERS images carry one, or nothing usable is marked."""
-    masks, pixels, classes, _ = reliance.artefacts(feedback, train)
-    if not len(masks):
+    """How much more often than the classes' shares the training images that carry a marked artefact have
+    that artefact's class (0: carrying it says nothing, 1 − share: every carrier has it); None where fewer
+    than MIN_CARRIERS images carry one, or nothing usable is marked. Judged on images nobody annotated;
+    where too few of them carry one (most of a small set annotated), on the annotated images too, each
+    artefact's own image left out."""
+    art = reliance.artefacts(feedback, train)
+    if not len(art.masks):
         return None
-    unannotated = torch.ones(len(train), dtype=torch.bool)
-    unannotated[feedback.indices.cpu()] = False
+    annotated = torch.zeros(len(train), dtype=torch.bool)
+    annotated[feedback.indices.cpu()] = True
     order = reliance.held_out(train, len(train))
-    x, y = gather(train, order[unannotated[order]][:GATE_IMAGES])
-    carries = reliance.carriers(x, masks, pixels).float()  # images × artefacts
+    y, carries = _carriers(train, order[~annotated[order]][:GATE_IMAGES], art)
+    if carries.sum() < MIN_CARRIERS:
+        more_y, more = _carriers(train, order[annotated[order]][:GATE_IMAGES], art)
+        y, carries = torch.cat([y, more_y]), torch.cat([carries, more])
     if carries.sum() < MIN_CARRIERS:
         return None
-    shares = torch.bincount(train.labels, minlength=int(classes.max()) + 1).float() / len(train)
-    same = (y.long()[:, None] == classes[None]).float()
-    return float(((same - shares[classes][None]) * carries).sum() / carries.sum())
+    shares = torch.bincount(train.labels, minlength=int(art.classes.max()) + 1).float() / len(train)
+    same = (y.long()[:, None] == art.classes[None]).float()
+    return float(((same - shares[art.classes][None]) * carries).sum() / carries.sum())
+
+
+def _carriers(train: Split, index: torch.Tensor, art: reliance.Artefacts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, carries: float images × artefacts) of training images ``index``; an artefact's own
+    image does not count as carrying it."""
+    x, y = gather(train, index)
+    carries = reliance.carriers(x, art.masks, art.pixels)
+    carries &= index[:, None] != art.images[None]
+    return y, carries.float()
 
 
 def gate_opens(tells: float | None) -> bool:
