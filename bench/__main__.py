@@ -8,8 +8,8 @@ chromium, then the runs it prices; bench/review.py) and ``shapes`` (other shapes
 text label, two artefacts; bench/shapes.py) and ``harm`` (feedback where there is nothing to unlearn, on
 small sets; bench/harm.py) run only when asked for: each would double the default run's
 time. ``--jobs N`` trains N runs at a time in the training sections (timed sections stay serial). ``--match
-TEXT`` reruns only the learning or feedback runs whose title contains TEXT, keeping the file's other
-rows (each row says which git version measured it)."""
+TEXT`` reruns only the learning, feedback, harm or shapes runs whose title contains TEXT, keeping the
+file's other rows (each row says which git version measured it)."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +39,7 @@ SECTIONS = ("learning", "cost", "latency", "penalties", "feedback", "distributed
 DEFAULT_SECTIONS = ("learning", "cost", "latency")
 TRAINING_SECTIONS = ("learning", "penalties", "feedback", "review", "shapes", "harm")  # whole training runs: --jobs applies
 OWN_FILE_SECTIONS = ("feedback", "review", "shapes", "harm")  # measured on a schedule of their own: <device>-<section>.json by default
-MATCH_SECTIONS = ("learning", "feedback", "harm")  # --match: some runs again, the file's other rows kept
+MATCH_SECTIONS = ("learning", "feedback", "harm", "shapes")  # --match: some runs again, the file's other rows kept
 NOTES = {
     "efficiency": learning.EFFICIENCY_HOW,
     "cost": "median Trainer.train_step time with masks on a fraction of the batch over the median plain step, "
@@ -74,7 +74,7 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
                 ) -> dict:
     """The section's results; a training section also hands ``progress`` its rows after every run, with
     the runs not finished under ``not_run``. ``match``: only the learning and feedback runs whose title
-    contains one of these strings (the efficiency rows are then not run); the harm runs likewise."""
+    contains one of these strings (the efficiency rows are then not run); the harm and shapes runs likewise."""
     def rows_so_far(rows: list, left: list) -> None:
         progress({section: rows, "not_run": {section: left}})
 
@@ -98,7 +98,7 @@ def run_section(section: str, plan: Plan, device: torch.device, runs_dir: Path, 
         return {"loading": loading.run_loading(plan, device, runs_dir, log)}
     if section == "shapes":
         return {"shapes": shapes.run_shapes(plan.shapes_seeds, plan.shapes_variants, plan.shapes_epochs, runs_dir,
-                                            log, jobs)}
+                                            log, jobs, rows_so_far, match)}
     if section == "harm":
         return {"harm": harm.run_harm(plan.harm_seeds, runs_dir, log, jobs, sizes=plan.harm_sizes,
                                       progress=rows_so_far, match=match)}
@@ -168,6 +168,7 @@ def merge_rows(old: dict, new: dict, section: str) -> tuple[list, list]:
     for r in old.get(section, []):
         title = r.get("title") or (  # a row from before rows had titles
             harm.run_title(r["setting"], r["size"], r["method"], r["seed"]) if section == "harm" else
+            shapes.run_title(r["variant"], r["method"], r["seed"]) if section == "shapes" else
             learning.run_title(r["dataset"], r["method"], r.get("feedback") if section == "feedback" else None,
                                r["seed"]))
         rows.append(fresh.pop(title, None) or {"title": title, **r, "git": r.get("git", old["machine"].get("git"))})
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args.quick, device)
     log(f"{plan.preset} benchmark on {device.type}: {', '.join(sections)} -> {path}")
     if args.match and not set(sections) <= set(MATCH_SECTIONS):
-        p.error("--match needs --only learning, --only feedback or --only harm")
+        p.error("--match needs --only learning, feedback, harm or shapes")
     earlier = json.loads(path.read_text()) if args.only and path.exists() else None
     match = tuple(args.match)
 

@@ -11,7 +11,8 @@ from typing import Callable
 
 from trainer.config import TrainConfig
 
-from .learning import train_all
+from .learning import train_rows
+from .machine import git_version
 
 VARIANTS = {
     "anywhere": {"sticker": "anywhere"},
@@ -27,17 +28,31 @@ HOW = ("synthetic-lesions variants (trainer/data/synthetic.py), plain and hitl (
        "decorrelated test accuracy over plain's")
 
 
+def run_title(variant: str, method: str, seed: int) -> str:
+    return f"lesions-{variant.replace(' ', '-').replace('%', 'pc').replace('+', '-and-')}-{method}-s{seed}"
+
+
 def run_shapes(seeds: tuple[int, ...], variants: tuple[str, ...], epochs: int, runs_dir: Path,
-               log: Callable[[str], None], jobs: int = 1) -> list[dict]:
+               log: Callable[[str], None], jobs: int = 1,
+               progress: Callable[[list, list], None] = lambda rows, left: None,
+               match: tuple[str, ...] = ()) -> list[dict]:
+    """Rows for every (variant, seed, method); ``progress`` and ``match`` as in learning.run_grid."""
     planned = []
     for variant in variants:
         for seed in seeds:
             for method, (annotator, feedback) in METHODS.items():
-                title = f"lesions-{variant.replace(' ', '-').replace('%', 'pc').replace('+', '-and-')}-{method}-s{seed}"
+                title = run_title(variant, method, seed)
+                if match and not any(m in title for m in match):
+                    continue
                 planned.append((variant, seed, method, TrainConfig(
                     dataset="synthetic-lesions", epochs=epochs, seed=seed, device="cpu", track_images=0,
                     runs_dir=str(runs_dir), title=title, dataset_options=dict(VARIANTS[variant]),
                     annotator=annotator, feedback_method=feedback)))
-    rows = train_all([p[-1] for p in planned], jobs, log)
-    return [{"variant": variant, "seed": seed, "method": method, "epochs": epochs, **row}
-            for (variant, seed, method, _), row in zip(planned, rows)]
+    version = git_version()
+
+    def to_row(i: int, row: dict) -> dict:
+        variant, seed, method, cfg = planned[i]
+        return {"title": cfg.title, "variant": variant, "seed": seed, "method": method, "epochs": epochs, **row,
+                "git": version}
+
+    return train_rows([p[-1] for p in planned], jobs, log, to_row, progress)

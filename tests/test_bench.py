@@ -167,6 +167,12 @@ def test_a_matched_rerun_replaces_only_its_rows_and_says_when_each_was_measured(
     harm_merged = merge(old_harm, new_harm, ("harm",), ("-300-",))
     assert [r["test_acc"] for r in harm_merged["harm"]] == [0.6, 0.7]
     json.dumps(harm_merged, allow_nan=False)  # the file is written as strict JSON: the kept rows' NaN as null
+    shape_row = {"variant": "text on 80%", "method": "hitl", "seed": 2, "test_acc": 0.6}  # from before titles
+    old_shapes = {**old, "shapes": [{**shape_row, "method": "plain"}, shape_row]}
+    new_shapes = {**new, "shapes": [{**shape_row, "test_acc": 0.9, "title": "lesions-text-on-80pc-hitl-s2"}],
+                  "not_run": {}}
+    shapes_merged = merge(old_shapes, new_shapes, ("shapes",), ("-hitl-",))
+    assert [(r["method"], r["test_acc"]) for r in shapes_merged["shapes"]] == [("plain", 0.6), ("hitl", 0.9)]
     for r in merged["feedback"]:
         r.update(impl=None, epochs=1, n_annotated=1, n_train=2, test_consistent_acc=1.0, min_val_loss=0.1,
                  wrong_reason=0.1)

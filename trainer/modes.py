@@ -1,6 +1,6 @@
 """How the model's batch-norm layers behave in the passes beside the training forward: eval mode
-(explainers), frozen running statistics (penalties), recorded or constant batch statistics
-(saliency-guided training, each image's own input gradient)."""
+(explainers), frozen running statistics (penalties), statistics measured afresh (after each epoch),
+recorded or constant batch statistics (saliency-guided training, each image's own input gradient)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -46,6 +46,25 @@ def frozen_norm_stats(model: nn.Module):
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
+
+
+@contextmanager
+def averaged_norm_stats(model: nn.Module):
+    """Batch-norm layers forget their running statistics and, over the forwards inside, keep the plain
+    average of each batch's (momentum None), in train mode; the model's mode and momenta are put back.
+    The forwards then give the statistics of the images they saw under the current weights."""
+    was_training, norms = model.training, norm_layers(model)
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from .feedback import FeedbackSet
 from .linearised import full_precision_convolutions
 from .metrics import classification_metrics
 from .model import create_classifier, load_weights
-from .modes import recorded_batch_stats
+from .modes import averaged_norm_stats, norm_layers, recorded_batch_stats
 from .penalty import Penalty, penalty_class, resolve_impl
 from .prior import add_prior_masks
 from .query_round import QueryRound
@@ -39,6 +39,7 @@ from .sgt import SaliencyGuided
 from .teaching import Teaching, gate_opens, marks_tell_class, missed_shares
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
+NORM_STATS_IMAGES = 2048   # training images whose batch-norm statistics are measured after each epoch
 
 
 @dataclass
@@ -360,6 +361,24 @@ class Trainer:
         self.optimizer.step()
         return loss, logits, pen
 
+    @torch.no_grad()
+    def measure_norm_stats(self) -> None:
+        """Batch-norm's running statistics replaced by those of up to NORM_STATS_IMAGES training images
+        (a fixed draw, in batches of equal size) under the epoch's last weights. The running averages
+        trail weights that move fast, as in the short runs on small sets this tool makes: on the sticker
+        anywhere they left a model that answers 86% right at 55% (docs/learning.md, batch-norm
+        statistics). Everything in eval mode reads them: validation, the queue's predictions and
+        saliency, the finder, the test figures, the exported model."""
+        if not norm_layers(self.model):
+            return
+        n = len(self.data.train)
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:NORM_STATS_IMAGES].sort().values
+        batches = math.ceil(len(index) / 256)
+        with averaged_norm_stats(self.model):
+            for x, _, _ in self.eval_batches(self.data.train, math.ceil(len(index) / batches)).epoch(index):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    self.model(x)
+
     def eval_batches(self, split: Split, batch_size: int = 256) -> BatchSource:
         """The batch source that reads ``split`` for predictions, one per split and batch size, kept: its
         DataLoader workers persist across epochs and query rounds."""
@@ -515,6 +534,7 @@ class Trainer:
         row = {"epoch": epoch, **self.train_one_epoch(epoch), "marks_tell": tells,
                "full_teaching": float(self.full_teaching)}
         self.scheduler.step()
+        self.measure_norm_stats()
         val = self.metrics_on(self.data.val)
         row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
         row.update(wrong_reason=self.wrong_reason(self.data.test or self.data.val),
