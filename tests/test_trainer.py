@@ -227,6 +227,6 @@ def test_after_each_epoch_batch_norm_reads_the_statistics_of_the_training_images
         h.remove()
     for m in norms:
         seen = inputs[m][0].transpose(0, 1).flatten(1)  # channels × (images · pixels)
-        assert torch.allclose(m.running_mean, seen.mean(1), atol=1e-4, rtol=1e-3)
-        assert torch.allclose(m.running_var, seen.var(1), atol=1e-4, rtol=0.05)
+        assert torch.allclose(m.running_mean, seen.mean(1), atol=2e-3, rtol=0.01)  # averaged over batches
+        assert torch.allclose(m.running_var, seen.var(1), atol=2e-3, rtol=0.05)
     assert all(m.momentum == 0.1 for m in norms)  # training goes on with its running averages

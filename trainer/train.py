@@ -39,7 +39,7 @@ from .sgt import SaliencyGuided
 from .teaching import Teaching, gate_opens, marks_tell_class, missed_shares
 
 WRONG_REASON_IMAGES = 128  # test images whose attribution is measured each epoch
-NORM_STATS_IMAGES = 2048   # training images whose batch-norm statistics are measured after each epoch
+NORM_STATS_IMAGES = 512    # training images whose batch-norm statistics are measured after each epoch
 
 
 @dataclass
@@ -363,17 +363,17 @@ class Trainer:
 
     @torch.no_grad()
     def measure_norm_stats(self) -> None:
-        """Batch-norm's running statistics replaced by those of up to NORM_STATS_IMAGES training images
-        (a fixed draw, in batches of equal size) under the epoch's last weights. The running averages
-        trail weights that move fast, as in the short runs on small sets this tool makes: on the sticker
-        anywhere they left a model that answers 86% right at 55% (docs/learning.md, batch-norm
-        statistics). Everything in eval mode reads them: validation, the queue's predictions and
-        saliency, the finder, the test figures, the exported model."""
+        """Batch-norm's running statistics replaced by the average of those of NORM_STATS_IMAGES training images (a
+        fixed draw) in batches of the training batch's size at most, under the epoch's last weights. The running
+        averages trail weights that move fast, as in the short runs on small sets this tool makes: on the sticker
+        anywhere they left a model that answers 86% right at 55% (docs/learning.md, batch-norm statistics).
+        Everything in eval mode reads them: validation, the queue's predictions and saliency, the finder, the test
+        figures, the exported model."""
         if not norm_layers(self.model):
             return
-        n = len(self.data.train)
-        index = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:NORM_STATS_IMAGES].sort().values
-        batches = math.ceil(len(index) / 256)
+        g = torch.Generator().manual_seed(0)
+        index = torch.randperm(len(self.data.train), generator=g)[:NORM_STATS_IMAGES].sort().values
+        batches = math.ceil(len(index) / self.train_batches.batch_size)  # of (nearly) equal size: equal weights
         with averaged_norm_stats(self.model):
             for x, _, _ in self.eval_batches(self.data.train, math.ceil(len(index) / batches)).epoch(index):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
