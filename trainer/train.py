@@ -371,8 +371,7 @@ class Trainer:
         figures, the exported model."""
         if not norm_layers(self.model):
             return
-        g = torch.Generator().manual_seed(0)
-        index = torch.randperm(len(self.data.train), generator=g)[:NORM_STATS_IMAGES].sort().values
+        index = reliance.held_out(self.data.train, NORM_STATS_IMAGES).sort().values  # the same fixed draw
         batches = math.ceil(len(index) / self.train_batches.batch_size)  # of (nearly) equal size: equal weights
         with averaged_norm_stats(self.model):
             for x, _, _ in self.eval_batches(self.data.train, math.ceil(len(index) / batches)).epoch(index):
